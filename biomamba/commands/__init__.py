@@ -1,0 +1,130 @@
+"""One module per CLI verb; each exposes ``main(argv: list[str]) -> int``.
+
+``parse_verb_args`` implements the shared contract: ``--config FILE``, ``--out DIR`` and
+dotted ``--key=value`` overrides validated into the verb's config dataclass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from biomamba.config import load_config, save_config
+from biomamba.utils.io import write_json
+
+T = TypeVar("T")
+
+
+@dataclass
+class VerbArgs:
+    config: Any
+    out: Path | None
+    args: argparse.Namespace
+
+
+def verb_parser(verb: str, description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=f"biomamba {verb}", description=description,
+        epilog="Any config field can be overridden with --key=value (dotted for nested keys).",
+    )
+    parser.add_argument("--config", type=Path, help="YAML config file")
+    parser.add_argument("--out", type=Path, help="run directory (created; the resolved config is saved there)")
+    return parser
+
+
+def parse_verb_args(parser: argparse.ArgumentParser, argv: list[str], cfg_cls: type[T],
+                    base: dict[str, Any] | None = None,
+                    flag_fields: dict[str, str] | None = None) -> VerbArgs:
+    """Parse known flags; every remaining ``--key=value`` is a config override.
+
+    ``flag_fields`` maps argparse dests to config keys, so that convenience flags such as
+    ``--model`` land in the validated config like any override.
+    """
+    args, rest = parser.parse_known_args(argv)
+    overrides: list[str] = []
+    i = 0
+    while i < len(rest):
+        item = rest[i]
+        if not item.startswith("--"):
+            parser.error(f"unexpected argument {item!r}")
+        if "=" not in item:  # allow "--key value"
+            if i + 1 >= len(rest) or rest[i + 1].startswith("--"):
+                parser.error(f"override {item} needs a value: use {item}=VALUE")
+            item = f"{item}={rest[i + 1]}"
+            i += 1
+        overrides.append(item)
+        i += 1
+    for dest, key in (flag_fields or {}).items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            overrides.insert(0, f"--{key}={value}")
+    cfg = load_config(cfg_cls, args.config, overrides, base=base)
+    return VerbArgs(config=cfg, out=args.out, args=args)
+
+
+def git_commit() -> str | None:
+    try:
+        root = Path(__file__).resolve().parents[2]
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment_info() -> dict[str, Any]:
+    import numpy
+    import torch
+
+    info: dict[str, Any] = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "cuda": torch.version.cuda,
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        "git_commit": git_commit(),
+        "argv": sys.argv,
+    }
+    return info
+
+
+def prepare_run_dir(out: Path | None, cfg: Any, verb: str) -> Path:
+    """Create the run directory and save the resolved config and environment into it."""
+    if out is None:
+        raise ValueError(f"biomamba {verb} needs --out DIR (the run directory)")
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    write_json(out / "environment.json", environment_info())
+    return out
+
+
+def print_table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> str:
+    """A plain fixed-width table for stdout; returns the text it printed."""
+    if not rows:
+        return ""
+    columns = columns or list(rows[0])
+
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return str(v)
+
+    cells = [[fmt(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    text = "\n".join(lines)
+    print(text)
+    return text
+
+
+def dump_json(obj: Any) -> str:
+    return json.dumps(obj, indent=2)

@@ -1,0 +1,94 @@
+"""Tokenizer loading: a local ``tokenizer.json`` (file or directory) or a Hugging Face hub id.
+
+All ``state-spaces/mamba*`` checkpoints use the GPT-NeoX-20B tokenizer (50,277 tokens,
+``<|endoftext|>`` = 0 serves as EOS and BOS, ``<|padding|>`` = 1).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from tokenizers import Tokenizer as _HFTokenizer
+
+DEFAULT_TOKENIZER = "EleutherAI/gpt-neox-20b"
+_EOS_CANDIDATES = ("<|endoftext|>", "</s>", "<eos>", "[EOS]")
+_PAD_CANDIDATES = ("<|padding|>", "<pad>", "[PAD]")
+
+
+class TokenizerNotFound(FileNotFoundError):
+    pass
+
+
+class Tokenizer:
+    """A thin wrapper over ``tokenizers.Tokenizer`` with the few things the toolkit needs."""
+
+    def __init__(self, backend: _HFTokenizer, source: str, eos_token: str | None = None):
+        self.backend = backend
+        self.source = source
+        vocab = backend.get_vocab(with_added_tokens=True)
+        eos = eos_token or next((t for t in _EOS_CANDIDATES if t in vocab), None)
+        if eos is None:
+            raise ValueError(f"tokenizer {source} has no end-of-text token (looked for {_EOS_CANDIDATES})")
+        self.eos_token = eos
+        self.eos_id = vocab[eos]
+        pad = next((t for t in _PAD_CANDIDATES if t in vocab), None)
+        self.pad_id = vocab[pad] if pad is not None else self.eos_id
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of ids the tokenizer can emit (added tokens included)."""
+        return self.backend.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str) -> list[int]:
+        return self.backend.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return [e.ids for e in self.backend.encode_batch(list(texts), add_special_tokens=False)]
+
+    def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
+        return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the canonical tokenizer JSON: two tokenizers with equal fingerprints tokenise alike."""
+        return hashlib.sha256(self.backend.to_str().encode()).hexdigest()
+
+    def save(self, directory: str | Path) -> Path:
+        from biomamba.utils.io import atomic_path
+
+        path = Path(directory) / "tokenizer.json"
+        with atomic_path(path) as tmp:
+            self.backend.save(str(tmp))
+        return path
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    return name.count("/") == 1 and not name.startswith((".", "/", "~")) and not Path(name).exists()
+
+
+def load_tokenizer(name_or_path: str | Path = DEFAULT_TOKENIZER) -> Tokenizer:
+    """Load from a ``tokenizer.json`` file, a directory holding one, or a hub id (downloaded)."""
+    path = Path(os.path.expanduser(str(name_or_path)))
+    if path.is_dir():
+        path = path / "tokenizer.json"
+    if path.is_file():
+        try:
+            return Tokenizer(_HFTokenizer.from_file(str(path)), str(path))
+        except Exception as exc:  # tokenizers raises a bare Exception on bad JSON
+            raise ValueError(f"{path}: not a valid tokenizer.json ({exc})") from exc
+    name = str(name_or_path)
+    if not _looks_like_hub_id(name):
+        raise TokenizerNotFound(f"tokenizer {name}: no such file or directory (expected tokenizer.json)")
+    try:
+        from huggingface_hub import hf_hub_download
+
+        local = hf_hub_download(name, "tokenizer.json")
+    except Exception as exc:  # offline, unknown repo, no huggingface_hub
+        raise TokenizerNotFound(
+            f"could not download tokenizer {name!r} from the Hugging Face hub ({type(exc).__name__}). "
+            f"Offline? Pass a local tokenizer.json or a directory holding one, e.g. "
+            f"--tokenizer=/path/to/gpt-neox-20b/tokenizer.json"
+        ) from exc
+    return Tokenizer(_HFTokenizer.from_file(local), name)

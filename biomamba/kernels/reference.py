@@ -1,0 +1,219 @@
+"""Reference implementations of every kernel-seam op, in plain PyTorch.
+
+These define the semantics the fast paths must reproduce; they run anywhere (CPU included)
+and compute in fp32 internally whatever the input dtype. Shapes (b batch, l length, h heads,
+p head dim, g groups, n state size, d channels, k conv width):
+
+* ``ssd_scan``       x (b,l,h,p), dt (b,l,h), A (h), B/C (b,l,g,n) → y (b,l,h,p), final state (b,h,p,n)
+* ``causal_conv1d``  x (b,l,d), weight (d,k), bias (d) → y (b,l,d)
+* ``gated_rmsnorm``  x, z (..., d), weight (d) → y (..., d)
+* ``ssd_step`` / ``conv_step``: one decoding step, updating the state tensors in place.
+
+``seq_idx`` (b,l) int marks documents in a packed row: neither the convolution window nor
+the SSM state crosses a change of ``seq_idx``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+INF = math.inf
+
+
+def discretize_dt(dt: Tensor, dt_bias: Tensor | None, dt_softplus: bool,
+                  dt_limit: tuple[float, float]) -> Tensor:
+    """Δ = clamp(softplus(dt + dt_bias)), in fp32."""
+    dt = dt.float()
+    if dt_bias is not None:
+        dt = dt + dt_bias.float()
+    if dt_softplus:
+        dt = F.softplus(dt)
+    if dt_limit != (0.0, INF):
+        dt = dt.clamp(min=dt_limit[0], max=dt_limit[1])
+    return dt
+
+
+def _segsum(a: Tensor) -> Tensor:
+    """out[..., i, j] = a[j+1] + … + a[i] for j ≤ i, −inf above the diagonal (stable: no cumsum differences)."""
+    T = a.size(-1)
+    a = a[..., None].expand(*a.shape, T)  # [..., i, j] = a[i]
+    strictly_lower = torch.tril(torch.ones(T, T, dtype=torch.bool, device=a.device), diagonal=-1)
+    s = a.masked_fill(~strictly_lower, 0.0).cumsum(dim=-2)
+    lower = torch.tril(torch.ones(T, T, dtype=torch.bool, device=a.device))
+    return s.masked_fill(~lower, -INF)
+
+
+def ssd_scan(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, *, chunk_size: int,
+             D: Tensor | None = None, dt_bias: Tensor | None = None, dt_softplus: bool = True,
+             dt_limit: tuple[float, float] = (0.0, INF), seq_idx: Tensor | None = None,
+             initial_state: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Chunked state-space duality (Mamba2 paper, §6): quadratic inside chunks, recurrent across.
+
+    h_t = exp(Δ_t A) h_{t-1} + Δ_t B_t x_tᵀ,   y_t = C_t h_t + D x_t.
+    Returns ``(y, final_state)``; the final state is that of the last position (its document).
+    """
+    b, l, h, p = x.shape
+    g, n = B.shape[-2:]
+    out_dtype = x.dtype
+    delta = discretize_dt(dt, dt_bias, dt_softplus, dt_limit)  # (b,l,h)
+    Bh = B.float().repeat_interleave(h // g, dim=2)
+    Ch = C.float().repeat_interleave(h // g, dim=2)
+    xf = x.float()
+    T = chunk_size
+    pad = (-l) % T
+    if pad:  # padded steps have Δ = 0: they neither decay nor feed the state
+        xf, Bh, Ch = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (xf, Bh, Ch))
+        delta = F.pad(delta, (0, 0, 0, pad))
+        if seq_idx is not None:
+            seq_idx = torch.cat([seq_idx, seq_idx[:, -1:].expand(b, pad)], dim=1)
+    c = (l + pad) // T
+    X = (xf * delta[..., None]).reshape(b, c, T, h, p)
+    Bc, Cc = Bh.reshape(b, c, T, h, n), Ch.reshape(b, c, T, h, n)
+    dA = (delta * A.float()).reshape(b, c, T, h).permute(0, 3, 1, 2)  # (b,h,c,T)
+    A_cum = dA.cumsum(-1)
+
+    seg = _segsum(dA)  # (b,h,c,T,T)
+    if seq_idx is not None:
+        sc = seq_idx.reshape(b, c, T)
+        same_doc = (sc[:, :, :, None] == sc[:, :, None, :])[:, None]  # (b,1,c,T,T)
+        seg = seg.masked_fill(~same_doc, -INF)
+    # 1. within each chunk: y_i = Σ_{j≤i} (C_i·B_j) exp(A_cum_i − A_cum_j) Δ_j x_j
+    y = torch.einsum("bclhn,bcshn,bhcls,bcshp->bclhp", Cc, Bc, seg.exp(), X)
+
+    # 2. each chunk's own contribution to the state at its last position
+    decay_to_end = (A_cum[..., -1:] - A_cum).exp()  # (b,h,c,T)
+    if seq_idx is not None:
+        decay_to_end = decay_to_end * (sc == sc[:, :, -1:])[:, None]
+    chunk_states = torch.einsum("bclhn,bhcl,bclhp->bchpn", Bc, decay_to_end, X)
+
+    # 3. carry states across chunks; a state survives a chunk only if its document does
+    state = (initial_state.float() if initial_state is not None
+             else torch.zeros(b, h, p, n, dtype=torch.float32, device=x.device))
+    state_doc = seq_idx[:, 0] if seq_idx is not None else None
+    start_states = []
+    for ci in range(c):
+        start_states.append(state)
+        carry = A_cum[:, :, ci, -1].exp()  # (b,h)
+        if seq_idx is not None:
+            end_doc = sc[:, ci, -1]
+            carry = carry * (end_doc == state_doc)[:, None]
+            state_doc = end_doc
+        state = chunk_states[:, ci] + carry[..., None, None] * state
+    starts = torch.stack(start_states, dim=1)  # (b,c,h,p,n)
+
+    # 4. the carried-in state's contribution to each position of the chunk
+    decay_from_start = A_cum.exp()  # (b,h,c,T)
+    if seq_idx is not None:
+        prev_doc = torch.cat([seq_idx[:, :1], sc[:, :-1, -1]], dim=1)  # document of each carried-in state
+        decay_from_start = decay_from_start * (sc == prev_doc[:, :, None])[:, None]
+    y = y + torch.einsum("bclhn,bchpn,bhcl->bclhp", Cc, starts, decay_from_start)
+
+    y = y.reshape(b, c * T, h, p)[:, :l]
+    if D is not None:
+        y = y + x.float() * D.float()[:, None]
+    return y.to(out_dtype), state
+
+
+def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, seq_idx: Tensor | None = None,
+                  activation: str | None = "silu") -> Tensor:
+    """Depthwise causal convolution over time, channels last: y_t = Σ_j w_j x_{t−k+1+j} (+ SiLU)."""
+    b, l, d = x.shape
+    k = weight.shape[-1]
+    xf = x.float()
+    w = weight.float()
+    y = torch.zeros_like(xf) if bias is None else bias.float().expand(b, l, d).clone()
+    for s in range(k):  # s = how far back the tap looks
+        if s >= l:
+            break
+        shifted = F.pad(xf, (0, 0, s, 0))[:, :l]
+        if seq_idx is not None and s > 0:
+            same = torch.zeros(b, l, dtype=torch.bool, device=x.device)
+            same[:, s:] = seq_idx[:, s:] == seq_idx[:, :-s]
+            shifted = shifted * same[..., None]
+        y = y + shifted * w[:, k - 1 - s]
+    if activation == "silu":
+        y = F.silu(y)
+    elif activation is not None:
+        raise ValueError(f"unsupported activation {activation!r}")
+    return y.to(x.dtype)
+
+
+def gated_rmsnorm(x: Tensor, z: Tensor | None, weight: Tensor, eps: float, group_size: int) -> Tensor:
+    """RMSNorm(x · SiLU(z)) over groups of ``group_size`` channels, times ``weight`` (norm after gate)."""
+    dtype = x.dtype
+    xf = x.float()
+    if z is not None:
+        xf = xf * F.silu(z.float())
+    shape = xf.shape
+    grouped = xf.reshape(*shape[:-1], shape[-1] // group_size, group_size)
+    grouped = grouped * torch.rsqrt(grouped.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * grouped.reshape(shape).to(dtype)
+
+
+def rmsnorm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    dtype = x.dtype
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * xf.to(dtype)
+
+
+def ssd_step(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, *,
+             D: Tensor | None = None, dt_bias: Tensor | None = None, dt_softplus: bool = True,
+             dt_limit: tuple[float, float] = (0.0, INF)) -> Tensor:
+    """One recurrent step. state (b,h,p,n) is updated in place; x (b,h,p), dt (b,h), B/C (b,g,n)."""
+    h = x.shape[1]
+    g = B.shape[1]
+    delta = discretize_dt(dt, dt_bias, dt_softplus, dt_limit)  # (b,h)
+    decay = (delta * A.float()).exp()
+    Bh = B.float().repeat_interleave(h // g, dim=1)
+    Ch = C.float().repeat_interleave(h // g, dim=1)
+    xf = x.float()
+    new = state.float() * decay[..., None, None] + (delta[..., None] * xf)[..., None] * Bh[:, :, None, :]
+    state.copy_(new)
+    y = torch.einsum("bhpn,bhn->bhp", new, Ch)
+    if D is not None:
+        y = y + xf * D.float()[:, None]
+    return y.to(x.dtype)
+
+
+def conv_step(conv_state: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None = None,
+              activation: str | None = "silu") -> Tensor:
+    """One step of the causal conv. conv_state (b,d,k) holds the last k inputs; updated in place."""
+    conv_state.copy_(torch.roll(conv_state, shifts=-1, dims=-1))
+    conv_state[:, :, -1] = x.to(conv_state.dtype)
+    y = (conv_state.float() * weight.float()).sum(-1)
+    if bias is not None:
+        y = y + bias.float()
+    if activation == "silu":
+        y = F.silu(y)
+    return y.to(x.dtype)
+
+
+def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, *, D: Tensor | None = None,
+                   z: Tensor | None = None, delta_bias: Tensor | None = None, delta_softplus: bool = True,
+                   seq_idx: Tensor | None = None, initial_state: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Mamba-1 selective scan, sequential: u/delta/z (b,l,d), A (d,n), B/C (b,l,n) → y (b,l,d), state (b,d,n)."""
+    b, l, d = u.shape
+    delta = discretize_dt(delta, delta_bias, delta_softplus, (0.0, INF))
+    Af = A.float()
+    uf = u.float()
+    Bf, Cf = B.float(), C.float()
+    state = (initial_state.float() if initial_state is not None
+             else torch.zeros(b, d, A.shape[1], dtype=torch.float32, device=u.device))
+    ys = []
+    for t in range(l):
+        decay = (delta[:, t, :, None] * Af).exp()
+        if seq_idx is not None and t > 0:
+            decay = decay * (seq_idx[:, t] == seq_idx[:, t - 1])[:, None, None]
+        state = decay * state + (delta[:, t] * uf[:, t])[..., None] * Bf[:, t, None, :]
+        ys.append(torch.einsum("bdn,bn->bd", state, Cf[:, t]))
+    y = torch.stack(ys, dim=1)
+    if D is not None:
+        y = y + uf * D.float()
+    if z is not None:
+        y = y * F.silu(z.float())
+    return y.to(u.dtype), state
