@@ -217,3 +217,31 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, *,
     if z is not None:
         y = y * F.silu(z.float())
     return y.to(u.dtype), state
+
+
+def linear_cross_entropy(hidden: Tensor, weight: Tensor, targets: Tensor, *, ignore_index: int = -100,
+                         chunk_rows: int = 4096) -> tuple[Tensor, Tensor]:
+    """Σ cross-entropy(hidden @ weightᵀ, targets) over non-ignored rows, and their count.
+
+    Logits are formed ``chunk_rows`` rows at a time in fp32 and recomputed in the backward
+    (activation checkpointing per chunk), so the full (rows × vocab) fp32 logits and their
+    gradient never exist at once. hidden (..., d), weight (V, d), targets (...) long.
+    """
+    from torch.utils.checkpoint import checkpoint
+
+    h = hidden.reshape(-1, hidden.shape[-1])
+    t = targets.reshape(-1)
+    count = (t != ignore_index).sum()
+
+    def chunk_loss(hc: Tensor, tc: Tensor, w: Tensor) -> Tensor:
+        logits = (hc @ w.t()).float()
+        return F.cross_entropy(logits, tc, ignore_index=ignore_index, reduction="sum")
+
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, h.shape[0], chunk_rows):
+        hc, tc = h[start:start + chunk_rows], t[start:start + chunk_rows]
+        if torch.is_grad_enabled() and (hc.requires_grad or weight.requires_grad):
+            total = total + checkpoint(chunk_loss, hc, tc, weight, use_reentrant=False)
+        else:
+            total = total + chunk_loss(hc, tc, weight)
+    return total, count
