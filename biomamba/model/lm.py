@@ -1,0 +1,172 @@
+"""The Mamba language model: embedding → N × (RMSNorm → mixer, residual) → RMSNorm → tied head.
+
+Module names mirror the state-spaces checkpoints (``backbone.embedding``,
+``backbone.layers.{i}.{norm,mixer}``, ``backbone.norm_f``, ``lm_head``) so loading one is a
+plain ``load_state_dict``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from biomamba.kernels import get_kernels, resolve_backend_name
+from biomamba.model.config import ModelConfig
+from biomamba.model.mamba1 import Mamba1Mixer
+from biomamba.model.mamba2 import Mamba2Mixer
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+        self.kernels = get_kernels("torch")
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.kernels.rmsnorm(x, self.weight, self.eps)
+
+
+class Block(nn.Module):
+    """x ← x + mixer(norm(x)); the residual stream is kept in fp32 when configured."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.residual_in_fp32 = cfg.residual_in_fp32
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mixer = Mamba2Mixer(cfg) if cfg.arch == "mamba2" else Mamba1Mixer(cfg)
+
+    def forward(self, x: Tensor, seq_idx: Tensor | None = None, state=None) -> Tensor:
+        residual = x.float() if self.residual_in_fp32 else x
+        return residual + self.mixer(self.norm(x.to(self.norm.weight.dtype)), seq_idx=seq_idx, state=state)
+
+    def step(self, x: Tensor, state) -> Tensor:
+        residual = x.float() if self.residual_in_fp32 else x
+        return residual + self.mixer.step(self.norm(x.to(self.norm.weight.dtype)), state)
+
+
+class Backbone(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.embedding = nn.Embedding(cfg.padded_vocab, cfg.d_model)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.norm_f = RMSNorm(cfg.d_model, cfg.norm_eps)
+
+
+@dataclass
+class InferenceCache:
+    """Per-layer recurrent states for decoding: memory is constant in sequence length."""
+
+    layers: list = field(default_factory=list)
+    seqlen_offset: int = 0
+
+
+def seq_idx_from_cu_seqlens(cu_seqlens: Tensor, total_len: int | None = None) -> Tensor:
+    """Cumulative lengths [0, l1, l1+l2, …] of documents packed in one row → seq_idx (1, total)."""
+    lengths = cu_seqlens[1:] - cu_seqlens[:-1]
+    seq_idx = torch.repeat_interleave(torch.arange(len(lengths), device=cu_seqlens.device, dtype=torch.int32),
+                                      lengths)
+    if total_len is not None and seq_idx.numel() != total_len:
+        raise ValueError(f"cu_seqlens cover {seq_idx.numel()} tokens, the row has {total_len}")
+    return seq_idx[None]
+
+
+class MambaLM(nn.Module):
+    def __init__(self, cfg: ModelConfig, backend: str = "torch"):
+        super().__init__()
+        self.config = cfg
+        self.backbone = Backbone(cfg)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.padded_vocab, bias=False)
+        self._init_weights()
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.backbone.embedding.weight
+        self.backend_name = "torch"
+        self.set_backend(backend)
+
+    def _init_weights(self) -> None:
+        """state-spaces init: embedding N(0, 0.02), zero linear biases, out_proj scaled by 1/√n_layer."""
+        nn.init.normal_(self.backbone.embedding.weight, std=0.02)
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Linear) and module.bias is not None and not name.endswith("dt_proj"):
+                nn.init.zeros_(module.bias)
+            if name.endswith("out_proj"):
+                nn.init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+                with torch.no_grad():
+                    module.weight /= math.sqrt(self.config.n_layer)
+
+    def set_backend(self, name: str = "auto") -> "MambaLM":
+        """Route every op through kernel backend ``name`` ("auto": Triton on CUDA, else torch)."""
+        device_type = next(self.parameters()).device.type
+        resolved = resolve_backend_name(name, device_type)
+        kernels = get_kernels(resolved)
+        for module in self.modules():
+            if isinstance(module, (RMSNorm, Mamba2Mixer, Mamba1Mixer)):
+                module.kernels = kernels
+        self.backend_name = resolved
+        return self
+
+    @property
+    def kernels(self):
+        return get_kernels(self.backend_name)
+
+    def hidden(self, input_ids: Tensor, seq_idx: Tensor | None = None, cu_seqlens: Tensor | None = None,
+               cache: InferenceCache | None = None) -> Tensor:
+        """Final-normed hidden states (b, l, d_model). Documents marked by ``seq_idx`` (b, l) or
+        ``cu_seqlens`` (one packed row) do not see each other. With ``cache`` (empty), it is filled
+        with the states after the last position, ready for ``step``."""
+        if cu_seqlens is not None:
+            if seq_idx is not None:
+                raise ValueError("pass seq_idx or cu_seqlens, not both")
+            if input_ids.shape[0] != 1:
+                raise ValueError("cu_seqlens describes one packed row: input_ids must have batch size 1")
+            seq_idx = seq_idx_from_cu_seqlens(cu_seqlens, input_ids.shape[1])
+        if seq_idx is not None:
+            seq_idx = seq_idx.to(device=input_ids.device, dtype=torch.int32)
+        if cache is not None and cache.seqlen_offset > 0:
+            return self._continue(input_ids, cache)
+        x = self.backbone.embedding(input_ids)
+        for i, layer in enumerate(self.backbone.layers):
+            x = layer(x, seq_idx=seq_idx, state=cache.layers[i] if cache is not None else None)
+        if cache is not None:
+            cache.seqlen_offset += input_ids.shape[1]
+        return self.backbone.norm_f(x.to(self.backbone.norm_f.weight.dtype))
+
+    def forward(self, input_ids: Tensor, seq_idx: Tensor | None = None, cu_seqlens: Tensor | None = None,
+                cache: InferenceCache | None = None) -> Tensor:
+        """Logits (b, l, padded_vocab)."""
+        return self.lm_head(self.hidden(input_ids, seq_idx=seq_idx, cu_seqlens=cu_seqlens, cache=cache))
+
+    def loss(self, input_ids: Tensor, labels: Tensor, seq_idx: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(Σ cross-entropy over labels ≠ −100, number of such labels); labels are aligned with
+        positions (already shifted). The full fp32 logits are never materialised."""
+        h = self.hidden(input_ids, seq_idx=seq_idx)
+        return self.kernels.linear_cross_entropy(h, self.lm_head.weight, labels, ignore_index=-100)
+
+    # ---- decoding -----------------------------------------------------------------------
+    def allocate_cache(self, batch_size: int, device: torch.device | None = None,
+                       dtype: torch.dtype | None = None) -> InferenceCache:
+        param = self.backbone.embedding.weight
+        device = device or param.device
+        dtype = dtype or param.dtype
+        return InferenceCache([layer.mixer.new_state(batch_size, device, dtype) for layer in self.backbone.layers])
+
+    def step(self, token_ids: Tensor, cache: InferenceCache) -> Tensor:
+        """One token per row: token_ids (b,) → logits (b, padded_vocab); the cache advances by one."""
+        return self.lm_head(self._step_hidden(token_ids, cache))
+
+    def _step_hidden(self, token_ids: Tensor, cache: InferenceCache) -> Tensor:
+        x = self.backbone.embedding(token_ids)
+        for layer, state in zip(self.backbone.layers, cache.layers):
+            x = layer.step(x, state)
+        cache.seqlen_offset += 1
+        return self.backbone.norm_f(x.to(self.backbone.norm_f.weight.dtype))
+
+    def _continue(self, input_ids: Tensor, cache: InferenceCache) -> Tensor:
+        """Feed several tokens into a non-empty cache one step at a time (hidden states of each)."""
+        return torch.stack([self._step_hidden(input_ids[:, t], cache) for t in range(input_ids.shape[1])], dim=1)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())
