@@ -128,3 +128,38 @@ def print_table(rows: list[dict[str, Any]], columns: list[str] | None = None) ->
 
 def dump_json(obj: Any) -> str:
     return json.dumps(obj, indent=2)
+
+
+def resolve_device(name: str = "auto") -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def resolve_dtype(name: str = "auto", device: str = "cpu"):
+    import torch
+
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}
+    if name == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    if name not in table:
+        raise ValueError(f"unknown dtype {name!r}; choose from auto, {', '.join(table)}")
+    return table[name]
+
+
+def load_model_and_tokenizer(model: str, tokenizer: str | None = None, device: str = "auto", dtype: str = "auto",
+                             backend: str = "auto"):
+    """The model of a checkpoint (any layout or hub id) and its tokenizer: the one named, else the
+    ``tokenizer.json`` stored beside the weights, else the GPT-NeoX default."""
+    from biomamba.data.tokenizer import DEFAULT_TOKENIZER, load_tokenizer
+    from biomamba.model.checkpoint import load_model, resolve_checkpoint_dir
+
+    dev = resolve_device(device)
+    directory = resolve_checkpoint_dir(model)
+    lm = load_model(directory, device=dev, dtype=resolve_dtype(dtype, dev), backend=backend).eval()
+    if tokenizer is None:
+        tokenizer = str(directory) if (directory / "tokenizer.json").is_file() else DEFAULT_TOKENIZER
+    return lm, load_tokenizer(tokenizer)

@@ -81,8 +81,8 @@ def config_to_state_spaces(cfg: ModelConfig) -> dict[str, Any]:
     if cfg.arch == "mamba2":
         ssm = {"layer": "Mamba2", **ssm, "headdim": cfg.headdim, "ngroups": cfg.ngroups,
                "chunk_size": cfg.chunk_size}
-    else:
-        ssm["dt_rank"] = cfg.resolved_dt_rank
+    elif cfg.dt_rank is not None:  # upstream default "auto" = ceil(d_model / 16)
+        ssm["dt_rank"] = cfg.dt_rank
     return {"d_model": cfg.d_model, "d_intermediate": 0, "n_layer": cfg.n_layer, "vocab_size": cfg.vocab_size,
             "ssm_cfg": ssm, "attn_layer_idx": [], "attn_cfg": {}, "rms_norm": True,
             "residual_in_fp32": cfg.residual_in_fp32, "fused_add_norm": True,
