@@ -92,3 +92,21 @@ def load_tokenizer(name_or_path: str | Path = DEFAULT_TOKENIZER) -> Tokenizer:
             f"--tokenizer=/path/to/gpt-neox-20b/tokenizer.json"
         ) from exc
     return Tokenizer(_HFTokenizer.from_file(local), name)
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 4096, min_frequency: int = 2) -> Tokenizer:
+    """Train a byte-level BPE tokenizer (GPT-NeoX style: ``<|endoftext|>`` = 0, ``<|padding|>`` = 1).
+
+    Used by the offline demo, which cannot download the GPT-NeoX tokenizer; deterministic for
+    the same texts and settings.
+    """
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    backend = _HFTokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
+                                  special_tokens=["<|endoftext|>", "<|padding|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    backend.train_from_iterator(texts, trainer=trainer)
+    return Tokenizer(backend, f"trained-bpe-{vocab_size}")
