@@ -1,0 +1,103 @@
+"""The Triton fast path: every op of the kernel seam but ``selective_scan`` (Mamba-1), which
+falls back to the torch reference.
+
+Same signatures and semantics as ``biomamba.kernels.reference``; forward and backward in
+Triton, registered as ``torch.ops.biomamba.*`` custom ops with fake implementations (so
+``torch.compile`` and FSDP2 see ordinary ops). Runs on CUDA, or on the CPU through Triton's
+interpreter when ``TRITON_INTERPRET=1`` is set before triton is imported (slow; for tests).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+from torch import Tensor
+
+INF = math.inf
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def available() -> tuple[bool, str]:
+    try:
+        import triton  # noqa: F401
+    except ImportError as exc:
+        return False, f"triton is not installed ({exc})"
+    if _interpreting():
+        return True, "TRITON_INTERPRET=1: Triton's CPU interpreter (slow, for tests)"
+    if not torch.cuda.is_available():
+        return False, "no CUDA device (set TRITON_INTERPRET=1 to run the kernels on the CPU interpreter)"
+    return True, f"CUDA {torch.cuda.get_device_name()}"
+
+
+from biomamba.kernels.triton import ops as _ops  # noqa: E402  (registers torch.ops.biomamba.*)
+
+
+def _silu(activation: str | None) -> bool:
+    if activation not in (None, "silu"):
+        raise ValueError(f"unsupported activation {activation!r}")
+    return activation == "silu"
+
+
+def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, seq_idx: Tensor | None = None,
+                  activation: str | None = "silu") -> Tensor:
+    return _ops.causal_conv1d_fwd(x, weight, bias, seq_idx, _silu(activation))
+
+
+def gated_rmsnorm(x: Tensor, z: Tensor | None, weight: Tensor, eps: float, group_size: int) -> Tensor:
+    return _ops.rmsnorm_fwd(x, z, weight, float(eps), int(group_size))[0]
+
+
+def rmsnorm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    return _ops.rmsnorm_fwd(x, None, weight, float(eps), x.shape[-1])[0]
+
+
+def ssd_scan(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, *, chunk_size: int,
+             D: Tensor | None = None, dt_bias: Tensor | None = None, dt_softplus: bool = True,
+             dt_limit: tuple[float, float] = (0.0, INF), seq_idx: Tensor | None = None,
+             initial_state: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    if chunk_size & (chunk_size - 1):
+        from biomamba.kernels import reference  # the kernels tile by powers of two
+
+        return reference.ssd_scan(x, dt, A, B, C, chunk_size=chunk_size, D=D, dt_bias=dt_bias,
+                                  dt_softplus=dt_softplus, dt_limit=dt_limit, seq_idx=seq_idx,
+                                  initial_state=initial_state)
+    return _ops.ssd_scan_fwd(x, dt, A, B, C, int(chunk_size), D, dt_bias, bool(dt_softplus), float(dt_limit[0]),
+                             float(dt_limit[1]), seq_idx, initial_state)
+
+
+def ssd_step(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, *,
+             D: Tensor | None = None, dt_bias: Tensor | None = None, dt_softplus: bool = True,
+             dt_limit: tuple[float, float] = (0.0, INF)) -> Tensor:
+    return _ops.ssd_step_op(state, x, dt, A, B, C, D, dt_bias, bool(dt_softplus), float(dt_limit[0]),
+                            float(dt_limit[1]))
+
+
+def conv_step(conv_state: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None = None,
+              activation: str | None = "silu") -> Tensor:
+    return _ops.conv_step_op(conv_state, x, weight, bias, _silu(activation))
+
+
+def linear_cross_entropy(hidden: Tensor, weight: Tensor, targets: Tensor, *, ignore_index: int = -100,
+                         chunk_rows: int = 4096) -> tuple[Tensor, Tensor]:
+    """Σ cross-entropy(hidden @ weightᵀ, targets) over non-ignored rows, and their count.
+
+    Matmuls run in the autocast dtype when autocast is on (as the reference's would), else in
+    the inputs' dtype; the gradients are formed chunk by chunk during the forward.
+    """
+    dev = hidden.device.type
+    if torch.is_autocast_enabled(dev):
+        dtype = torch.get_autocast_dtype(dev)
+    else:
+        dtype = torch.promote_types(hidden.dtype, weight.dtype)
+    h = hidden.reshape(-1, hidden.shape[-1]).to(dtype)
+    w = weight.to(dtype)
+    t = targets.reshape(-1)
+    grad = torch.is_grad_enabled()
+    loss, count, _, _ = _ops.lce_fwd(h, w, t, int(ignore_index), int(chunk_rows),
+                                     grad and h.requires_grad, grad and w.requires_grad)
+    return loss, count

@@ -1,0 +1,190 @@
+"""Depthwise causal conv1d (+SiLU, document boundaries) forward/backward, and its decode step.
+
+Channels last: x (b, l, d) with any batch/time strides and unit channel stride. One program
+owns a (time block × channel block) tile; the k taps are read as k shifted loads of the same
+tile (they hit L1/L2). The backward recomputes the pre-activation for the k positions each
+input feeds, so nothing but the inputs is saved.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+
+@triton.jit
+def _preact(x_ptr, w_ptr, bias_ptr, seq_ptr, pb, u, c, cm, L, sxb, sxl, swd, swk, ssb, ssl,
+            K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr, BL: tl.constexpr, BD: tl.constexpr):
+    """Pre-activation at positions u (BL,) and channels c (BD,): bias + Σ_s w[k-1-s] x[u-s]."""
+    um = (u >= 0) & (u < L)
+    acc = tl.zeros((BL, BD), dtype=tl.float32)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + c, mask=cm, other=0.0).to(tl.float32)[None, :]
+    if HAS_SEQ:
+        sq = tl.load(seq_ptr + pb * ssb + u * ssl, mask=um, other=0)
+    for s in tl.static_range(K):
+        us = u - s
+        m = (us >= 0) & um
+        if HAS_SEQ:
+            if s > 0:
+                sqs = tl.load(seq_ptr + pb * ssb + us * ssl, mask=m, other=-1)
+                m = m & (sqs == sq)
+        xv = tl.load(x_ptr + pb * sxb + us[:, None] * sxl + c[None, :], mask=m[:, None] & cm[None, :],
+                     other=0.0).to(tl.float32)
+        wv = tl.load(w_ptr + c * swd + (K - 1 - s) * swk, mask=cm, other=0.0).to(tl.float32)
+        acc += xv * wv[None, :]
+    return acc
+
+
+@triton.jit
+def _conv_fwd_kernel(x_ptr, w_ptr, bias_ptr, seq_ptr, y_ptr, L, D, sxb, sxl, swd, swk, ssb, ssl, syb, syl,
+                     K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr, SILU: tl.constexpr,
+                     BL: tl.constexpr, BD: tl.constexpr):
+    pb = tl.program_id(0)
+    t = tl.program_id(1) * BL + tl.arange(0, BL)
+    c = tl.program_id(2) * BD + tl.arange(0, BD)
+    cm = c < D
+    acc = _preact(x_ptr, w_ptr, bias_ptr, seq_ptr, pb, t, c, cm, L, sxb, sxl, swd, swk, ssb, ssl,
+                  K, HAS_BIAS, HAS_SEQ, BL, BD)
+    if SILU:
+        acc = acc * tl.sigmoid(acc)
+    tl.store(y_ptr + pb * syb + t[:, None] * syl + c[None, :], acc.to(y_ptr.dtype.element_ty),
+             mask=(t < L)[:, None] & cm[None, :])
+
+
+@triton.jit
+def _conv_bwd_kernel(x_ptr, w_ptr, bias_ptr, seq_ptr, dy_ptr, dx_ptr, dw_ptr, db_ptr, L, D,
+                     sxb, sxl, swd, swk, ssb, ssl, sdyb, sdyl, sdxb, sdxl,
+                     K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr, SILU: tl.constexpr,
+                     BL: tl.constexpr, BD: tl.constexpr):
+    pb = tl.program_id(0)
+    pl = tl.program_id(1)
+    t = pl * BL + tl.arange(0, BL)
+    c = tl.program_id(2) * BD + tl.arange(0, BD)
+    cm = c < D
+    tm = t < L
+    if HAS_SEQ:
+        sq = tl.load(seq_ptr + pb * ssb + t * ssl, mask=tm, other=0)
+    dx = tl.zeros((BL, BD), dtype=tl.float32)
+    for j in tl.static_range(K):  # the output at u = t + j reads x[t] through tap k-1-j
+        u = t + j
+        um = u < L
+        dyu = tl.load(dy_ptr + pb * sdyb + u[:, None] * sdyl + c[None, :], mask=um[:, None] & cm[None, :],
+                      other=0.0).to(tl.float32)
+        if SILU:
+            a = _preact(x_ptr, w_ptr, bias_ptr, seq_ptr, pb, u, c, cm, L, sxb, sxl, swd, swk, ssb, ssl,
+                        K, HAS_BIAS, HAS_SEQ, BL, BD)
+            sg = tl.sigmoid(a)
+            da = dyu * sg * (1.0 + a * (1.0 - sg))
+        else:
+            da = dyu
+        if j == 0:
+            # weight / bias gradients from the outputs this program owns
+            tmask = tm
+            if HAS_BIAS:
+                tl.store(db_ptr + (pb * tl.num_programs(1) + pl) * D + c, tl.sum(da, 0), mask=cm)
+            for s in tl.static_range(K):
+                ts = t - s
+                m = (ts >= 0) & tmask
+                if HAS_SEQ:
+                    if s > 0:
+                        sqs = tl.load(seq_ptr + pb * ssb + ts * ssl, mask=m, other=-1)
+                        m = m & (sqs == sq)
+                xv = tl.load(x_ptr + pb * sxb + ts[:, None] * sxl + c[None, :], mask=m[:, None] & cm[None, :],
+                             other=0.0).to(tl.float32)
+                tl.store(dw_ptr + ((pb * tl.num_programs(1) + pl) * K + (K - 1 - s)) * D + c,
+                         tl.sum(da * xv, 0), mask=cm)
+        m = um & tm
+        if HAS_SEQ:
+            if j > 0:
+                squ = tl.load(seq_ptr + pb * ssb + u * ssl, mask=um, other=-1)
+                m = m & (squ == sq)
+        wv = tl.load(w_ptr + c * swd + (K - 1 - j) * swk, mask=cm, other=0.0).to(tl.float32)
+        dx += tl.where(m[:, None], da * wv[None, :], 0.0)
+    tl.store(dx_ptr + pb * sdxb + t[:, None] * sdxl + c[None, :], dx.to(dx_ptr.dtype.element_ty),
+             mask=tm[:, None] & cm[None, :])
+
+
+def _blocks(L: int, D: int) -> tuple[int, int]:
+    return min(64, triton.next_power_of_2(max(L, 1))), min(128, triton.next_power_of_2(D))
+
+
+def _unit_channel(x: Tensor) -> Tensor:
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def conv_fwd(x: Tensor, weight: Tensor, bias: Tensor | None, seq_idx: Tensor | None, silu: bool) -> Tensor:
+    x = _unit_channel(x)
+    b, L, D = x.shape
+    K = weight.shape[-1]
+    y = torch.empty((b, L, D), device=x.device, dtype=x.dtype)
+    BL, BD = _blocks(L, D)
+    seq = seq_idx if seq_idx is not None else x
+    _conv_fwd_kernel[(b, triton.cdiv(L, BL), triton.cdiv(D, BD))](
+        x, weight, bias if bias is not None else weight, seq, y, L, D, x.stride(0), x.stride(1),
+        weight.stride(0), weight.stride(1), seq.stride(0) if seq_idx is not None else 0,
+        seq.stride(1) if seq_idx is not None else 0, y.stride(0), y.stride(1),
+        K=K, HAS_BIAS=bias is not None, HAS_SEQ=seq_idx is not None, SILU=silu, BL=BL, BD=BD, num_warps=4)
+    return y
+
+
+def conv_bwd(dy: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None, seq_idx: Tensor | None,
+             silu: bool) -> tuple[Tensor, Tensor, Tensor]:
+    x, dy = _unit_channel(x), _unit_channel(dy)
+    b, L, D = x.shape
+    K = weight.shape[-1]
+    BL, BD = _blocks(L, D)
+    nl = triton.cdiv(L, BL)
+    dx = torch.empty((b, L, D), device=x.device, dtype=x.dtype)
+    dw_part = torch.empty((b * nl, K, D), device=x.device, dtype=torch.float32)
+    db_part = torch.zeros((b * nl, D), device=x.device, dtype=torch.float32)
+    seq = seq_idx if seq_idx is not None else x
+    _conv_bwd_kernel[(b, nl, triton.cdiv(D, BD))](
+        x, weight, bias if bias is not None else weight, seq, dy, dx, dw_part, db_part, L, D,
+        x.stride(0), x.stride(1), weight.stride(0), weight.stride(1),
+        seq.stride(0) if seq_idx is not None else 0, seq.stride(1) if seq_idx is not None else 0,
+        dy.stride(0), dy.stride(1), dx.stride(0), dx.stride(1),
+        K=K, HAS_BIAS=bias is not None, HAS_SEQ=seq_idx is not None, SILU=silu, BL=BL, BD=BD, num_warps=4)
+    dw = dw_part.sum(0).t().to(weight.dtype)  # (D, K)
+    db = db_part.sum(0).to(bias.dtype if bias is not None else weight.dtype)
+    return dx, dw, db
+
+
+# ---- decode step ----------------------------------------------------------------------------
+
+@triton.jit
+def _conv_step_kernel(state_ptr, x_ptr, w_ptr, bias_ptr, y_ptr, D, ssb, ssd, ssk, sxb, swd, swk, syb,
+                      K: tl.constexpr, KP: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
+                      BD: tl.constexpr):
+    pb = tl.program_id(0)
+    c = tl.program_id(1) * BD + tl.arange(0, BD)
+    cm = c < D
+    k = tl.arange(0, KP)
+    sp = state_ptr + pb * ssb + c[:, None] * ssd
+    shifted = tl.load(sp + (k[None, :] + 1) * ssk, mask=cm[:, None] & (k[None, :] + 1 < K), other=0.0)
+    xv = tl.load(x_ptr + pb * sxb + c, mask=cm, other=0.0).to(shifted.dtype)
+    new = tl.where(k[None, :] == K - 1, xv[:, None], shifted)
+    km = cm[:, None] & (k[None, :] < K)
+    tl.debug_barrier()  # every read of the old state precedes the writes
+    tl.store(sp + k[None, :] * ssk, new, mask=km)
+    w = tl.load(w_ptr + c[:, None] * swd + k[None, :] * swk, mask=km, other=0.0).to(tl.float32)
+    acc = tl.sum(new.to(tl.float32) * w, 1)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + c, mask=cm, other=0.0).to(tl.float32)
+    if SILU:
+        acc = acc * tl.sigmoid(acc)
+    tl.store(y_ptr + pb * syb + c, acc.to(y_ptr.dtype.element_ty), mask=cm)
+
+
+def conv_step_(conv_state: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None, silu: bool) -> Tensor:
+    b, D, K = conv_state.shape
+    y = torch.empty((b, D), device=x.device, dtype=x.dtype)
+    BD = min(256, triton.next_power_of_2(D))
+    _conv_step_kernel[(b, triton.cdiv(D, BD))](
+        conv_state, x, weight, bias if bias is not None else weight, y, D,
+        conv_state.stride(0), conv_state.stride(1), conv_state.stride(2), x.stride(0),
+        weight.stride(0), weight.stride(1), y.stride(0),
+        K=K, KP=triton.next_power_of_2(K), HAS_BIAS=bias is not None, SILU=silu, BD=BD, num_warps=4)
+    return y

@@ -1,0 +1,118 @@
+"""RMSNorm, optionally gated (x·SiLU(z) normalised over groups of channels), forward/backward.
+
+Rows are flattened leading dimensions; program (row block, group) owns BM rows × one group's
+channels, so a group of any size (not only powers of two) is one masked tile. The weight
+gradient is written as one partial row per program and summed afterwards (deterministic).
+Semantics follow ``reference.gated_rmsnorm``: the normalised value is rounded to the input
+dtype before the weight multiplies it, the output has the promoted dtype of x and weight.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+
+@triton.jit
+def _norm_fwd_kernel(x_ptr, z_ptr, w_ptr, y_ptr, rstd_ptr, M, G, NG, eps, sxm, szm, sym,
+                     HAS_Z: tl.constexpr, BM: tl.constexpr, BG: tl.constexpr):
+    rows = tl.program_id(0) * BM + tl.arange(0, BM)
+    g = tl.program_id(1)
+    cols = tl.arange(0, BG)
+    rm = rows < M
+    cm = cols < G
+    m = rm[:, None] & cm[None, :]
+    ch = g * G + cols
+    x = tl.load(x_ptr + rows[:, None] * sxm + ch[None, :], mask=m, other=0.0)
+    xf = x.to(tl.float32)
+    if HAS_Z:
+        z = tl.load(z_ptr + rows[:, None] * szm + ch[None, :], mask=m, other=0.0).to(tl.float32)
+        xf = xf * z * tl.sigmoid(z)
+    rstd = 1.0 / tl.sqrt(tl.sum(xf * xf, 1) / G + eps)
+    n = (xf * rstd[:, None]).to(x.dtype).to(tl.float32)
+    w = tl.load(w_ptr + ch, mask=cm, other=0.0).to(tl.float32)
+    tl.store(y_ptr + rows[:, None] * sym + ch[None, :], (n * w[None, :]).to(y_ptr.dtype.element_ty), mask=m)
+    tl.store(rstd_ptr + rows * NG + g, rstd, mask=rm)
+
+
+@triton.jit
+def _norm_bwd_kernel(x_ptr, z_ptr, w_ptr, rstd_ptr, dy_ptr, dx_ptr, dz_ptr, dw_ptr, M, G, NG,
+                     sxm, szm, sdym, sdxm, sdzm, rows_per_prog,
+                     HAS_Z: tl.constexpr, BM: tl.constexpr, BG: tl.constexpr):
+    pid = tl.program_id(0)
+    g = tl.program_id(1)
+    cols = tl.arange(0, BG)
+    cm = cols < G
+    ch = g * G + cols
+    w = tl.load(w_ptr + ch, mask=cm, other=0.0).to(tl.float32)
+    dw = tl.zeros((BG,), dtype=tl.float32)
+    start = pid * rows_per_prog
+    for r0 in range(start, start + rows_per_prog, BM):
+        rows = r0 + tl.arange(0, BM)
+        rm = (rows < M) & (rows < start + rows_per_prog)
+        m = rm[:, None] & cm[None, :]
+        x = tl.load(x_ptr + rows[:, None] * sxm + ch[None, :], mask=m, other=0.0).to(tl.float32)
+        if HAS_Z:
+            z = tl.load(z_ptr + rows[:, None] * szm + ch[None, :], mask=m, other=0.0).to(tl.float32)
+            sz = tl.sigmoid(z)
+            xg = x * z * sz
+        else:
+            xg = x
+        rstd = tl.load(rstd_ptr + rows * NG + g, mask=rm, other=0.0)
+        n = xg * rstd[:, None]
+        dy = tl.load(dy_ptr + rows[:, None] * sdym + ch[None, :], mask=m, other=0.0).to(tl.float32)
+        dw += tl.sum(dy * n, 0)
+        dn = dy * w[None, :]
+        dxg = rstd[:, None] * (dn - n * (tl.sum(dn * n, 1) / G)[:, None])
+        if HAS_Z:
+            tl.store(dx_ptr + rows[:, None] * sdxm + ch[None, :], (dxg * z * sz).to(dx_ptr.dtype.element_ty), mask=m)
+            dz = dxg * x * sz * (1.0 + z * (1.0 - sz))
+            tl.store(dz_ptr + rows[:, None] * sdzm + ch[None, :], dz.to(dz_ptr.dtype.element_ty), mask=m)
+        else:
+            tl.store(dx_ptr + rows[:, None] * sdxm + ch[None, :], dxg.to(dx_ptr.dtype.element_ty), mask=m)
+    tl.store(dw_ptr + pid * NG * G + ch, dw, mask=cm)
+
+
+def _rows(t: Tensor, d: int) -> Tensor:
+    t = t.reshape(-1, d)
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _bm(G: int) -> int:
+    return max(1, min(16, 4096 // triton.next_power_of_2(G)))
+
+
+def norm_fwd(x: Tensor, z: Tensor | None, weight: Tensor, eps: float, group_size: int) -> tuple[Tensor, Tensor]:
+    d = x.shape[-1]
+    x2 = _rows(x, d)
+    z2 = _rows(z, d) if z is not None else x2
+    M, NG, G = x2.shape[0], d // group_size, group_size
+    y = torch.empty(x.shape, device=x.device, dtype=torch.promote_types(x.dtype, weight.dtype))
+    rstd = torch.empty((M, NG), device=x.device, dtype=torch.float32)
+    BG, BM = triton.next_power_of_2(G), _bm(G)
+    _norm_fwd_kernel[(triton.cdiv(M, BM), NG)](
+        x2, z2, weight, y, rstd, M, G, NG, eps, x2.stride(0), z2.stride(0), d,
+        HAS_Z=z is not None, BM=BM, BG=BG, num_warps=4 if BG <= 1024 else 8)
+    return y, rstd
+
+
+def norm_bwd(dy: Tensor, x: Tensor, z: Tensor | None, weight: Tensor, rstd: Tensor,
+             group_size: int) -> tuple[Tensor, Tensor, Tensor]:
+    d = x.shape[-1]
+    x2 = _rows(x, d)
+    z2 = _rows(z, d) if z is not None else x2
+    dy2 = _rows(dy, d)
+    M, NG, G = x2.shape[0], d // group_size, group_size
+    dx = torch.empty(x.shape, device=x.device, dtype=x.dtype)
+    dz = torch.empty(z.shape, device=x.device, dtype=z.dtype) if z is not None else dx
+    BG, BM = triton.next_power_of_2(G), _bm(G)
+    nprog = min(triton.cdiv(M, BM), 512)
+    rows_per_prog = triton.cdiv(triton.cdiv(M, nprog), BM) * BM
+    nprog = triton.cdiv(M, rows_per_prog)
+    dw_part = torch.empty((nprog, d), device=x.device, dtype=torch.float32)
+    _norm_bwd_kernel[(nprog, NG)](
+        x2, z2, weight, rstd, dy2, dx, dz, dw_part, M, G, NG, x2.stride(0), z2.stride(0), dy2.stride(0),
+        d, d, rows_per_prog, HAS_Z=z is not None, BM=BM, BG=BG, num_warps=4 if BG <= 1024 else 8)
+    return dx, dz, dw_part.sum(0).to(weight.dtype)

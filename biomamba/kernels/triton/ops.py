@@ -1,0 +1,210 @@
+"""The Triton kernels as PyTorch custom ops (namespace ``biomamba``), with fake implementations
+and autograd, so that ``torch.compile`` traces through them as opaque nodes and FSDP2 / DTensor
+code sees ordinary ops. Forward and backward are separate ops; autograd connects them.
+
+No ``from __future__ import annotations`` here: ``torch.library`` reads the annotations.
+"""
+
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from biomamba.kernels.triton import ce as _ce
+from biomamba.kernels.triton import conv as _conv
+from biomamba.kernels.triton import norm as _norm
+from biomamba.kernels.triton import ssd as _ssd
+
+lib = "biomamba"
+
+
+# ---- causal conv1d ----------------------------------------------------------------------------
+
+@torch.library.custom_op(f"{lib}::causal_conv1d_fwd", mutates_args=())
+def causal_conv1d_fwd(x: Tensor, weight: Tensor, bias: Optional[Tensor], seq_idx: Optional[Tensor],
+                      silu: bool) -> Tensor:
+    return _conv.conv_fwd(x, weight, bias, seq_idx, silu)
+
+
+@causal_conv1d_fwd.register_fake
+def _(x, weight, bias, seq_idx, silu):
+    return x.new_empty(x.shape)
+
+
+@torch.library.custom_op(f"{lib}::causal_conv1d_bwd", mutates_args=())
+def causal_conv1d_bwd(dy: Tensor, x: Tensor, weight: Tensor, bias: Optional[Tensor], seq_idx: Optional[Tensor],
+                      silu: bool) -> tuple[Tensor, Tensor, Tensor]:
+    return _conv.conv_bwd(dy, x, weight, bias, seq_idx, silu)
+
+
+@causal_conv1d_bwd.register_fake
+def _(dy, x, weight, bias, seq_idx, silu):
+    db = bias.new_empty(bias.shape) if bias is not None else weight.new_empty(weight.shape[0])
+    return x.new_empty(x.shape), weight.new_empty(weight.shape), db
+
+
+def _conv_setup(ctx, inputs, output):
+    x, weight, bias, seq_idx, silu = inputs
+    ctx.save_for_backward(x, weight, bias, seq_idx)
+    ctx.silu = silu
+
+
+def _conv_backward(ctx, dy):
+    x, weight, bias, seq_idx = ctx.saved_tensors
+    dx, dw, db = causal_conv1d_bwd(dy, x, weight, bias, seq_idx, ctx.silu)
+    return dx, dw, (db if bias is not None else None), None, None
+
+
+causal_conv1d_fwd.register_autograd(_conv_backward, setup_context=_conv_setup)
+
+
+# ---- (gated) RMSNorm --------------------------------------------------------------------------
+
+@torch.library.custom_op(f"{lib}::rmsnorm_fwd", mutates_args=())
+def rmsnorm_fwd(x: Tensor, z: Optional[Tensor], weight: Tensor, eps: float, group_size: int) -> tuple[Tensor, Tensor]:
+    return _norm.norm_fwd(x, z, weight, eps, group_size)
+
+
+@rmsnorm_fwd.register_fake
+def _(x, z, weight, eps, group_size):
+    rows = x.numel() // x.shape[-1]
+    return (x.new_empty(x.shape, dtype=torch.promote_types(x.dtype, weight.dtype)),
+            x.new_empty((rows, x.shape[-1] // group_size), dtype=torch.float32))
+
+
+@torch.library.custom_op(f"{lib}::rmsnorm_bwd", mutates_args=())
+def rmsnorm_bwd(dy: Tensor, x: Tensor, z: Optional[Tensor], weight: Tensor, rstd: Tensor,
+                group_size: int) -> tuple[Tensor, Tensor, Tensor]:
+    dx, dz, dw = _norm.norm_bwd(dy, x, z, weight, rstd, group_size)
+    return dx, (dz if z is not None else x.new_empty(0)), dw
+
+
+@rmsnorm_bwd.register_fake
+def _(dy, x, z, weight, rstd, group_size):
+    return x.new_empty(x.shape), (z.new_empty(z.shape) if z is not None else x.new_empty(0)), weight.new_empty(weight.shape)
+
+
+def _norm_setup(ctx, inputs, output):
+    x, z, weight, eps, group_size = inputs
+    ctx.save_for_backward(x, z, weight, output[1])
+    ctx.group_size = group_size
+
+
+def _norm_backward(ctx, dy, _drstd):
+    x, z, weight, rstd = ctx.saved_tensors
+    dx, dz, dw = rmsnorm_bwd(dy, x, z, weight, rstd, ctx.group_size)
+    return dx, (dz if z is not None else None), dw, None, None
+
+
+rmsnorm_fwd.register_autograd(_norm_backward, setup_context=_norm_setup)
+
+
+# ---- SSD scan ----------------------------------------------------------------------------------
+
+@torch.library.custom_op(f"{lib}::ssd_scan_fwd", mutates_args=())
+def ssd_scan_fwd(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_size: int, D: Optional[Tensor],
+                 dt_bias: Optional[Tensor], dt_softplus: bool, dt_lo: float, dt_hi: float,
+                 seq_idx: Optional[Tensor], initial_state: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+    return _ssd.ssd_fwd(x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus, dt_lo, dt_hi, seq_idx, initial_state)
+
+
+@ssd_scan_fwd.register_fake
+def _(x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus, dt_lo, dt_hi, seq_idx, initial_state):
+    b, l, h, p = x.shape
+    return x.new_empty(x.shape), x.new_empty((b, h, p, B.shape[-1]), dtype=torch.float32)
+
+
+@torch.library.custom_op(f"{lib}::ssd_scan_bwd", mutates_args=())
+def ssd_scan_bwd(dy: Tensor, dfinal: Optional[Tensor], x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                 chunk_size: int, D: Optional[Tensor], dt_bias: Optional[Tensor], dt_softplus: bool, dt_lo: float,
+                 dt_hi: float, seq_idx: Optional[Tensor], initial_state: Optional[Tensor]
+                 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    dx, ddt, dA, dB, dC, dD, ddt_bias, dinit = _ssd.ssd_bwd(
+        dy, dfinal, x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus, dt_lo, dt_hi, seq_idx, initial_state)
+    empty = x.new_empty(0)
+    return (dx, ddt, dA, dB, dC, dD if dD is not None else empty, ddt_bias if ddt_bias is not None else empty,
+            dinit.to(initial_state.dtype) if initial_state is not None else empty)
+
+
+@ssd_scan_bwd.register_fake
+def _(dy, dfinal, x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus, dt_lo, dt_hi, seq_idx, initial_state):
+    like = lambda t: t.new_empty(t.shape) if t is not None else x.new_empty(0)  # noqa: E731
+    return like(x), like(dt), like(A), like(B), like(C), like(D), like(dt_bias), like(initial_state)
+
+
+def _ssd_setup(ctx, inputs, output):
+    x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus, dt_lo, dt_hi, seq_idx, initial_state = inputs
+    ctx.save_for_backward(x, dt, A, B, C, D, dt_bias, seq_idx, initial_state)
+    ctx.args = (chunk_size, dt_softplus, dt_lo, dt_hi)
+
+
+def _ssd_backward(ctx, dy, dfinal):
+    x, dt, A, B, C, D, dt_bias, seq_idx, initial_state = ctx.saved_tensors
+    chunk_size, dt_softplus, dt_lo, dt_hi = ctx.args
+    dx, ddt, dA, dB, dC, dD, ddt_bias, dinit = ssd_scan_bwd(
+        dy, dfinal, x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus, dt_lo, dt_hi, seq_idx, initial_state)
+    return (dx, ddt, dA, dB, dC, None, dD if D is not None else None, ddt_bias if dt_bias is not None else None,
+            None, None, None, None, dinit if initial_state is not None else None)
+
+
+ssd_scan_fwd.register_autograd(_ssd_backward, setup_context=_ssd_setup)
+
+
+# ---- decode steps (state updated in place) -------------------------------------------------------
+
+@torch.library.custom_op(f"{lib}::ssd_step", mutates_args=("state",))
+def ssd_step_op(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
+                dt_bias: Optional[Tensor], dt_softplus: bool, dt_lo: float, dt_hi: float) -> Tensor:
+    return _ssd.ssd_step_(state, x, dt, A, B, C, D, dt_bias, dt_softplus, dt_lo, dt_hi)
+
+
+@ssd_step_op.register_fake
+def _(state, x, dt, A, B, C, D, dt_bias, dt_softplus, dt_lo, dt_hi):
+    return x.new_empty(x.shape)
+
+
+@torch.library.custom_op(f"{lib}::conv_step", mutates_args=("conv_state",))
+def conv_step_op(conv_state: Tensor, x: Tensor, weight: Tensor, bias: Optional[Tensor], silu: bool) -> Tensor:
+    return _conv.conv_step_(conv_state, x, weight, bias, silu)
+
+
+@conv_step_op.register_fake
+def _(conv_state, x, weight, bias, silu):
+    return x.new_empty(x.shape)
+
+
+# ---- linear + cross-entropy ------------------------------------------------------------------------
+
+@torch.library.custom_op(f"{lib}::linear_cross_entropy_fwd", mutates_args=())
+def lce_fwd(h: Tensor, w: Tensor, t: Tensor, ignore_index: int, chunk_rows: int, need_dh: bool,
+            need_dw: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    with torch.autocast(h.device.type, enabled=False):
+        return _ce.lce_fwd(h, w, t, ignore_index, chunk_rows, need_dh, need_dw)
+
+
+@lce_fwd.register_fake
+def _(h, w, t, ignore_index, chunk_rows, need_dh, need_dw):
+    return (h.new_empty((), dtype=torch.float32), t.new_empty((), dtype=torch.int64),
+            h.new_empty(h.shape) if need_dh else h.new_empty(0),
+            w.new_empty(w.shape, dtype=torch.float32) if need_dw else h.new_empty(0, dtype=torch.float32))
+
+
+def _lce_setup(ctx, inputs, output):
+    h, w, t, ignore_index, chunk_rows, need_dh, need_dw = inputs
+    ctx.save_for_backward(output[2], output[3])
+    ctx.need = (need_dh, need_dw)
+    ctx.w_dtype = w.dtype
+
+
+def _lce_backward(ctx, dloss, _dcount, _ddh, _ddw):
+    dh, dw = ctx.saved_tensors
+    need_dh, need_dw = ctx.need
+    return (dh * dloss.to(dh.dtype) if need_dh else None, (dw * dloss).to(ctx.w_dtype) if need_dw else None,
+            None, None, None, None, None)
+
+
+lce_fwd.register_autograd(_lce_backward, setup_context=_lce_setup)
+
+
+INF = math.inf

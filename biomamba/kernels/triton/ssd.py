@@ -1,0 +1,672 @@
+"""Chunked state-space duality (Mamba2 §6) in Triton: forward, backward, and the decode step.
+
+Per chunk c of T positions, head h (group g = h // (H/G)), with Δ the discretised step,
+a_t = Σ_{u≤t in chunk} Δ_u A (chunk-local cumulative log-decay) and S_c the state entering
+the chunk:
+
+    y_t   = Σ_{s≤t, same doc} (C_t·B_s) e^{a_t−a_s} Δ_s x_s  +  e^{a_t}[doc_t = doc(S_c)] C_t S_c  +  D x_t
+    Z_c   = Σ_s e^{a_T−a_s}[doc_s = doc_end] Δ_s x_s ⊗ B_s          (the chunk's own end state)
+    S_c+1 = Z_c + e^{a_T}[doc_end = doc(S_c)] S_c
+
+Forward kernels: (1) Δ and a per chunk (softplus, bias, clamp fused), (2) C·Bᵀ per chunk and
+group (shared by the heads of a group), (3) Z_c, (4) the sequential pass over chunks giving
+every S_c and the final state, (5) the outputs. The backward recomputes (1)–(4) and runs the
+same structure in reverse: dS_c (a pass over chunks backwards), then dx/dΔ per head, dC and
+dB per group (looping over the group's heads, so no per-head buffers of B/C size), and the
+gradients of the log-decays, which reduce to per-position vectors finished in torch
+(a reverse cumulative sum per chunk and the chain rule through softplus/clamp/bias).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+
+# ---- (1) Δ and the chunk-local cumulative log-decay ------------------------------------------
+
+@triton.jit
+def _dt_kernel(dt_ptr, bias_ptr, A_ptr, delta_ptr, acs_ptr, L, H, NC, sdtb, sdtl, dt_lo, dt_hi,
+               HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, CLAMP: tl.constexpr,
+               T: tl.constexpr, BH: tl.constexpr):
+    pb = tl.program_id(0)
+    pc = tl.program_id(1)
+    hh = tl.program_id(2) * BH + tl.arange(0, BH)
+    t = pc * T + tl.arange(0, T)
+    hm = hh < H
+    tm = t < L
+    v = tl.load(dt_ptr + pb * sdtb + t[:, None] * sdtl + hh[None, :], mask=tm[:, None] & hm[None, :],
+                other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        v += tl.load(bias_ptr + hh, mask=hm, other=0.0).to(tl.float32)[None, :]
+    if SOFTPLUS:
+        v = tl.where(v > 20.0, v, tl.log(1.0 + tl.exp(v)))
+    if CLAMP:
+        v = tl.minimum(tl.maximum(v, dt_lo), dt_hi)
+    v = tl.where(tm[:, None], v, 0.0)  # padded steps neither decay nor feed the state
+    A = tl.load(A_ptr + hh, mask=hm, other=0.0).to(tl.float32)
+    a = tl.cumsum(v * A[None, :], axis=0)
+    off = (pb * H + hh[None, :]) * (NC * T) + t[:, None]
+    tl.store(delta_ptr + off, v, mask=hm[None, :])
+    tl.store(acs_ptr + off, a, mask=hm[None, :])
+
+
+# ---- (2) C·Bᵀ per chunk and group -----------------------------------------------------------
+
+@triton.jit
+def _cb_kernel(B_ptr, C_ptr, cb_ptr, L, G, N, NC, sbb, sbl, sbg, scb, scl, scg,
+               T: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, IP: tl.constexpr):
+    pid = tl.program_id(0)
+    g = pid % G
+    pc = (pid // G) % NC
+    pb = pid // (G * NC)
+    pm = tl.program_id(1)
+    pn = tl.program_id(2)
+    if pn * BN > pm * BM + BM - 1:  # strictly above the diagonal: never read
+        return
+    t = pm * BM + tl.arange(0, BM)
+    s = pn * BN + tl.arange(0, BN)
+    tg = pc * T + t
+    sg = pc * T + s
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    for k0 in range(0, N, BK):
+        k = k0 + tl.arange(0, BK)
+        km = k < N
+        c = tl.load(C_ptr + pb * scb + tg[:, None] * scl + g * scg + k[None, :], mask=(tg < L)[:, None] & km[None, :],
+                    other=0.0)
+        bT = tl.load(B_ptr + pb * sbb + sg[None, :] * sbl + g * sbg + k[:, None], mask=(sg < L)[None, :] & km[:, None],
+                     other=0.0)
+        acc += tl.dot(c, bT, input_precision=IP)
+    tl.store(cb_ptr + (((pb * NC + pc) * G + g) * T + t[:, None]) * T + s[None, :], acc)
+
+
+# ---- (3) Σ_t w_t U_tᵀ V_t per chunk and head: the chunk end states (and, backward, dS) ------
+
+@triton.jit
+def _chunk_outer_kernel(u_ptr, v_ptr, delta_ptr, acs_ptr, seq_ptr, out_ptr, L, H, G, P, N, NC,
+                        sub, sul, suh, svb, svl, svg, ssb, ssl,
+                        MODE: tl.constexpr, HAS_SEQ: tl.constexpr, T: tl.constexpr,
+                        BP: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, IP: tl.constexpr):
+    """MODE 0: Z_c[p,n] = Σ_t e^{a_T−a_t}[doc_t=doc_end] Δ_t x_t[p] B_t[n]   (u=x, v=B)
+       MODE 1: E_c[p,n] = Σ_t e^{a_t}[doc_t=doc(S_c)] dy_t[p] C_t[n]            (u=dy, v=C)"""
+    pid = tl.program_id(0)
+    h = pid % H
+    pc = (pid // H) % NC
+    pb = pid // (H * NC)
+    g = h // (H // G)
+    p = tl.program_id(1) * BP + tl.arange(0, BP)
+    n = tl.program_id(2) * BN + tl.arange(0, BN)
+    pm = p < P
+    nm = n < N
+    base = (pb * H + h) * (NC * T) + pc * T
+    if MODE == 0:
+        a_end = tl.load(acs_ptr + base + T - 1)
+    if HAS_SEQ:
+        if MODE == 0:
+            ref_doc = tl.load(seq_ptr + pb * ssb + (tl.minimum(pc * T + T, L) - 1) * ssl)
+        else:
+            ref_doc = tl.load(seq_ptr + pb * ssb + tl.maximum(pc * T - 1, 0) * ssl)
+    acc = tl.zeros((BP, BN), dtype=tl.float32)
+    for k0 in range(0, T, BK):
+        k = k0 + tl.arange(0, BK)
+        tg = pc * T + k
+        tm = tg < L
+        a = tl.load(acs_ptr + base + k)
+        if MODE == 0:
+            w = tl.exp(a_end - a) * tl.load(delta_ptr + base + k)
+        else:
+            w = tl.exp(a)
+        if HAS_SEQ:
+            doc = tl.load(seq_ptr + pb * ssb + tg * ssl, mask=tm, other=-1)
+            w = tl.where(doc == ref_doc, w, 0.0)
+        uT = tl.load(u_ptr + pb * sub + tg[None, :] * sul + h * suh + p[:, None], mask=tm[None, :] & pm[:, None],
+                     other=0.0)
+        v = tl.load(v_ptr + pb * svb + tg[:, None] * svl + g * svg + n[None, :], mask=tm[:, None] & nm[None, :],
+                    other=0.0)
+        acc += tl.dot(uT, (v.to(tl.float32) * w[:, None]).to(uT.dtype), input_precision=IP)
+    tl.store(out_ptr + (((pb * NC + pc) * H + h) * P + p[:, None]) * N + n[None, :], acc,
+             mask=pm[:, None] & nm[None, :])
+
+
+# ---- (4) the pass over chunks -------------------------------------------------------------
+
+@triton.jit
+def _state_pass_kernel(z_ptr, acs_ptr, seq_ptr, init_ptr, starts_ptr, final_ptr, L, H, NC, PN, ssb, ssl,
+                       HAS_SEQ: tl.constexpr, HAS_INIT: tl.constexpr, T: tl.constexpr, BS: tl.constexpr):
+    pb = tl.program_id(0)
+    h = tl.program_id(1)
+    e = tl.program_id(2) * BS + tl.arange(0, BS)
+    em = e < PN
+    if HAS_INIT:
+        st = tl.load(init_ptr + (pb * H + h) * PN + e, mask=em, other=0.0).to(tl.float32)
+    else:
+        st = tl.zeros((BS,), dtype=tl.float32)
+    if HAS_SEQ:
+        doc = tl.load(seq_ptr + pb * ssb)
+    for c in range(NC):
+        off = ((pb * NC + c) * H + h) * PN + e
+        tl.store(starts_ptr + off, st, mask=em)
+        carry = tl.exp(tl.load(acs_ptr + (pb * H + h) * (NC * T) + c * T + T - 1))
+        if HAS_SEQ:
+            end_doc = tl.load(seq_ptr + pb * ssb + (tl.minimum(c * T + T, L) - 1) * ssl)
+            carry = tl.where(end_doc == doc, carry, 0.0)
+            doc = end_doc
+        st = tl.load(z_ptr + off, mask=em, other=0.0) + carry * st
+    tl.store(final_ptr + (pb * H + h) * PN + e, st, mask=em)
+
+
+@triton.jit
+def _state_pass_bwd_kernel(e_ptr, starts_ptr, acs_ptr, seq_ptr, dfinal_ptr, dz_ptr, dinit_ptr, dgam_ptr,
+                           L, H, NC, PN, NBLK, ssb, ssl,
+                           HAS_SEQ: tl.constexpr, HAS_DFINAL: tl.constexpr, T: tl.constexpr, BS: tl.constexpr):
+    """Backwards over chunks: dZ_c = dS_{c+1};  dS_c = E_c + γ_c dS_{c+1};  γ_c·⟨dS_{c+1}, S_c⟩ → dγ."""
+    pb = tl.program_id(0)
+    h = tl.program_id(1)
+    blk = tl.program_id(2)
+    e = blk * BS + tl.arange(0, BS)
+    em = e < PN
+    if HAS_DFINAL:
+        gst = tl.load(dfinal_ptr + (pb * H + h) * PN + e, mask=em, other=0.0).to(tl.float32)
+    else:
+        gst = tl.zeros((BS,), dtype=tl.float32)
+    for ci in range(NC):
+        c = NC - 1 - ci
+        off = ((pb * NC + c) * H + h) * PN + e
+        tl.store(dz_ptr + off, gst, mask=em)
+        gam = tl.exp(tl.load(acs_ptr + (pb * H + h) * (NC * T) + c * T + T - 1))
+        if HAS_SEQ:
+            end_doc = tl.load(seq_ptr + pb * ssb + (tl.minimum(c * T + T, L) - 1) * ssl)
+            prev_doc = tl.load(seq_ptr + pb * ssb + tl.maximum(c * T - 1, 0) * ssl)
+            gam = tl.where(end_doc == prev_doc, gam, 0.0)
+        s = tl.load(starts_ptr + off, mask=em, other=0.0)
+        tl.store(dgam_ptr + ((pb * H + h) * NC + c) * NBLK + blk, gam * tl.sum(gst * s, 0))
+        gst = tl.load(e_ptr + off, mask=em, other=0.0) + gam * gst
+    tl.store(dinit_ptr + (pb * H + h) * PN + e, gst, mask=em)
+
+
+# ---- (5) outputs ----------------------------------------------------------------------------
+
+@triton.jit
+def _out_kernel(x_ptr, B_ptr, C_ptr, cb_ptr, delta_ptr, acs_ptr, seq_ptr, starts_ptr, D_ptr, y_ptr,
+                L, H, G, P, N, NC, sxb, sxl, sxh, scb, scl, scg, ssb, ssl, syb, syl, syh,
+                HAS_SEQ: tl.constexpr, HAS_D: tl.constexpr, T: tl.constexpr, BM: tl.constexpr,
+                BK: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, IP: tl.constexpr):
+    pid = tl.program_id(0)
+    h = pid % H
+    pc = (pid // H) % NC
+    pb = pid // (H * NC)
+    g = h // (H // G)
+    pm = tl.program_id(1)
+    t = pm * BM + tl.arange(0, BM)
+    p = tl.program_id(2) * BP + tl.arange(0, BP)
+    tg = pc * T + t
+    tm = tg < L
+    pmask = p < P
+    base = (pb * H + h) * (NC * T) + pc * T
+    a_t = tl.load(acs_ptr + base + t)
+    # the carried-in state: e^{a_t} C_t S_c
+    e_t = tl.exp(a_t)
+    if HAS_SEQ:
+        doc_t = tl.load(seq_ptr + pb * ssb + tg * ssl, mask=tm, other=-1)
+        prev_doc = tl.load(seq_ptr + pb * ssb + tl.maximum(pc * T - 1, 0) * ssl)
+        e_t = tl.where(doc_t == prev_doc, e_t, 0.0)
+    acc = tl.zeros((BM, BP), dtype=tl.float32)
+    sbase = starts_ptr + ((pb * NC + pc) * H + h) * P * N
+    for n0 in range(0, N, BN):
+        n = n0 + tl.arange(0, BN)
+        nm = n < N
+        c = tl.load(C_ptr + pb * scb + tg[:, None] * scl + g * scg + n[None, :], mask=tm[:, None] & nm[None, :],
+                    other=0.0)
+        sT = tl.load(sbase + p[None, :] * N + n[:, None], mask=pmask[None, :] & nm[:, None], other=0.0)
+        acc += tl.dot(c, sT.to(c.dtype), input_precision=IP)
+    acc = acc * e_t[:, None]
+    # within the chunk, causal: s ≤ t
+    cbase = cb_ptr + ((pb * NC + pc) * G + g) * T * T
+    for k0 in range(0, (pm + 1) * BM, BK):
+        s = k0 + tl.arange(0, BK)
+        sg = pc * T + s
+        sm = sg < L
+        cb = tl.load(cbase + t[:, None] * T + s[None, :])
+        a_s = tl.load(acs_ptr + base + s)
+        d_s = tl.load(delta_ptr + base + s)
+        keep = (s[None, :] <= t[:, None]) & sm[None, :]
+        if HAS_SEQ:
+            doc_s = tl.load(seq_ptr + pb * ssb + sg * ssl, mask=sm, other=-2)
+            keep = keep & (doc_s[None, :] == doc_t[:, None])
+        w = tl.where(keep, cb * tl.exp(a_t[:, None] - a_s[None, :]) * d_s[None, :], 0.0)
+        xs = tl.load(x_ptr + pb * sxb + sg[:, None] * sxl + h * sxh + p[None, :], mask=sm[:, None] & pmask[None, :],
+                     other=0.0)
+        acc += tl.dot(w.to(xs.dtype), xs, input_precision=IP)
+    if HAS_D:
+        xt = tl.load(x_ptr + pb * sxb + tg[:, None] * sxl + h * sxh + p[None, :], mask=tm[:, None] & pmask[None, :],
+                     other=0.0).to(tl.float32)
+        acc += tl.load(D_ptr + h).to(tl.float32) * xt
+    tl.store(y_ptr + pb * syb + tg[:, None] * syl + h * syh + p[None, :], acc.to(y_ptr.dtype.element_ty),
+             mask=tm[:, None] & pmask[None, :])
+
+
+# ---- backward: dx, dΔ (direct), per-position log-decay gradients, dD ---------------------------
+
+@triton.jit
+def _bwd_dx_kernel(x_ptr, B_ptr, cb_ptr, dy_ptr, delta_ptr, acs_ptr, seq_ptr, dz_ptr, D_ptr,
+                   dx_ptr, ddt_ptr, dda_ptr, q_ptr, dd_ptr,
+                   L, H, G, P, N, NC, sxb, sxl, sxh, sbb, sbl, sbg, sdyb, sdyl, sdyh, ssb, ssl,
+                   HAS_SEQ: tl.constexpr, HAS_D: tl.constexpr, T: tl.constexpr, BM: tl.constexpr,
+                   BK: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, IP: tl.constexpr):
+    pid = tl.program_id(0)
+    h = pid % H
+    pc = (pid // H) % NC
+    pb = pid // (H * NC)
+    g = h // (H // G)
+    pm = tl.program_id(1)
+    s = pm * BM + tl.arange(0, BM)
+    sg = pc * T + s
+    sm = sg < L
+    p = tl.arange(0, BP)
+    pmask = p < P
+    base = (pb * H + h) * (NC * T) + pc * T
+    a_s = tl.load(acs_ptr + base + s)
+    d_s = tl.load(delta_ptr + base + s)
+    a_end = tl.load(acs_ptr + base + T - 1)
+    f_s = tl.exp(a_end - a_s)
+    if HAS_SEQ:
+        doc_s = tl.load(seq_ptr + pb * ssb + sg * ssl, mask=sm, other=-1)
+        end_doc = tl.load(seq_ptr + pb * ssb + (tl.minimum(pc * T + T, L) - 1) * ssl)
+        f_s = tl.where(doc_s == end_doc, f_s, 0.0)
+    x_s = tl.load(x_ptr + pb * sxb + sg[:, None] * sxl + h * sxh + p[None, :], mask=sm[:, None] & pmask[None, :],
+                  other=0.0)
+    # through the chunk's end state: dX_s = f_s · B_s dZᵀ
+    acc = tl.zeros((BM, BP), dtype=tl.float32)
+    zbase = dz_ptr + ((pb * NC + pc) * H + h) * P * N
+    for n0 in range(0, N, BN):
+        n = n0 + tl.arange(0, BN)
+        nm = n < N
+        b = tl.load(B_ptr + pb * sbb + sg[:, None] * sbl + g * sbg + n[None, :], mask=sm[:, None] & nm[None, :],
+                    other=0.0)
+        zT = tl.load(zbase + p[None, :] * N + n[:, None], mask=pmask[None, :] & nm[:, None], other=0.0)
+        acc += tl.dot(b, zT.to(b.dtype), input_precision=IP)
+    acc = acc * f_s[:, None]
+    xf = x_s.to(tl.float32)
+    q = d_s * tl.sum(xf * acc, 1)
+    # within the chunk: dX_s += Σ_{t≥s} (C_t·B_s) e^{a_t−a_s} dy_t
+    colsum = tl.zeros((BM,), dtype=tl.float32)
+    cbase = cb_ptr + ((pb * NC + pc) * G + g) * T * T
+    for k0 in range(pm * BM, T, BK):
+        t = k0 + tl.arange(0, BK)
+        tg = pc * T + t
+        tm = tg < L
+        cbT = tl.load(cbase + t[None, :] * T + s[:, None], mask=(t[None, :] >= s[:, None]), other=0.0)
+        a_t = tl.load(acs_ptr + base + t)
+        keep = (t[None, :] >= s[:, None]) & tm[None, :]
+        if HAS_SEQ:
+            doc_t = tl.load(seq_ptr + pb * ssb + tg * ssl, mask=tm, other=-2)
+            keep = keep & (doc_t[None, :] == doc_s[:, None])
+        w = tl.where(keep, cbT * tl.exp(a_t[None, :] - a_s[:, None]), 0.0)
+        dy_t = tl.load(dy_ptr + pb * sdyb + tg[:, None] * sdyl + h * sdyh + p[None, :],
+                       mask=tm[:, None] & pmask[None, :], other=0.0)
+        acc += tl.dot(w.to(dy_t.dtype), dy_t, input_precision=IP)
+        xdy = tl.dot(x_s, tl.trans(dy_t), input_precision=IP)
+        colsum += tl.sum(w * xdy, 1)
+    colsum = colsum * d_s
+    dy_s = tl.load(dy_ptr + pb * sdyb + sg[:, None] * sdyl + h * sdyh + p[None, :], mask=sm[:, None] & pmask[None, :],
+                   other=0.0).to(tl.float32)
+    dx = acc * d_s[:, None]
+    if HAS_D:
+        dx += tl.load(D_ptr + h).to(tl.float32) * dy_s
+    tl.store(dx_ptr + pb * sxb + sg[:, None] * sxl + h * sxh + p[None, :], dx.to(dx_ptr.dtype.element_ty),
+             mask=sm[:, None] & pmask[None, :])
+    vec = base + s
+    tl.store(ddt_ptr + vec, tl.sum(xf * acc, 1))
+    tl.store(dda_ptr + vec, -colsum - q)
+    tl.store(q_ptr + vec, q)
+    tl.store(dd_ptr + vec, tl.sum(xf * dy_s, 1))
+
+
+# ---- backward: dC per group (loops over the group's heads) ----------------------------------
+
+@triton.jit
+def _bwd_dc_kernel(x_ptr, C_ptr, cb_ptr, dy_ptr, delta_ptr, acs_ptr, seq_ptr, starts_ptr, B_ptr,
+                   dc_ptr, dda_ptr,
+                   L, H, G, P, N, NC, sxb, sxl, sxh, sbb, sbl, sbg, scb, scl, scg, sdyb, sdyl, sdyh, ssb, ssl,
+                   sob, sol, sog,
+                   HAS_SEQ: tl.constexpr, T: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr,
+                   BP: tl.constexpr, BN: tl.constexpr, IP: tl.constexpr):
+    pid = tl.program_id(0)
+    g = pid % G
+    pc = (pid // G) % NC
+    pb = pid // (G * NC)
+    pm = tl.program_id(1)
+    t = pm * BM + tl.arange(0, BM)
+    tg = pc * T + t
+    tm = tg < L
+    p = tl.arange(0, BP)
+    pmask = p < P
+    n = tl.arange(0, BN)
+    nm = n < N
+    if HAS_SEQ:
+        doc_t = tl.load(seq_ptr + pb * ssb + tg * ssl, mask=tm, other=-1)
+        prev_doc = tl.load(seq_ptr + pb * ssb + tl.maximum(pc * T - 1, 0) * ssl)
+    c_t = tl.load(C_ptr + pb * scb + tg[:, None] * scl + g * scg + n[None, :], mask=tm[:, None] & nm[None, :],
+                  other=0.0).to(tl.float32)
+    cbase = cb_ptr + ((pb * NC + pc) * G + g) * T * T
+    hpg = H // G
+    dc = tl.zeros((BM, BN), dtype=tl.float32)
+    for hi in range(hpg):
+        h = g * hpg + hi
+        base = (pb * H + h) * (NC * T) + pc * T
+        a_t = tl.load(acs_ptr + base + t)
+        e_t = tl.exp(a_t)
+        if HAS_SEQ:
+            e_t = tl.where(doc_t == prev_doc, e_t, 0.0)
+        dy_t = tl.load(dy_ptr + pb * sdyb + tg[:, None] * sdyl + h * sdyh + p[None, :],
+                       mask=tm[:, None] & pmask[None, :], other=0.0)
+        st = tl.load(starts_ptr + ((pb * NC + pc) * H + h) * P * N + p[:, None] * N + n[None, :],
+                     mask=pmask[:, None] & nm[None, :], other=0.0)
+        dcs = tl.dot(dy_t, st.to(dy_t.dtype), input_precision=IP) * e_t[:, None]
+        row = tl.sum(dcs * c_t, 1)
+        dch = dcs
+        for k0 in range(0, (pm + 1) * BM, BK):
+            s = k0 + tl.arange(0, BK)
+            sg = pc * T + s
+            sm = sg < L
+            a_s = tl.load(acs_ptr + base + s)
+            d_s = tl.load(delta_ptr + base + s)
+            keep = (s[None, :] <= t[:, None]) & sm[None, :]
+            if HAS_SEQ:
+                doc_s = tl.load(seq_ptr + pb * ssb + sg * ssl, mask=sm, other=-2)
+                keep = keep & (doc_s[None, :] == doc_t[:, None])
+            x_s = tl.load(x_ptr + pb * sxb + sg[:, None] * sxl + h * sxh + p[None, :],
+                          mask=sm[:, None] & pmask[None, :], other=0.0)
+            dyx = tl.dot(dy_t, tl.trans(x_s), input_precision=IP)  # (BM, BK): dy_t · x_s
+            pw = tl.where(keep, dyx * tl.exp(a_t[:, None] - a_s[None, :]) * d_s[None, :], 0.0)
+            cb = tl.load(cbase + t[:, None] * T + s[None, :], mask=s[None, :] <= t[:, None], other=0.0)
+            row += tl.sum(pw * cb, 1)
+            b_s = tl.load(B_ptr + pb * sbb + sg[:, None] * sbl + g * sbg + n[None, :], mask=sm[:, None] & nm[None, :],
+                          other=0.0)
+            dch += tl.dot(pw.to(b_s.dtype), b_s, input_precision=IP)
+        dc += dch
+        tl.store(dda_ptr + base + t, row)
+    tl.store(dc_ptr + pb * sob + tg[:, None] * sol + g * sog + n[None, :], dc.to(dc_ptr.dtype.element_ty),
+             mask=tm[:, None] & nm[None, :])
+
+
+# ---- backward: dB per group (loops over the group's heads) ----------------------------------
+
+@triton.jit
+def _bwd_db_kernel(x_ptr, C_ptr, dy_ptr, delta_ptr, acs_ptr, seq_ptr, dz_ptr, db_ptr,
+                   L, H, G, P, N, NC, sxb, sxl, sxh, scb, scl, scg, sdyb, sdyl, sdyh, ssb, ssl,
+                   sob, sol, sog,
+                   HAS_SEQ: tl.constexpr, T: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr,
+                   BP: tl.constexpr, BN: tl.constexpr, IP: tl.constexpr):
+    pid = tl.program_id(0)
+    g = pid % G
+    pc = (pid // G) % NC
+    pb = pid // (G * NC)
+    pm = tl.program_id(1)
+    s = pm * BM + tl.arange(0, BM)
+    sg = pc * T + s
+    sm = sg < L
+    p = tl.arange(0, BP)
+    pmask = p < P
+    n = tl.arange(0, BN)
+    nm = n < N
+    if HAS_SEQ:
+        doc_s = tl.load(seq_ptr + pb * ssb + sg * ssl, mask=sm, other=-1)
+        end_doc = tl.load(seq_ptr + pb * ssb + (tl.minimum(pc * T + T, L) - 1) * ssl)
+    hpg = H // G
+    db = tl.zeros((BM, BN), dtype=tl.float32)
+    for hi in range(hpg):
+        h = g * hpg + hi
+        base = (pb * H + h) * (NC * T) + pc * T
+        a_s = tl.load(acs_ptr + base + s)
+        d_s = tl.load(delta_ptr + base + s)
+        f_s = tl.exp(tl.load(acs_ptr + base + T - 1) - a_s) * d_s
+        if HAS_SEQ:
+            f_s = tl.where(doc_s == end_doc, f_s, 0.0)
+        x_s = tl.load(x_ptr + pb * sxb + sg[:, None] * sxl + h * sxh + p[None, :], mask=sm[:, None] & pmask[None, :],
+                      other=0.0)
+        dz = tl.load(dz_ptr + ((pb * NC + pc) * H + h) * P * N + p[:, None] * N + n[None, :],
+                     mask=pmask[:, None] & nm[None, :], other=0.0)
+        dbh = tl.dot(x_s, dz.to(x_s.dtype), input_precision=IP) * f_s[:, None]
+        for k0 in range(pm * BM, T, BK):
+            t = k0 + tl.arange(0, BK)
+            tg = pc * T + t
+            tm = tg < L
+            a_t = tl.load(acs_ptr + base + t)
+            keep = (t[None, :] >= s[:, None]) & tm[None, :]
+            if HAS_SEQ:
+                doc_t = tl.load(seq_ptr + pb * ssb + tg * ssl, mask=tm, other=-2)
+                keep = keep & (doc_t[None, :] == doc_s[:, None])
+            dy_t = tl.load(dy_ptr + pb * sdyb + tg[:, None] * sdyl + h * sdyh + p[None, :],
+                           mask=tm[:, None] & pmask[None, :], other=0.0)
+            xdy = tl.dot(x_s, tl.trans(dy_t), input_precision=IP)  # (BM, BK): x_s · dy_t
+            pw = tl.where(keep, xdy * tl.exp(a_t[None, :] - a_s[:, None]) * d_s[:, None], 0.0)
+            c_t = tl.load(C_ptr + pb * scb + tg[:, None] * scl + g * scg + n[None, :], mask=tm[:, None] & nm[None, :],
+                          other=0.0)
+            dbh += tl.dot(pw.to(c_t.dtype), c_t, input_precision=IP)
+        db += dbh
+    tl.store(db_ptr + pb * sob + sg[:, None] * sol + g * sog + n[None, :], db.to(db_ptr.dtype.element_ty),
+             mask=sm[:, None] & nm[None, :])
+
+
+# ---- host side ------------------------------------------------------------------------------
+
+def _last_unit(t: Tensor) -> Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _ip(dtype: torch.dtype) -> str:
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+class _Cfg:
+    """Tile sizes: big tiles on the GPU, small ones keep the CPU interpreter quick."""
+
+    def __init__(self, T: int, P: int, N: int):
+        self.BM = min(64, T)
+        self.BK = min(64, T)
+        self.BP = triton.next_power_of_2(P)
+        self.BN = triton.next_power_of_2(N)
+        self.BNK = min(64, self.BN)  # n-blocking where n is a reduction dim
+        self.BPo = min(64, self.BP)  # p-blocking of the outputs
+        self.BS = 1024
+
+
+def _prep(x, dt, A, B, C, chunk_size, dt_bias, dt_softplus, dt_lo, dt_hi):
+    b, L, H, P = x.shape
+    G, N = B.shape[-2:]
+    T = chunk_size
+    if T & (T - 1):
+        raise ValueError(f"triton ssd_scan needs a power-of-two chunk_size, got {T}")
+    NC = triton.cdiv(L, T)
+    dt = _last_unit(dt)
+    delta = torch.empty((b, H, NC * T), device=x.device, dtype=torch.float32)
+    acs = torch.empty_like(delta)
+    BH = min(16, triton.next_power_of_2(H))
+    clamp = not (dt_lo == 0.0 and math.isinf(dt_hi))
+    _dt_kernel[(b, NC, triton.cdiv(H, BH))](
+        dt, dt_bias if dt_bias is not None else dt, A, delta, acs, L, H, NC, dt.stride(0), dt.stride(1),
+        float(dt_lo), float(min(dt_hi, 3.0e38)), HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus, CLAMP=clamp,
+        T=T, BH=BH, num_warps=4)
+    return b, L, H, P, G, N, T, NC, delta, acs
+
+
+def _seq_args(seq_idx: Tensor | None, like: Tensor):
+    if seq_idx is None:
+        return like, 0, 0
+    return seq_idx, seq_idx.stride(0), seq_idx.stride(1)
+
+
+def _chunk_prefix(x, B, C, delta, acs, seq_idx, initial_state, dims, cfg):
+    """CB, Z and the pass: every chunk's starting state and the final state."""
+    b, L, H, P, G, N, T, NC = dims
+    ip = _ip(x.dtype)
+    seq, ssb, ssl = _seq_args(seq_idx, x)
+    cb = torch.empty((b, NC, G, T, T), device=x.device, dtype=torch.float32)
+    _cb_kernel[(b * NC * G, T // cfg.BM, T // cfg.BM)](
+        B, C, cb, L, G, N, NC, B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
+        T=T, BM=cfg.BM, BN=cfg.BM, BK=cfg.BNK, IP=ip, num_warps=4)
+    z = torch.empty((b, NC, H, P, N), device=x.device, dtype=torch.float32)
+    _chunk_outer_kernel[(b * NC * H, triton.cdiv(P, cfg.BPo), triton.cdiv(N, cfg.BNK))](
+        x, B, delta, acs, seq, z, L, H, G, P, N, NC, x.stride(0), x.stride(1), x.stride(2),
+        B.stride(0), B.stride(1), B.stride(2), ssb, ssl,
+        MODE=0, HAS_SEQ=seq_idx is not None, T=T, BP=cfg.BPo, BN=cfg.BNK, BK=cfg.BK, IP=ip, num_warps=4)
+    starts = torch.empty_like(z)
+    final = torch.empty((b, H, P, N), device=x.device, dtype=torch.float32)
+    PN = P * N
+    init = initial_state.contiguous() if initial_state is not None else z
+    _state_pass_kernel[(b, H, triton.cdiv(PN, cfg.BS))](
+        z, acs, seq, init, starts, final, L, H, NC, PN, ssb, ssl,
+        HAS_SEQ=seq_idx is not None, HAS_INIT=initial_state is not None, T=T, BS=cfg.BS, num_warps=4)
+    return cb, starts, final
+
+
+def ssd_fwd(x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus, dt_lo, dt_hi, seq_idx, initial_state):
+    x, B, C = _last_unit(x), _last_unit(B), _last_unit(C)
+    b, L, H, P, G, N, T, NC, delta, acs = _prep(x, dt, A, B, C, chunk_size, dt_bias, dt_softplus, dt_lo, dt_hi)
+    dims = (b, L, H, P, G, N, T, NC)
+    cfg = _Cfg(T, P, N)
+    cb, starts, final = _chunk_prefix(x, B, C, delta, acs, seq_idx, initial_state, dims, cfg)
+    seq, ssb, ssl = _seq_args(seq_idx, x)
+    y = torch.empty((b, L, H, P), device=x.device, dtype=x.dtype)
+    _out_kernel[(b * NC * H, T // cfg.BM, triton.cdiv(P, cfg.BPo))](
+        x, B, C, cb, delta, acs, seq, starts, D if D is not None else A, y,
+        L, H, G, P, N, NC, x.stride(0), x.stride(1), x.stride(2), C.stride(0), C.stride(1), C.stride(2),
+        ssb, ssl, y.stride(0), y.stride(1), y.stride(2),
+        HAS_SEQ=seq_idx is not None, HAS_D=D is not None, T=T, BM=cfg.BM, BK=cfg.BK, BP=cfg.BPo, BN=cfg.BNK,
+        IP=_ip(x.dtype), num_warps=4)
+    return y, final
+
+
+def ssd_bwd(dy, dfinal, x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus, dt_lo, dt_hi, seq_idx,
+            initial_state):
+    x, B, C, dy = _last_unit(x), _last_unit(B), _last_unit(C), _last_unit(dy)
+    if dy.dtype != x.dtype:
+        dy = dy.to(x.dtype)
+    b, L, H, P, G, N, T, NC, delta, acs = _prep(x, dt, A, B, C, chunk_size, dt_bias, dt_softplus, dt_lo, dt_hi)
+    dims = (b, L, H, P, G, N, T, NC)
+    cfg = _Cfg(T, P, N)
+    ip = _ip(x.dtype)
+    cb, starts, _ = _chunk_prefix(x, B, C, delta, acs, seq_idx, initial_state, dims, cfg)
+    seq, ssb, ssl = _seq_args(seq_idx, x)
+    HS = seq_idx is not None
+    # dS: E_c = Σ_t e^{a_t} dy_t ⊗ C_t, then the reverse pass
+    E = torch.empty((b, NC, H, P, N), device=x.device, dtype=torch.float32)
+    _chunk_outer_kernel[(b * NC * H, triton.cdiv(P, cfg.BPo), triton.cdiv(N, cfg.BNK))](
+        dy, C, delta, acs, seq, E, L, H, G, P, N, NC, dy.stride(0), dy.stride(1), dy.stride(2),
+        C.stride(0), C.stride(1), C.stride(2), ssb, ssl,
+        MODE=1, HAS_SEQ=HS, T=T, BP=cfg.BPo, BN=cfg.BNK, BK=cfg.BK, IP=ip, num_warps=4)
+    PN = P * N
+    nblk = triton.cdiv(PN, cfg.BS)
+    dz = torch.empty_like(E)
+    dinit = torch.empty((b, H, P, N), device=x.device, dtype=torch.float32)
+    dgam = torch.empty((b, H, NC, nblk), device=x.device, dtype=torch.float32)
+    _state_pass_bwd_kernel[(b, H, nblk)](
+        E, starts, acs, seq, dfinal.contiguous() if dfinal is not None else E, dz, dinit, dgam,
+        L, H, NC, PN, nblk, ssb, ssl, HAS_SEQ=HS, HAS_DFINAL=dfinal is not None, T=T, BS=cfg.BS, num_warps=4)
+    del E
+    # per head: dx, dΔ through x, the column part of the log-decay gradient, dD
+    dx = torch.empty((b, L, H, P), device=x.device, dtype=x.dtype)
+    vec = lambda: torch.empty((b, H, NC * T), device=x.device, dtype=torch.float32)  # noqa: E731
+    ddt_x, dda_col, q, dD_pos, dda_row = vec(), vec(), vec(), vec(), vec()
+    _bwd_dx_kernel[(b * NC * H, T // cfg.BM)](
+        x, B, cb, dy, delta, acs, seq, dz, D if D is not None else A, dx, ddt_x, dda_col, q, dD_pos,
+        L, H, G, P, N, NC, x.stride(0), x.stride(1), x.stride(2), B.stride(0), B.stride(1), B.stride(2),
+        dy.stride(0), dy.stride(1), dy.stride(2), ssb, ssl,
+        HAS_SEQ=HS, HAS_D=D is not None, T=T, BM=cfg.BM, BK=cfg.BK, BP=cfg.BP, BN=cfg.BNK, IP=ip, num_warps=4)
+    # per group: dC (+ the row part of the log-decay gradient) and dB
+    dC = torch.empty((b, L, G, N), device=x.device, dtype=C.dtype)
+    dB = torch.empty((b, L, G, N), device=x.device, dtype=B.dtype)
+    _bwd_dc_kernel[(b * NC * G, T // cfg.BM)](
+        x, C, cb, dy, delta, acs, seq, starts, B, dC, dda_row,
+        L, H, G, P, N, NC, x.stride(0), x.stride(1), x.stride(2), B.stride(0), B.stride(1), B.stride(2),
+        C.stride(0), C.stride(1), C.stride(2), dy.stride(0), dy.stride(1), dy.stride(2), ssb, ssl,
+        dC.stride(0), dC.stride(1), dC.stride(2), HAS_SEQ=HS, T=T, BM=cfg.BM, BK=cfg.BK, BP=cfg.BP, BN=cfg.BN, IP=ip, num_warps=8)
+    _bwd_db_kernel[(b * NC * G, T // cfg.BM)](
+        x, C, dy, delta, acs, seq, dz, dB,
+        L, H, G, P, N, NC, x.stride(0), x.stride(1), x.stride(2), C.stride(0), C.stride(1), C.stride(2),
+        dy.stride(0), dy.stride(1), dy.stride(2), ssb, ssl, dB.stride(0), dB.stride(1), dB.stride(2),
+        HAS_SEQ=HS, T=T, BM=cfg.BM, BK=cfg.BK, BP=cfg.BP, BN=cfg.BN, IP=ip, num_warps=8)
+    # log-decay gradient per position → per step (reverse cumsum in the chunk) → Δ, A, dt, dt_bias
+    dda = (dda_row + dda_col).view(b, H, NC, T)
+    dda[..., -1] += q.view(b, H, NC, T).sum(-1) + dgam.sum(-1)
+    ddA = dda.flip(-1).cumsum(-1).flip(-1).view(b, H, NC * T)
+    Af = A.float()
+    ddelta = ddt_x + ddA * Af[None, :, None]
+    dA = (ddA * delta).sum((0, 2))
+    ddelta = ddelta[:, :, :L].transpose(1, 2)  # (b, L, H)
+    ddt, ddt_bias = _dt_chain(ddelta, dt, dt_bias, dt_softplus, dt_lo, dt_hi)
+    dD = dD_pos.sum((0, 2)) if D is not None else None
+    return dx, ddt, dA.to(A.dtype), dB, dC, dD, ddt_bias, dinit
+
+
+def _dt_chain(ddelta, dt, dt_bias, dt_softplus, dt_lo, dt_hi):
+    v = dt.float()
+    if dt_bias is not None:
+        v = v + dt_bias.float()
+    g = ddelta
+    if not (dt_lo == 0.0 and math.isinf(dt_hi)):
+        sp = torch.nn.functional.softplus(v) if dt_softplus else v
+        g = g * ((sp >= dt_lo) & (sp <= dt_hi))
+    if dt_softplus:
+        g = g * torch.sigmoid(v)
+    ddt_bias = g.sum((0, 1)).to(dt_bias.dtype) if dt_bias is not None else None
+    return g.to(dt.dtype), ddt_bias
+
+
+# ---- decode step ----------------------------------------------------------------------------
+
+@triton.jit
+def _step_kernel(state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr, H, G, P, N,
+                 sstb, ssth, sstp, sxb, sxh, sdtb, sbb, sbg, scb, scg, syb, syh, dt_lo, dt_hi,
+                 HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, CLAMP: tl.constexpr,
+                 BP: tl.constexpr, BN: tl.constexpr):
+    pb = tl.program_id(0)
+    h = tl.program_id(1)
+    p = tl.program_id(2) * BP + tl.arange(0, BP)
+    n = tl.arange(0, BN)
+    pm = p < P
+    nm = n < N
+    g = h // (H // G)
+    v = tl.load(dt_ptr + pb * sdtb + h).to(tl.float32)
+    if HAS_BIAS:
+        v += tl.load(bias_ptr + h).to(tl.float32)
+    if SOFTPLUS:
+        v = tl.where(v > 20.0, v, tl.log(1.0 + tl.exp(v)))
+    if CLAMP:
+        v = tl.minimum(tl.maximum(v, dt_lo), dt_hi)
+    decay = tl.exp(v * tl.load(A_ptr + h).to(tl.float32))
+    x = tl.load(x_ptr + pb * sxb + h * sxh + p, mask=pm, other=0.0).to(tl.float32)
+    b = tl.load(B_ptr + pb * sbb + g * sbg + n, mask=nm, other=0.0).to(tl.float32)
+    c = tl.load(C_ptr + pb * scb + g * scg + n, mask=nm, other=0.0).to(tl.float32)
+    sp = state_ptr + pb * sstb + h * ssth + p[:, None] * sstp + n[None, :]
+    m = pm[:, None] & nm[None, :]
+    st = tl.load(sp, mask=m, other=0.0).to(tl.float32)
+    new = st * decay + (v * x)[:, None] * b[None, :]
+    tl.store(sp, new.to(state_ptr.dtype.element_ty), mask=m)
+    y = tl.sum(new * c[None, :], 1)
+    if HAS_D:
+        y += tl.load(D_ptr + h).to(tl.float32) * x
+    tl.store(y_ptr + pb * syb + h * syh + p, y.to(y_ptr.dtype.element_ty), mask=pm)
+
+
+def ssd_step_(state, x, dt, A, B, C, D, dt_bias, dt_softplus, dt_lo, dt_hi):
+    b, H, P, N = state.shape
+    G = B.shape[1]
+    x, B, C = _last_unit(x), _last_unit(B), _last_unit(C)
+    y = torch.empty((b, H, P), device=x.device, dtype=x.dtype)
+    BN = triton.next_power_of_2(N)
+    BP = max(1, min(triton.next_power_of_2(P), 4096 // BN))
+    clamp = not (dt_lo == 0.0 and math.isinf(dt_hi))
+    _step_kernel[(b, H, triton.cdiv(P, BP))](
+        state, x, dt, A, B, C, D if D is not None else A, dt_bias if dt_bias is not None else A, y, H, G, P, N,
+        state.stride(0), state.stride(1), state.stride(2), x.stride(0), x.stride(1), dt.stride(0),
+        B.stride(0), B.stride(1), C.stride(0), C.stride(1), y.stride(0), y.stride(1),
+        float(dt_lo), float(min(dt_hi, 3.0e38)),
+        HAS_D=D is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus, CLAMP=clamp, BP=BP, BN=BN,
+        num_warps=4)
+    return y
