@@ -1,9 +1,33 @@
-"""`biomamba pipeline`: not built yet (issue #7)."""
+"""`biomamba pipeline [--config RECIPE.yaml] [--out RUN_DIR]`: the whole method, stage by stage.
+
+With no arguments it runs the embedded demo on the CPU (configs/pipeline/demo.yaml) into
+runs/demo. Re-running skips finished stages and resumes a half-finished one.
+"""
 
 from __future__ import annotations
 
-from biomamba.cli import NotBuiltYet
+from pathlib import Path
+
+from biomamba.commands import parse_verb_args, verb_parser
 
 
 def main(argv: list[str]) -> int:
-    raise NotBuiltYet("this verb arrives with issue #7")
+    from biomamba.cli import main as cli
+    from biomamba.config import save_config
+    from biomamba.pipeline import CONFIGS_DIR, PipelineConfig, run_pipeline
+    from biomamba.report import write_report
+
+    parser = verb_parser("pipeline", __doc__)
+    args_probe, _ = parser.parse_known_args(argv)
+    if args_probe.config is None:
+        argv = ["--config", str(CONFIGS_DIR / "pipeline" / "demo.yaml"), *argv]
+    v = parse_verb_args(parser, argv, PipelineConfig)
+    cfg: PipelineConfig = v.config
+    run_dir = v.out or Path("runs") / cfg.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "pipeline_config.yaml")
+    run_pipeline(cfg, run_dir, invoke=cli)
+    if cfg.report:
+        md, page = write_report(run_dir)
+        print(f"[pipeline] done. Report: {page.resolve()} (and {md.name})")
+    return 0
