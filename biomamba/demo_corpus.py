@@ -165,7 +165,7 @@ def _note(rng: random.Random, subject_id: int, seq: int, drug: str, cond: str) -
     )
 
 
-def write_demo_corpus(out: str | Path, n_abstracts: int = 1200, n_web: int = 700, n_wiki: int = 60,
+def write_demo_corpus(out: str | Path, n_abstracts: int = 1200, n_web: int = 700, n_wiki: int = 150,
                       n_notes: int = 160) -> Path:
     """Write the demo corpus into ``out`` (deterministic: same arguments → same bytes)."""
     rng = random.Random(SEED)
@@ -248,6 +248,30 @@ def write_demo_corpus(out: str | Path, n_abstracts: int = 1200, n_web: int = 700
     with gzip.GzipFile(out / "mimic" / "discharge.csv.gz", "wb", mtime=0) as f:
         f.write(buf.getvalue().encode())
     return out
+
+
+def demo_texts(corpus: str | Path) -> list[str]:
+    """Plain texts of every part of a demo corpus (markup stripped), for training its tokenizer."""
+    import re
+    from xml.sax.saxutils import unescape
+
+    corpus = Path(corpus)
+    xml = gzip.decompress((corpus / "medline" / "demo-baseline.xml.gz").read_bytes()).decode()
+    texts = [unescape(t) for t in re.findall(r"<(?:ArticleTitle|AbstractText)[^>]*>(.*?)</", xml)]
+    texts += [json.loads(line)["text"] for line in (corpus / "c4" / "c4-demo.jsonl").read_text().splitlines()]
+    texts += (corpus / "wikitext" / "wiki-demo.raw").read_text().split("\n")
+    bioasq = json.loads((corpus / "bioasq" / "demo-bioasq.json").read_text())["questions"]
+    texts += [q["body"] for q in bioasq]
+    notes = gzip.decompress((corpus / "mimic" / "discharge.csv.gz").read_bytes()).decode()
+    texts += [row["text"] for row in csv.DictReader(io.StringIO(notes))]
+    return [t for t in texts if t.strip()]
+
+
+def write_demo_tokenizer(corpus: str | Path, vocab_size: int = 2048) -> Path:
+    """Train the demo's byte-level BPE tokenizer on the corpus; writes ``corpus/tokenizer.json``."""
+    from biomamba.data.tokenizer import train_tokenizer
+
+    return train_tokenizer(demo_texts(corpus), vocab_size=vocab_size).save(corpus)
 
 
 DEMO_DATA = Path(__file__).resolve().parent / "demo_data"

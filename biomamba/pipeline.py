@@ -58,7 +58,7 @@ class StageSpec:
 class PipelineConfig:
     name: str = "demo"
     description: str = ""
-    demo_corpus: bool = False  # write the embedded demo corpus into RUN/corpus first
+    demo_corpus: bool = False  # write the embedded demo corpus (and train its tokenizer) into RUN/corpus first
     requires: list[Requirement] = field(default_factory=list)
     stages: list[StageSpec] = field(default_factory=list)
     report: bool = True
@@ -160,9 +160,10 @@ def run_pipeline(cfg: PipelineConfig, run_dir: Path, invoke: Callable[[list[str]
     record["order"] = [s.name for s in cfg.stages]
     record["verbs"] = {s.name: s.verb for s in cfg.stages}
     if cfg.demo_corpus and not (run_dir / "corpus" / ".complete").is_file():
-        from biomamba.demo_corpus import write_demo_corpus
+        from biomamba.demo_corpus import write_demo_corpus, write_demo_tokenizer
 
         write_demo_corpus(run_dir / "corpus")
+        write_demo_tokenizer(run_dir / "corpus")
         (run_dir / "corpus" / ".complete").write_text("ok\n")
     for stage in cfg.stages:
         done = run_dir / stage.name / (stage.done_file or DONE_FILES.get(stage.verb, "results.json"))
