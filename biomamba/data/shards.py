@@ -1,0 +1,271 @@
+"""On-disk packed token shards, and the loader that training reads them with.
+
+Layout of a data directory (written by ``biomamba data build``)::
+
+    manifest.json           what is here and how it was made (see biomamba.data.build)
+    tokenizer.json          the tokenizer that produced the ids
+    train/train-00000.bin   packed sequences: raw ``dtype`` (uint16/uint32), shape (rows, seq_len)
+    train/rows.npy          per row: source id and row number in that source's packed stream
+    val/val-00000.bin       held-out sequences, grouped by source
+    val/rows.npy
+    index/{split}-{source}.docs.npy   provenance: file, record id, token span of every document
+
+Documents end with EOS and are packed back to back; a document may continue into the
+next row. ``seq_idx`` (document index within a row, from 0) is derived from the EOS
+positions: it steps up right after each EOS, so the state of the model can be reset where a
+new document starts and never carries one document into another.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+MANIFEST_FORMAT = "biomamba-packed-tokens"
+MANIFEST_VERSION = 1
+
+ROW_DTYPE = np.dtype([("source", "u1"), ("row", "<i8")])
+DOC_DTYPE = np.dtype([("file", "<i4"), ("record", "<i8"), ("start", "<i8"), ("length", "<i4"), ("year", "<i2")])
+
+
+def read_manifest(root: str | Path) -> dict[str, Any]:
+    import json
+
+    path = Path(root) / "manifest.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{root}: no manifest.json (not a directory written by `biomamba data build`)")
+    manifest = json.loads(path.read_text())
+    if manifest.get("format") != MANIFEST_FORMAT:
+        raise ValueError(f"{path}: not a biomamba token-shard manifest (format={manifest.get('format')!r})")
+    if manifest.get("version") != MANIFEST_VERSION:
+        raise ValueError(f"{path}: manifest version {manifest.get('version')} is not supported "
+                         f"(this biomamba reads version {MANIFEST_VERSION}); rebuild the data")
+    return manifest
+
+
+def seq_idx_from_eos(ids: np.ndarray, eos_id: int) -> np.ndarray:
+    """Document index within the row: the number of EOS tokens strictly before each position."""
+    is_eos = ids == eos_id
+    out = np.zeros(ids.shape[-1], dtype=np.int32)
+    np.cumsum(is_eos[:-1], out=out[1:])
+    return out
+
+
+class PackedDataset:
+    """Random access to the packed sequences of one split (optionally one source of it).
+
+    ``ds[i]`` → ``{"input_ids": int64 (seq_len,), "seq_idx": int32 (seq_len,)}``. Shards are
+    memory-mapped lazily, so the object is cheap to pickle into DataLoader workers.
+    """
+
+    def __init__(self, root: str | Path, split: str = "train", source: str | None = None) -> None:
+        self.root = Path(root)
+        self.manifest: dict = read_manifest(self.root)
+        splits = self.manifest["splits"]
+        if split not in splits:
+            raise KeyError(f"{self.root}: no split {split!r} (have: {', '.join(splits)})")
+        self.split = split
+        info = splits[split]
+        self.seq_len: int = int(self.manifest["seq_len"])
+        self.dtype = np.dtype(self.manifest["dtype"])
+        self.eos_id: int = int(self.manifest["eos_id"])
+        self._all_sources: list[str] = list(self.manifest["source_order"])
+        self._shards: list[dict] = list(info["shards"])
+        self._shard_rows = int(self.manifest["shard_sequences"])
+        self._total = int(info["sequences"])
+        self._rows: np.ndarray | None = None
+        self._maps: dict[int, np.ndarray] = {}
+        present = [s for s in self._all_sources if info["sources"].get(s, {}).get("sequences", 0) > 0]
+        if source is not None:
+            if source not in self._all_sources:
+                raise KeyError(f"{self.root}: no source {source!r} (have: {', '.join(self._all_sources)})")
+            sid = self._all_sources.index(source)
+            self._index: np.ndarray | None = np.flatnonzero(self.rows["source"] == sid)
+            self.sources: list[str] = [source] if len(self._index) else []
+        else:
+            self._index = None
+            self.sources = present
+        self.source = source
+
+    # -- storage ---------------------------------------------------------------------------
+    @property
+    def rows(self) -> np.ndarray:
+        """Per row: source id (index into ``manifest['source_order']``) and row in that source's stream."""
+        if self._rows is None:
+            self._rows = np.load(self.root / self.split / "rows.npy", mmap_mode="r")
+        return self._rows
+
+    def _shard(self, k: int) -> np.ndarray:
+        m = self._maps.get(k)
+        if m is None:
+            meta = self._shards[k]
+            m = np.memmap(self.root / meta["file"], dtype=self.dtype, mode="r",
+                          shape=(int(meta["sequences"]), self.seq_len))
+            self._maps[k] = m
+        return m
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_maps"] = {}
+        state["_rows"] = None
+        return state
+
+    # -- access ----------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._index) if self._index is not None else self._total
+
+    def global_row(self, i: int) -> int:
+        n = len(self)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(f"index {i} out of range for {n} sequences")
+        return int(self._index[i]) if self._index is not None else i
+
+    def tokens(self, i: int) -> np.ndarray:
+        """Row ``i`` as stored (uint16/uint32), without copying."""
+        g = self.global_row(i)
+        return self._shard(g // self._shard_rows)[g % self._shard_rows]
+
+    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+        ids = self.tokens(i).astype(np.int64)
+        return {"input_ids": ids, "seq_idx": seq_idx_from_eos(ids, self.eos_id)}
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        for i in range(len(self)):
+            yield self[i]
+
+    # -- provenance ------------------------------------------------------------------------
+    def provenance(self, i: int) -> list[dict[str, Any]]:
+        """The documents (source, file, record id, year) whose tokens are in row ``i``, in order."""
+        g = self.global_row(i)
+        sid, row = int(self.rows[g]["source"]), int(self.rows[g]["row"])
+        name = self._all_sources[sid]
+        docs = np.load(self.root / "index" / f"{self.split}-{name}.docs.npy", mmap_mode="r")
+        lo, hi = row * self.seq_len, (row + 1) * self.seq_len
+        ends = docs["start"] + docs["length"]
+        first = int(np.searchsorted(ends, lo, side="right"))
+        files = self.manifest["sources"][name]["files"]
+        out = []
+        for d in docs[first:]:
+            if d["start"] >= hi:
+                break
+            out.append({"source": name, "file": files[int(d["file"])]["path"], "record": int(d["record"]),
+                        "year": int(d["year"]), "continued": bool(d["start"] < lo)})
+        return out
+
+
+class DistributedSequenceSampler:
+    """Deterministic, resumable, rank-sharded order over ``num_sequences`` packed sequences.
+
+    Each epoch has one global order: a permutation seeded by ``(seed, epoch)`` (identity when
+    ``shuffle=False``). Rank ``r`` of ``W`` takes global positions ``c + r, c + r + W, ...``
+    from the current position ``c`` (``consumed``), so the global order does not depend on
+    ``W`` and a run can resume on a different number of ranks. The epoch is padded to a
+    multiple of ``W`` by wrapping around to its start (every rank yields equally many
+    indices); ``drop_last=True`` drops that tail instead.
+
+    The trainer calls :meth:`advance` with the number of *global* sequences each optimiser
+    step consumed; :meth:`state_dict` / :meth:`load_state_dict` save and restore the position.
+    """
+
+    def __init__(self, num_sequences: int, *, seed: int = 42, rank: int = 0, world_size: int = 1,
+                 shuffle: bool = True, drop_last: bool = False) -> None:
+        if num_sequences < 1:
+            raise ValueError(f"num_sequences must be >= 1, got {num_sequences}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
+        self.num_sequences = int(num_sequences)
+        self.seed = int(seed)
+        self.rank = int(rank)
+        self.world_size = int(world_size)
+        self.shuffle = bool(shuffle)
+        self.drop_last = bool(drop_last)
+        self.epoch = 0
+        self.consumed = 0
+        self._perm: tuple[int, np.ndarray] | None = None
+
+    def _order(self) -> np.ndarray:
+        if self._perm is None or self._perm[0] != self.epoch:
+            if self.shuffle:
+                perm = np.random.default_rng([self.seed, self.epoch]).permutation(self.num_sequences)
+            else:
+                perm = np.arange(self.num_sequences)
+            self._perm = (self.epoch, perm)
+        return self._perm[1]
+
+    @property
+    def epoch_length(self) -> int:
+        """Global positions in this epoch for the current world size (padded or trimmed to a multiple of W)."""
+        n, w = self.num_sequences, self.world_size
+        return (n // w) * w if self.drop_last else -(-n // w) * w
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start ``epoch`` from its beginning (a no-op when it is already the current epoch)."""
+        if epoch != self.epoch:
+            self.epoch = int(epoch)
+            self.consumed = 0
+
+    def __len__(self) -> int:
+        remaining = max(0, self.epoch_length - self.consumed)
+        return max(0, -(-(remaining - self.rank) // self.world_size)) if remaining > self.rank else 0
+
+    def __iter__(self) -> Iterator[int]:
+        order = self._order()
+        positions = np.arange(self.consumed + self.rank, self.epoch_length, self.world_size)
+        for p in positions:
+            yield int(order[p % self.num_sequences])
+
+    def advance(self, n_global: int) -> None:
+        if n_global < 0:
+            raise ValueError("advance() takes a non-negative count")
+        self.consumed += int(n_global)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "consumed": self.consumed, "seed": self.seed,
+                "num_sequences": self.num_sequences, "shuffle": self.shuffle, "world_size": self.world_size,
+                "drop_last": self.drop_last}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key in ("num_sequences", "seed", "shuffle"):
+            if key in state and state[key] != getattr(self, key):
+                raise ValueError(f"sampler state was saved with {key}={state[key]!r}, this sampler has "
+                                 f"{getattr(self, key)!r}: the data or seed changed, so the position is meaningless")
+        self.epoch = int(state["epoch"])
+        self.consumed = int(state["consumed"])
+
+
+class ShardWriter:
+    """Writes rows of ``seq_len`` tokens into ``{split}/{split}-NNNNN.bin`` shard files of ``rows_per_shard`` rows."""
+
+    def __init__(self, root: Path, split: str, seq_len: int, dtype: np.dtype, rows_per_shard: int):
+        self.root, self.split, self.seq_len, self.dtype = root, split, seq_len, np.dtype(dtype)
+        self.rows_per_shard = rows_per_shard
+        (root / split).mkdir(parents=True, exist_ok=True)
+        self.shards: list[dict[str, Any]] = []
+        self._buf = np.empty((rows_per_shard, seq_len), dtype=self.dtype)
+        self._n = 0
+        self.total = 0
+
+    def add(self, row: np.ndarray) -> None:
+        self._buf[self._n] = row
+        self._n += 1
+        self.total += 1
+        if self._n == self.rows_per_shard:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._n == 0:
+            return
+        name = f"{self.split}/{self.split}-{len(self.shards):05d}.bin"
+        data = self._buf[: self._n].tobytes()
+        (self.root / name).write_bytes(data)
+        self.shards.append({"file": name, "sequences": self._n, "sha256": hashlib.sha256(data).hexdigest()})
+        self._n = 0
+
+    def close(self) -> list[dict[str, Any]]:
+        self._flush()
+        return self.shards
