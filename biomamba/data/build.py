@@ -640,6 +640,9 @@ def build(cfg: DataConfig, out: str | Path, *, environment: dict[str, Any] | Non
         sources_out[name]["tokens"]["train_used"] = take[name] * L
         if take[name] > avail[name]:
             sources_out[name]["tokens"]["train_repeated_sequences"] = take[name] - avail[name]
+            if take[name] > 4 * avail[name]:
+                warn(f"source {name}: its {avail[name]} training sequences are repeated "
+                     f"{take[name] / avail[name]:.1f} times to reach its ratio (mix=repeat)")
         elif take[name] < avail[name]:
             sources_out[name]["tokens"]["train_unused"] = (avail[name] - take[name]) * L
     if ratios and cfg.mix == "downsample":

@@ -40,6 +40,8 @@ class DownloadConfig:
     dataset: str = ""
     pattern: str = "*"
     revision: str | None = None
+    # a Hugging Face hub mirror (default: the hub, or $HF_ENDPOINT)
+    endpoint: str | None = None
     max_files: int | None = None
     workers: int = 4
     retries: int = 3
