@@ -116,8 +116,8 @@ class _GuardedReader(io.RawIOBase):
         return True
 
     def readinto(self, buffer) -> int:  # type: ignore[override]
-        try:
-            data = self._raw.read(len(buffer))
+        try:  # read1: whatever one step yields, so that data before a truncation is still delivered
+            data = self._raw.read1(len(buffer))
         except EOFError as exc:
             raise DataError(f"{self._path}: truncated gzip file ({exc})", reason="truncated_gzip",
                             file=self._path) from None
