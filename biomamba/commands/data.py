@@ -153,7 +153,7 @@ def _download(argv: list[str]) -> int:
 
     root = Path(cfg.download_dir).expanduser()
     for src in cfg.sources:
-        if src.download is None:
+        if src.download.kind == "none":
             print(f"{src.name}: local paths, nothing to download")
             continue
         files = download_source(src, root)

@@ -23,7 +23,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 @dataclass
 class DownloadConfig:
-    """Where a source's raw files come from when ``paths`` is empty.
+    """Where a source's raw files come from when ``paths`` is empty (``kind: none``: nowhere).
 
     ``kind: nlm_baseline`` lists ``url`` (NLM's PubMed baseline directory), downloads each
     ``*.xml.gz`` with its ``.md5`` (verified), resumably and ``workers`` at a time;
@@ -33,7 +33,7 @@ class DownloadConfig:
     ``max_files`` keeps only the first N files (sorted), for partial corpora.
     """
 
-    kind: Literal["nlm_baseline", "hf"] = "nlm_baseline"
+    kind: Literal["none", "nlm_baseline", "hf"] = "none"
     url: str = NLM_BASELINE_URL
     updates_url: str = NLM_UPDATES_URL
     include_updates: bool = False
@@ -69,7 +69,7 @@ class SourceConfig:
     format: Format = "auto"
     # share of the training sequences (tokens); all sources give one, or none does (keep everything)
     ratio: float | None = None
-    download: DownloadConfig | None = None
+    download: DownloadConfig = field(default_factory=DownloadConfig)
     # jsonl / parquet: the field holding the document text
     text_field: str = "text"
     # text: one document per file, per blank-line-separated paragraph, or per line
@@ -86,7 +86,7 @@ class SourceConfig:
             raise ValueError(f"source name {self.name!r} must be letters, digits, '_', '-', '.'")
         if self.ratio is not None and not (0.0 <= self.ratio <= 1.0 and math.isfinite(self.ratio)):
             raise ValueError(f"sources.{self.name}.ratio must be in [0, 1], got {self.ratio}")
-        if not self.paths and self.download is None:
+        if not self.paths and self.download.kind == "none":
             raise ValueError(f"source {self.name!r} needs paths (files, directories or globs) or a download spec")
         if not self.text_field:
             raise ValueError(f"sources.{self.name}.text_field must not be empty")

@@ -205,7 +205,7 @@ def download_hf(spec: DownloadConfig, dest: Path, source: str = "corpus") -> lis
 
 def download_source(src: SourceConfig, root: Path) -> list[Path]:
     """Download a source's files (per its download spec) under ``root/<source name>``."""
-    if src.download is None:
+    if src.download.kind == "none":
         raise DownloadError(f"source {src.name} has no download spec")
     dest = Path(root).expanduser() / src.name
     if src.download.kind == "nlm_baseline":
