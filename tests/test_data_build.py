@@ -238,8 +238,11 @@ def test_refuses_to_replace_a_foreign_directory(tmp_path, neox_tokenizer_path):
 
 
 def test_mix_repeat_and_cap(tmp_path, shared_data, neox_tokenizer_path):
+    lines = (shared_data / "c4" / "c4-en-sample-500.jsonl").read_text().splitlines()[:100]
+    (tmp_path / "c4.jsonl").write_text("\n".join(lines) + "\n")
     sources = real_sources(shared_data)[:2]
     sources[0]["ratio"] = sources[1]["ratio"] = 0.5
+    sources[1]["paths"] = [str(tmp_path / "c4.jsonl")]
     cfg = make_cfg(neox_tokenizer_path, sources, seq_len=256, val_sequences=1, workers=1, mix="repeat",
                    max_train_sequences=200)
     manifest = build(cfg, tmp_path / "rep")

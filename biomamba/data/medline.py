@@ -45,7 +45,11 @@ def _text(elem: ET.Element | None) -> str:
     """
     if elem is None:
         return ""
-    text = _GLUE.sub(lambda m: "" if "\n" in m.group(0) else m.group(0).replace("\x00", ""), _flatten(elem))
+    if len(elem) == 0:  # no inline markup: the common case
+        return squash_spaces(elem.text or "")
+    text = _flatten(elem)
+    if "\x00" in text:
+        text = _GLUE.sub(lambda m: "" if "\n" in m.group(0) else m.group(0).replace("\x00", ""), text)
     return squash_spaces(text)
 
 
@@ -124,34 +128,29 @@ def read_medline(path: str | Path, languages: Iterable[str] = ("eng",), require_
     exclude = frozenset(exclude_publication_types)
     last = "the start of the file"
     n_events = 0
-    root: ET.Element | None = None
-    depth = 0
     with open_binary(path) as f:
         try:
-            for event, elem in ET.iterparse(f, events=("start", "end")):
-                if event == "start":
-                    if root is None:
-                        root = elem
-                    depth += 1
-                    continue
-                depth -= 1
-                if elem.tag in ("PubmedArticle", "PubmedBookArticle") and depth == 1:
+            # "end" events only (half the Python-level work of start+end); top-level elements are
+            # cleared once used, so memory stays at one citation plus an empty shell per citation.
+            for _, elem in ET.iterparse(f, events=("end",)):
+                tag = elem.tag
+                if tag == "PubmedArticle" or tag == "PubmedBookArticle":
                     n_events += 1
                     out = parse_citation(elem, langs, require_abstract, exclude, n_events)
                     if out.record >= 0:
                         last = f"PMID {out.record}"
+                    elem.clear()
                     yield out
-                    root.clear()  # type: ignore[union-attr]
-                elif elem.tag == "DeleteCitation" and depth == 1:
+                elif tag == "DeleteCitation":
                     for pm in elem.findall("PMID"):
                         value = (pm.text or "").strip()
                         if value.isdigit():
                             n_events += 1
                             yield Delete(int(value))
-                    root.clear()  # type: ignore[union-attr]
+                    elem.clear()
         except ET.ParseError as exc:
             line, col = exc.position
-            if root is None and line <= 1 and col == 0:
+            if n_events == 0 and line <= 1 and col == 0:
                 raise DataError(f"{path}: empty file (no XML)", reason="empty_file", file=str(path)) from None
             raise DataError(f"{path}: malformed XML at line {line}, column {col} (after {last}): {exc}",
                             reason="malformed_xml", file=str(path), where=f"line {line}") from None
