@@ -1,0 +1,143 @@
+"""Adapters from a causal LM to the evaluation protocol: ``loglikelihood`` (Scorer),
+``generate`` (Generator) and ``nll_windows`` (the perplexity callable).
+
+``CausalLM(logits_fn, tokenizer)`` works for any model given as ``logits_fn(ids, mask) → logits``
+(b, l, V); :func:`from_mamba` and :func:`from_transformers` build one for our ``MambaLM`` and for
+a ``transformers`` ``AutoModelForCausalLM``. Batches are padded on the right: a causal
+model's outputs before the padding never see it, and padded positions are never scored.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+LogitsFn = Callable[[Tensor, Tensor], Tensor]
+
+
+class _HFTokenizer:
+    """``transformers`` tokenizer → the encode/decode/eos_id interface of ours."""
+
+    def __init__(self, tok):
+        self.tok = tok
+        self.eos_id = tok.eos_token_id
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+    def encode(self, text: str) -> list[int]:
+        return self.tok(text, add_special_tokens=False)["input_ids"]
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        return self.tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+
+def as_tokenizer(tok):
+    """Ours as is; a ``transformers`` tokenizer wrapped."""
+    return tok if hasattr(tok, "eos_id") else _HFTokenizer(tok)
+
+
+class CausalLM:
+    def __init__(self, logits_fn: LogitsFn, tokenizer, device: torch.device | str = "cpu", batch_size: int = 8,
+                 max_length: int | None = None,
+                 generate_fn: Callable[[list[str], int, list[str]], list[str]] | None = None):
+        self.logits_fn = logits_fn
+        self.tokenizer = as_tokenizer(tokenizer)
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self.generate_fn = generate_fn
+        self.pad_id = getattr(self.tokenizer, "pad_id", None) or 0
+
+    # ---- the core: per-token log-probabilities of right-padded rows ---------------------------
+    @torch.no_grad()
+    def _target_logprobs(self, rows: Sequence[Sequence[int]]) -> list[Tensor]:
+        """For each row, log p(row[t] | row[:t]) for t = 1 … len-1 (float64 on CPU)."""
+        out: list[Tensor] = []
+        for b in range(0, len(rows), self.batch_size):
+            chunk = rows[b:b + self.batch_size]
+            width = max(len(r) for r in chunk)
+            ids = torch.full((len(chunk), width), self.pad_id, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for i, r in enumerate(chunk):
+                ids[i, :len(r)] = torch.tensor(list(r), dtype=torch.long)
+                mask[i, :len(r)] = 1
+            logits = self.logits_fn(ids.to(self.device), mask.to(self.device)).float()
+            logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
+            picked = logprobs.gather(-1, ids[:, 1:].to(self.device).unsqueeze(-1)).squeeze(-1)
+            for i, r in enumerate(chunk):
+                out.append(picked[i, :len(r) - 1].double().cpu())  # padded positions dropped
+        return out
+
+    # ---- Scorer --------------------------------------------------------------------------------
+    def loglikelihood(self, requests: Sequence[tuple[str, str]]) -> list[float]:
+        """Σ log p(continuation tokens | context). The continuation's tokens are those of
+        ``context + continuation`` after the context's (its own encoding where the context's
+        tokens are not a prefix); an empty context is conditioned on EOS."""
+        rows, n_cont = [], []
+        for context, continuation in requests:
+            ctx = self.tokenizer.encode(context) if context else [self.tokenizer.eos_id]
+            whole = self.tokenizer.encode(context + continuation) if context else ctx + self.tokenizer.encode(continuation)
+            cont = whole[len(ctx):] if whole[:len(ctx)] == ctx else self.tokenizer.encode(continuation)
+            row = ctx + cont
+            if self.max_length is not None and len(row) > self.max_length:
+                row = row[-self.max_length:]  # keep the continuation, drop the oldest context
+            rows.append(row)
+            n_cont.append(len(cont))
+        return [float(lp[-n:].sum()) if n else 0.0 for lp, n in zip(self._target_logprobs(rows), n_cont)]
+
+    # ---- perplexity callable ---------------------------------------------------------------------
+    def nll_windows(self, windows: Sequence[Sequence[int]]) -> list[list[float]]:
+        return [(-lp).tolist() for lp in self._target_logprobs(windows)]
+
+    # ---- Generator -------------------------------------------------------------------------------
+    def generate(self, prompts: Sequence[str], max_new_tokens: int, stop: Sequence[str] = ()) -> list[str]:
+        if self.generate_fn is None:
+            raise NotImplementedError("this adapter was built without a generate function")
+        return self.generate_fn(list(prompts), max_new_tokens, list(stop))
+
+
+def _device_of(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def from_mamba(model, tokenizer, batch_size: int = 8) -> CausalLM:
+    """Our ``MambaLM``: logits over the padded vocabulary are cut to the tokenizer's; greedy
+    generation through ``biomamba.generate`` (recurrent state, stop strings)."""
+    from biomamba.generate import SamplingConfig, generate_text
+
+    vocab = model.config.vocab_size
+
+    def logits_fn(ids: Tensor, mask: Tensor) -> Tensor:
+        return model(ids)[..., :vocab]
+
+    def generate_fn(prompts: list[str], max_new_tokens: int, stop: list[str]) -> list[str]:
+        cfg = SamplingConfig(max_new_tokens=max_new_tokens, temperature=0.0, stop=list(stop))
+        out: list[str] = []
+        for b in range(0, len(prompts), batch_size):
+            out.extend(generate_text(model, tokenizer, prompts[b:b + batch_size], cfg))
+        return out
+
+    return CausalLM(logits_fn, tokenizer, _device_of(model), batch_size, generate_fn=generate_fn)
+
+
+def from_transformers(model, tokenizer, batch_size: int = 8, max_length: int | None = None) -> CausalLM:
+    """Any ``transformers`` causal LM with its own tokenizer (the contextual comparison)."""
+    tok = as_tokenizer(tokenizer)
+
+    def logits_fn(ids: Tensor, mask: Tensor) -> Tensor:
+        return model(input_ids=ids, attention_mask=mask).logits
+
+    @torch.no_grad()
+    def generate_fn(prompts: list[str], max_new_tokens: int, stop: list[str]) -> list[str]:
+        out = []
+        for prompt in prompts:  # one at a time: no left-padding subtleties
+            ids = torch.tensor([tok.encode(prompt) or [tok.eos_id]], device=_device_of(model))
+            gen = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                 do_sample=False, pad_token_id=tok.pad_id)
+            text = tok.decode(gen[0, ids.shape[1]:].tolist())
+            cuts = [text.index(s) for s in stop if s in text]
+            out.append(text[:min(cuts)] if cuts else text)
+        return out
+
+    return CausalLM(logits_fn, tok, _device_of(model), batch_size, max_length, generate_fn)
