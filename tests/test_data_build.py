@@ -76,6 +76,10 @@ def test_manifest_describes_the_build(real_builds, neox_tokenizer_path):
         n = train["sources"][name]["sequences"]
         assert abs(n - target * train["sequences"]) <= 1
         assert manifest["mixing"]["achieved_ratios"][name] == pytest.approx(n / train["sequences"])
+        summary = manifest["sources"][name]
+        assert summary["train_sequences"] == n and summary["ratio_target"] == target
+        assert summary["ratio_achieved"] == manifest["mixing"]["achieved_ratios"][name]
+        assert summary["val_sequences"] == manifest["splits"]["val"]["sources"][name]["sequences"]
     for name, src in manifest["sources"].items():
         c = src["counts"]
         assert c["read"] == c["kept"] + sum(c["skipped"].values())  # nothing silently dropped

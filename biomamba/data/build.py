@@ -636,7 +636,13 @@ def build(cfg: DataConfig, out: str | Path, *, environment: dict[str, Any] | Non
     if n_train == 0:
         raise DataError("no training sequences: the sources hold fewer tokens than seq_len after the validation "
                         f"split (available per source: {avail})", reason="empty_build")
+    n_all = max(sum(take.values()), 1)
     for name in names:
+        # per-source summary (the same numbers as in splits/mixing, gathered for readers of one source)
+        sources_out[name]["train_sequences"] = take[name]
+        sources_out[name]["val_sequences"] = val_rows[name]
+        sources_out[name]["ratio_target"] = ratios[name] if ratios else None
+        sources_out[name]["ratio_achieved"] = take[name] / n_all
         sources_out[name]["tokens"]["train_used"] = take[name] * L
         if take[name] > avail[name]:
             sources_out[name]["tokens"]["train_repeated_sequences"] = take[name] - avail[name]
