@@ -142,12 +142,14 @@ def _evaluate_factoid(task: Task, examples, scorer, generator, max_new, results)
         method = "generate_ranked"
     else:
         answers = [_parse(task, t) for t in _generate(generator, prompts, max_new, task.generation.stop)]
-        if scorer is not None:
-            scores = scorer.loglikelihood([(p, task.target.format(answer=a)) for p, a in zip(prompts, answers)])
+        scores = [0.0] * len(answers)
+        method = "greedy"
+        if scorer is not None:  # rank each context's answer by its log-likelihood there
+            todo = [i for i, a in enumerate(answers) if a]
+            for i, s in zip(todo, scorer.loglikelihood([(prompts[i], task.target.format(answer=answers[i]))
+                                                        for i in todo])):
+                scores[i] = s
             method = "greedy+loglikelihood"
-        else:
-            scores = [0.0] * len(answers)
-            method = "greedy"
         per_context = [[(a, float(s))] if a else [] for a, s in zip(answers, scores)]
     grouped: list[list[list[tuple[str, float]]]] = [[] for _ in examples]
     for (qi, _), cands in zip(units, per_context):
