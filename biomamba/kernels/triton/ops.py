@@ -122,9 +122,9 @@ def ssd_scan_bwd(dy: Tensor, dfinal: Optional[Tensor], x: Tensor, dt: Tensor, A:
                  ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     dx, ddt, dA, dB, dC, dD, ddt_bias, dinit = _ssd.ssd_bwd(
         dy, dfinal, x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus, dt_lo, dt_hi, seq_idx, initial_state)
-    empty = x.new_empty(0)
-    return (dx, ddt, dA, dB, dC, dD if dD is not None else empty, ddt_bias if ddt_bias is not None else empty,
-            dinit.to(initial_state.dtype) if initial_state is not None else empty)
+    return (dx, ddt, dA, dB, dC, dD if dD is not None else x.new_empty(0),
+            ddt_bias if ddt_bias is not None else x.new_empty(0),
+            dinit.to(initial_state.dtype) if initial_state is not None else x.new_empty(0))
 
 
 @ssd_scan_bwd.register_fake

@@ -20,11 +20,22 @@ gradients of the log-decays, which reduce to per-position vectors finished in to
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+
+
+@triton.jit
+def _dot(a, b, IP: tl.constexpr):
+    """Matrix product with fp32 accumulation; IP "interp" upcasts the operands (Triton's CPU
+    interpreter computes bf16 dots wrongly, seen with triton 3.9)."""
+    if IP == "interp":
+        return tl.dot(a.to(tl.float32), b.to(tl.float32))
+    else:
+        return tl.dot(a, b, input_precision=IP)
 
 
 # ---- (1) Δ and the chunk-local cumulative log-decay ------------------------------------------
@@ -80,7 +91,7 @@ def _cb_kernel(B_ptr, C_ptr, cb_ptr, L, G, N, NC, sbb, sbl, sbg, scb, scl, scg,
                     other=0.0)
         bT = tl.load(B_ptr + pb * sbb + sg[None, :] * sbl + g * sbg + k[:, None], mask=(sg < L)[None, :] & km[:, None],
                      other=0.0)
-        acc += tl.dot(c, bT, input_precision=IP)
+        acc += _dot(c, bT, IP)
     tl.store(cb_ptr + (((pb * NC + pc) * G + g) * T + t[:, None]) * T + s[None, :], acc)
 
 
@@ -127,7 +138,7 @@ def _chunk_outer_kernel(u_ptr, v_ptr, delta_ptr, acs_ptr, seq_ptr, out_ptr, L, H
                      other=0.0)
         v = tl.load(v_ptr + pb * svb + tg[:, None] * svl + g * svg + n[None, :], mask=tm[:, None] & nm[None, :],
                     other=0.0)
-        acc += tl.dot(uT, (v.to(tl.float32) * w[:, None]).to(uT.dtype), input_precision=IP)
+        acc += _dot(uT, (v.to(tl.float32) * w[:, None]).to(uT.dtype), IP)
     tl.store(out_ptr + (((pb * NC + pc) * H + h) * P + p[:, None]) * N + n[None, :], acc,
              mask=pm[:, None] & nm[None, :])
 
@@ -222,7 +233,7 @@ def _out_kernel(x_ptr, B_ptr, C_ptr, cb_ptr, delta_ptr, acs_ptr, seq_ptr, starts
         c = tl.load(C_ptr + pb * scb + tg[:, None] * scl + g * scg + n[None, :], mask=tm[:, None] & nm[None, :],
                     other=0.0)
         sT = tl.load(sbase + p[None, :] * N + n[:, None], mask=pmask[None, :] & nm[:, None], other=0.0)
-        acc += tl.dot(c, sT.to(c.dtype), input_precision=IP)
+        acc += _dot(c, sT.to(c.dtype), IP)
     acc = acc * e_t[:, None]
     # within the chunk, causal: s ≤ t
     cbase = cb_ptr + ((pb * NC + pc) * G + g) * T * T
@@ -240,7 +251,7 @@ def _out_kernel(x_ptr, B_ptr, C_ptr, cb_ptr, delta_ptr, acs_ptr, seq_ptr, starts
         w = tl.where(keep, cb * tl.exp(a_t[:, None] - a_s[None, :]) * d_s[None, :], 0.0)
         xs = tl.load(x_ptr + pb * sxb + sg[:, None] * sxl + h * sxh + p[None, :], mask=sm[:, None] & pmask[None, :],
                      other=0.0)
-        acc += tl.dot(w.to(xs.dtype), xs, input_precision=IP)
+        acc += _dot(w.to(xs.dtype), xs, IP)
     if HAS_D:
         xt = tl.load(x_ptr + pb * sxb + tg[:, None] * sxl + h * sxh + p[None, :], mask=tm[:, None] & pmask[None, :],
                      other=0.0).to(tl.float32)
@@ -254,7 +265,7 @@ def _out_kernel(x_ptr, B_ptr, C_ptr, cb_ptr, delta_ptr, acs_ptr, seq_ptr, starts
 @triton.jit
 def _bwd_dx_kernel(x_ptr, B_ptr, cb_ptr, dy_ptr, delta_ptr, acs_ptr, seq_ptr, dz_ptr, D_ptr,
                    dx_ptr, ddt_ptr, dda_ptr, q_ptr, dd_ptr,
-                   L, H, G, P, N, NC, sxb, sxl, sxh, sbb, sbl, sbg, sdyb, sdyl, sdyh, ssb, ssl,
+                   L, H, G, P, N, NC, sxb, sxl, sxh, sbb, sbl, sbg, sdyb, sdyl, sdyh, ssb, ssl, sob, sol, soh,
                    HAS_SEQ: tl.constexpr, HAS_D: tl.constexpr, T: tl.constexpr, BM: tl.constexpr,
                    BK: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, IP: tl.constexpr):
     pid = tl.program_id(0)
@@ -288,7 +299,7 @@ def _bwd_dx_kernel(x_ptr, B_ptr, cb_ptr, dy_ptr, delta_ptr, acs_ptr, seq_ptr, dz
         b = tl.load(B_ptr + pb * sbb + sg[:, None] * sbl + g * sbg + n[None, :], mask=sm[:, None] & nm[None, :],
                     other=0.0)
         zT = tl.load(zbase + p[None, :] * N + n[:, None], mask=pmask[None, :] & nm[:, None], other=0.0)
-        acc += tl.dot(b, zT.to(b.dtype), input_precision=IP)
+        acc += _dot(b, zT.to(b.dtype), IP)
     acc = acc * f_s[:, None]
     xf = x_s.to(tl.float32)
     q = d_s * tl.sum(xf * acc, 1)
@@ -308,8 +319,8 @@ def _bwd_dx_kernel(x_ptr, B_ptr, cb_ptr, dy_ptr, delta_ptr, acs_ptr, seq_ptr, dz
         w = tl.where(keep, cbT * tl.exp(a_t[None, :] - a_s[:, None]), 0.0)
         dy_t = tl.load(dy_ptr + pb * sdyb + tg[:, None] * sdyl + h * sdyh + p[None, :],
                        mask=tm[:, None] & pmask[None, :], other=0.0)
-        acc += tl.dot(w.to(dy_t.dtype), dy_t, input_precision=IP)
-        xdy = tl.dot(x_s, tl.trans(dy_t), input_precision=IP)
+        acc += _dot(w.to(dy_t.dtype), dy_t, IP)
+        xdy = _dot(x_s, tl.trans(dy_t), IP)
         colsum += tl.sum(w * xdy, 1)
     colsum = colsum * d_s
     dy_s = tl.load(dy_ptr + pb * sdyb + sg[:, None] * sdyl + h * sdyh + p[None, :], mask=sm[:, None] & pmask[None, :],
@@ -317,7 +328,7 @@ def _bwd_dx_kernel(x_ptr, B_ptr, cb_ptr, dy_ptr, delta_ptr, acs_ptr, seq_ptr, dz
     dx = acc * d_s[:, None]
     if HAS_D:
         dx += tl.load(D_ptr + h).to(tl.float32) * dy_s
-    tl.store(dx_ptr + pb * sxb + sg[:, None] * sxl + h * sxh + p[None, :], dx.to(dx_ptr.dtype.element_ty),
+    tl.store(dx_ptr + pb * sob + sg[:, None] * sol + h * soh + p[None, :], dx.to(dx_ptr.dtype.element_ty),
              mask=sm[:, None] & pmask[None, :])
     vec = base + s
     tl.store(ddt_ptr + vec, tl.sum(xf * acc, 1))
@@ -366,7 +377,7 @@ def _bwd_dc_kernel(x_ptr, C_ptr, cb_ptr, dy_ptr, delta_ptr, acs_ptr, seq_ptr, st
                        mask=tm[:, None] & pmask[None, :], other=0.0)
         st = tl.load(starts_ptr + ((pb * NC + pc) * H + h) * P * N + p[:, None] * N + n[None, :],
                      mask=pmask[:, None] & nm[None, :], other=0.0)
-        dcs = tl.dot(dy_t, st.to(dy_t.dtype), input_precision=IP) * e_t[:, None]
+        dcs = _dot(dy_t, st.to(dy_t.dtype), IP) * e_t[:, None]
         row = tl.sum(dcs * c_t, 1)
         dch = dcs
         for k0 in range(0, (pm + 1) * BM, BK):
@@ -381,13 +392,13 @@ def _bwd_dc_kernel(x_ptr, C_ptr, cb_ptr, dy_ptr, delta_ptr, acs_ptr, seq_ptr, st
                 keep = keep & (doc_s[None, :] == doc_t[:, None])
             x_s = tl.load(x_ptr + pb * sxb + sg[:, None] * sxl + h * sxh + p[None, :],
                           mask=sm[:, None] & pmask[None, :], other=0.0)
-            dyx = tl.dot(dy_t, tl.trans(x_s), input_precision=IP)  # (BM, BK): dy_t · x_s
+            dyx = _dot(dy_t, tl.trans(x_s), IP)  # (BM, BK): dy_t · x_s
             pw = tl.where(keep, dyx * tl.exp(a_t[:, None] - a_s[None, :]) * d_s[None, :], 0.0)
             cb = tl.load(cbase + t[:, None] * T + s[None, :], mask=s[None, :] <= t[:, None], other=0.0)
             row += tl.sum(pw * cb, 1)
             b_s = tl.load(B_ptr + pb * sbb + sg[:, None] * sbl + g * sbg + n[None, :], mask=sm[:, None] & nm[None, :],
                           other=0.0)
-            dch += tl.dot(pw.to(b_s.dtype), b_s, input_precision=IP)
+            dch += _dot(pw.to(b_s.dtype), b_s, IP)
         dc += dch
         tl.store(dda_ptr + base + t, row)
     tl.store(dc_ptr + pb * sob + tg[:, None] * sol + g * sog + n[None, :], dc.to(dc_ptr.dtype.element_ty),
@@ -431,7 +442,7 @@ def _bwd_db_kernel(x_ptr, C_ptr, dy_ptr, delta_ptr, acs_ptr, seq_ptr, dz_ptr, db
                       other=0.0)
         dz = tl.load(dz_ptr + ((pb * NC + pc) * H + h) * P * N + p[:, None] * N + n[None, :],
                      mask=pmask[:, None] & nm[None, :], other=0.0)
-        dbh = tl.dot(x_s, dz.to(x_s.dtype), input_precision=IP) * f_s[:, None]
+        dbh = _dot(x_s, dz.to(x_s.dtype), IP) * f_s[:, None]
         for k0 in range(pm * BM, T, BK):
             t = k0 + tl.arange(0, BK)
             tg = pc * T + t
@@ -443,11 +454,11 @@ def _bwd_db_kernel(x_ptr, C_ptr, dy_ptr, delta_ptr, acs_ptr, seq_ptr, dz_ptr, db
                 keep = keep & (doc_t[None, :] == doc_s[:, None])
             dy_t = tl.load(dy_ptr + pb * sdyb + tg[:, None] * sdyl + h * sdyh + p[None, :],
                            mask=tm[:, None] & pmask[None, :], other=0.0)
-            xdy = tl.dot(x_s, tl.trans(dy_t), input_precision=IP)  # (BM, BK): x_s · dy_t
+            xdy = _dot(x_s, tl.trans(dy_t), IP)  # (BM, BK): x_s · dy_t
             pw = tl.where(keep, xdy * tl.exp(a_t[None, :] - a_s[:, None]) * d_s[:, None], 0.0)
             c_t = tl.load(C_ptr + pb * scb + tg[:, None] * scl + g * scg + n[None, :], mask=tm[:, None] & nm[None, :],
                           other=0.0)
-            dbh += tl.dot(pw.to(c_t.dtype), c_t, input_precision=IP)
+            dbh += _dot(pw.to(c_t.dtype), c_t, IP)
         db += dbh
     tl.store(db_ptr + pb * sob + sg[:, None] * sol + g * sog + n[None, :], db.to(db_ptr.dtype.element_ty),
              mask=sm[:, None] & nm[None, :])
@@ -460,6 +471,8 @@ def _last_unit(t: Tensor) -> Tensor:
 
 
 def _ip(dtype: torch.dtype) -> str:
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        return "interp"
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
@@ -576,7 +589,7 @@ def ssd_bwd(dy, dfinal, x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus, dt_
     _bwd_dx_kernel[(b * NC * H, T // cfg.BM)](
         x, B, cb, dy, delta, acs, seq, dz, D if D is not None else A, dx, ddt_x, dda_col, q, dD_pos,
         L, H, G, P, N, NC, x.stride(0), x.stride(1), x.stride(2), B.stride(0), B.stride(1), B.stride(2),
-        dy.stride(0), dy.stride(1), dy.stride(2), ssb, ssl,
+        dy.stride(0), dy.stride(1), dy.stride(2), ssb, ssl, dx.stride(0), dx.stride(1), dx.stride(2),
         HAS_SEQ=HS, HAS_D=D is not None, T=T, BM=cfg.BM, BK=cfg.BK, BP=cfg.BP, BN=cfg.BNK, IP=ip, num_warps=4)
     # per group: dC (+ the row part of the log-decay gradient) and dB
     dC = torch.empty((b, L, G, N), device=x.device, dtype=C.dtype)

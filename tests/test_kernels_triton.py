@@ -1,0 +1,285 @@
+"""Triton kernels against the torch reference: outputs and gradients, fresh random inputs.
+
+Runs natively on a CUDA machine (real shapes) and on the CPU through Triton's interpreter at
+tiny shapes. The interpreter must be switched on before triton is imported, so on a CPU-only
+machine ``test_kernels_interpret.py`` runs this file in a subprocess with
+``TRITON_INTERPRET=1``; in the parent pytest process (no CUDA, no interpreter) it is skipped.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+CUDA = torch.cuda.is_available() and not INTERPRET
+if not (CUDA or INTERPRET):
+    pytest.skip("needs CUDA, or TRITON_INTERPRET=1 (test_kernels_interpret.py runs this file that way)",
+                allow_module_level=True)
+pytest.importorskip("triton")
+
+from biomamba.kernels import get_kernels, reference as R  # noqa: E402
+
+K = get_kernels("triton")
+DEV = "cuda" if CUDA else "cpu"
+# (batch, heads, headdim, state, chunk, lengths): one length divides the chunk, one does not
+SSD_SHAPE = dict(b=2, h=24, p=64, n=128, T=256, lengths=(512, 777)) if CUDA else \
+    dict(b=2, h=4, p=8, n=16, T=16, lengths=(32, 37))
+CONV_SHAPE = dict(b=2, d=1792, lengths=(1024, 1000)) if CUDA else dict(b=2, d=24, lengths=(16, 21))
+NORM_SHAPE = dict(rows=(4, 512), d=1536) if CUDA else dict(rows=(3, 5), d=24)
+TOL = {torch.float32: 1e-4, torch.bfloat16: 1.5e-2}
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    assert torch.isfinite(a).all(), "non-finite values in the kernel's result"
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def seq_ids(b: int, l: int, gen: torch.Generator) -> torch.Tensor:
+    """Random document boundaries, a few per row (some rows with one long document)."""
+    seq = torch.zeros(b, l, dtype=torch.int32)
+    for i in range(b):
+        cuts = torch.randint(1, l, (i + 1,), generator=gen)
+        for c in cuts.tolist():
+            seq[i, c:] += 1
+    return seq.to(DEV)
+
+
+def leaves(*ts: torch.Tensor, dtype: torch.dtype | None = None) -> list[torch.Tensor]:
+    return [t.detach().to(DEV, dtype or t.dtype).requires_grad_(t.is_floating_point()) for t in ts]
+
+
+def check_grads(got: list[torch.Tensor], ref: list[torch.Tensor], tol: float, names: list[str]) -> None:
+    for g, r, name in zip(got, ref, names):
+        if r.grad is None:
+            assert g.grad is None, name
+            continue
+        assert g.grad is not None, f"no gradient for {name}"
+        e = rel(g.grad, r.grad)
+        assert e < tol, f"d{name}: relative error {e:.2e} ≥ {tol:.0e}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("ngroups", [1, 2])
+@pytest.mark.parametrize("with_seq", [False, True])
+@pytest.mark.parametrize("li", [0, 1])
+def test_ssd_scan(dtype, ngroups, with_seq, li):
+    if INTERPRET and dtype == torch.bfloat16 and (li, ngroups) != (1, 2):
+        pytest.skip("interpreter: bf16 at one shape only, to stay within the CI time budget")
+    s = SSD_SHAPE
+    b, h, p, n, T, l, g = s["b"], s["h"], s["p"], s["n"], s["T"], s["lengths"][li], ngroups
+    gen = torch.Generator().manual_seed(torch.seed() % 2**31)
+    r = lambda *shape: torch.randn(*shape, generator=gen)  # noqa: E731
+    x, B, C = r(b, l, h, p), r(b, l, g, n), r(b, l, g, n)
+    dt = r(b, l, h) * 0.5 - 1.0
+    A = -torch.rand(h, generator=gen) * 4 - 0.2
+    D, dt_bias, init = r(h), r(h) * 0.3, r(b, h, p, n)
+    seq = seq_ids(b, l, gen) if with_seq else None
+    low = [x, dt, B, C]  # the activations arrive in the compute dtype; parameters stay fp32
+    got = leaves(*low, dtype=dtype) + leaves(A, D, dt_bias, init)
+    ref = leaves(*[t.to(dtype).float() for t in low]) + leaves(A, D, dt_bias, init)
+    kw = dict(chunk_size=T, dt_limit=(0.0, 4.0), seq_idx=seq)
+    y, fin = K.ssd_scan(got[0], got[1], got[4], got[2], got[3], D=got[5], dt_bias=got[6], initial_state=got[7], **kw)
+    y_r, fin_r = R.ssd_scan(ref[0], ref[1], ref[4], ref[2], ref[3], D=ref[5], dt_bias=ref[6], initial_state=ref[7],
+                            **kw)
+    assert y.dtype == dtype and y.shape == (b, l, h, p) and fin.shape == (b, h, p, n)
+    tol = TOL[dtype]
+    assert rel(y, y_r) < tol and rel(fin, fin_r) < tol, (rel(y, y_r), rel(fin, fin_r))
+    dy, dfin = torch.randn_like(y_r), torch.randn_like(fin_r)
+    ((y.float() * dy).sum() + (fin * dfin).sum()).backward()
+    ((y_r.float() * dy).sum() + (fin_r * dfin).sum()).backward()
+    check_grads(got, ref, 2 * tol, ["x", "dt", "B", "C", "A", "D", "dt_bias", "initial_state"])
+
+
+def test_ssd_scan_without_optionals():
+    """No D, no dt_bias, no initial state, no clamp, final state unused (its gradient is None)."""
+    s = SSD_SHAPE
+    b, h, p, n, T, l = s["b"], s["h"], s["p"], s["n"], s["T"], s["lengths"][1]
+    x, dt, B, C = torch.randn(b, l, h, p), torch.rand(b, l, h) * 0.2, torch.randn(b, l, 1, n), torch.randn(b, l, 1, n)
+    A = -torch.rand(h) - 0.5
+    got, ref = leaves(x, dt, A, B, C), leaves(x, dt, A, B, C)
+    y, _ = K.ssd_scan(*got, chunk_size=T, dt_softplus=False)
+    y_r, _ = R.ssd_scan(*ref, chunk_size=T, dt_softplus=False)
+    assert rel(y, y_r) < 1e-4
+    dy = torch.randn_like(y)
+    (y * dy).sum().backward()
+    (y_r * dy).sum().backward()
+    check_grads(got, ref, 2e-4, ["x", "dt", "A", "B", "C"])
+
+
+def test_ssd_scan_chains_through_initial_state():
+    """Two halves chained through the final/initial state equal one scan over the whole."""
+    s = SSD_SHAPE
+    b, h, p, n, T = s["b"], s["h"], s["p"], s["n"], s["T"]
+    l = 2 * T + 3
+    x, dt, B, C = (torch.randn(b, l, h, p, device=DEV), torch.randn(b, l, h, device=DEV),
+                   torch.randn(b, l, 1, n, device=DEV), torch.randn(b, l, 1, n, device=DEV))
+    A = -torch.rand(h, device=DEV) - 0.5
+    y, fin = K.ssd_scan(x, dt, A, B, C, chunk_size=T)
+    cut = T + 5
+    y1, f1 = K.ssd_scan(x[:, :cut], dt[:, :cut], A, B[:, :cut], C[:, :cut], chunk_size=T)
+    y2, f2 = K.ssd_scan(x[:, cut:], dt[:, cut:], A, B[:, cut:], C[:, cut:], chunk_size=T, initial_state=f1)
+    assert rel(torch.cat([y1, y2], 1), y) < 1e-5 and rel(f2, fin) < 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("with_seq", [False, True])
+@pytest.mark.parametrize("li", [0, 1])
+def test_causal_conv1d(dtype, with_seq, li):
+    b, d, l = CONV_SHAPE["b"], CONV_SHAPE["d"], CONV_SHAPE["lengths"][li]
+    gen = torch.Generator().manual_seed(torch.seed() % 2**31)
+    wide = torch.randn(b, l, d + 8, generator=gen)  # a strided view, as the mixer passes it
+    w, bias = torch.randn(d, 4, generator=gen) * 0.5, torch.randn(d, generator=gen)
+    seq = seq_ids(b, l, gen) if with_seq else None
+    got = leaves(wide, dtype=dtype) + leaves(w, bias)
+    ref = leaves(wide.to(dtype).float()) + leaves(w, bias)
+    y = K.causal_conv1d(got[0][..., 3:3 + d], got[1], got[2], seq_idx=seq)
+    y_r = R.causal_conv1d(ref[0][..., 3:3 + d], ref[1], ref[2], seq_idx=seq)
+    tol = TOL[dtype]
+    assert y.dtype == dtype and rel(y, y_r) < tol
+    dy = torch.randn_like(y_r)
+    (y.float() * dy).sum().backward()
+    (y_r * dy).sum().backward()
+    check_grads(got, ref, 2 * tol, ["x", "weight", "bias"])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("ngroups", [1, 4])
+@pytest.mark.parametrize("gated", [True, False])
+def test_gated_rmsnorm(dtype, ngroups, gated):
+    rows, d = NORM_SHAPE["rows"], NORM_SHAPE["d"]
+    x, z, w = torch.randn(*rows, d), torch.randn(*rows, d), 1 + 0.2 * torch.randn(d)
+    got = leaves(x, z, dtype=dtype) + leaves(w)
+    ref = leaves(x.to(dtype).float(), z.to(dtype).float()) + leaves(w)
+    if not gated:
+        got[1], ref[1] = None, None
+    y = K.gated_rmsnorm(got[0], got[1], got[2], 1e-5, d // ngroups)
+    y_r = R.gated_rmsnorm(ref[0], ref[1], ref[2], 1e-5, d // ngroups)
+    tol = TOL[dtype]
+    assert y.dtype == torch.promote_types(dtype, w.dtype) and rel(y, y_r) < tol
+    dy = torch.randn_like(y_r)
+    (y * dy).sum().backward()
+    (y_r * dy).sum().backward()
+    pairs = [(a, b_, nm) for a, b_, nm in zip(got, ref, ["x", "z", "weight"]) if a is not None]
+    check_grads([a for a, _, _ in pairs], [b_ for _, b_, _ in pairs], 2 * tol, [nm for *_, nm in pairs])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rmsnorm(dtype):
+    rows, d = NORM_SHAPE["rows"], NORM_SHAPE["d"] // 2
+    x, w = torch.randn(*rows, d), 1 + 0.2 * torch.randn(d)
+    got, ref = leaves(x, dtype=dtype) + leaves(w), leaves(x.to(dtype).float()) + leaves(w)
+    y, y_r = K.rmsnorm(got[0], got[1], 1e-5), R.rmsnorm(ref[0], ref[1], 1e-5)
+    assert rel(y, y_r) < TOL[dtype]
+    dy = torch.randn_like(y_r)
+    (y * dy).sum().backward()
+    (y_r * dy).sum().backward()
+    check_grads(got, ref, 2 * TOL[dtype], ["x", "weight"])
+
+
+@pytest.mark.parametrize("state_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("ngroups", [1, 2])
+def test_decode_steps(state_dtype, ngroups):
+    """ssd_step / conv_step: outputs and the in-place state updates, over several steps."""
+    s = SSD_SHAPE
+    b, h, p, n = 3, s["h"], s["p"], s["n"]
+    d = CONV_SHAPE["d"]
+    A, D, dt_bias = -torch.rand(h, device=DEV) - 0.1, torch.randn(h, device=DEV), torch.randn(h, device=DEV)
+    w, bias = torch.randn(d, 4, device=DEV), torch.randn(d, device=DEV)
+    ssm = torch.randn(b, h, p, n, device=DEV)  # the SSM state stays fp32 in the model
+    ssm_r = ssm.clone()
+    conv = torch.randn(b, d, 4, device=DEV).to(state_dtype)
+    conv_r = conv.clone()
+    for _ in range(3):
+        xx = torch.randn(b, h, p, device=DEV)
+        dt = torch.randn(b, h, device=DEV)
+        B, C = torch.randn(b, ngroups, n, device=DEV), torch.randn(b, ngroups, n, device=DEV)
+        kw = dict(D=D, dt_bias=dt_bias, dt_limit=(0.001, 2.0))
+        y, y_r = K.ssd_step(ssm, xx, dt, A, B, C, **kw), R.ssd_step(ssm_r, xx, dt, A, B, C, **kw)
+        assert rel(y, y_r) < 1e-5 and rel(ssm, ssm_r) < 1e-5
+        xc = torch.randn(b, d + 5, device=DEV)[:, 2:2 + d].to(state_dtype)
+        yc, yc_r = K.conv_step(conv, xc, w, bias), R.conv_step(conv_r, xc, w, bias)
+        assert rel(yc, yc_r) < TOL[state_dtype] and torch.equal(conv, conv_r)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_linear_cross_entropy(dtype):
+    rows, d, V, chunk = ((4, 1000), 256, 50288, 1024) if CUDA else ((2, 9), 16, 50, 7)
+    h, w = torch.randn(*rows, d) * 0.5, torch.randn(V, d) * 0.1
+    t = torch.randint(0, V, rows)
+    t[0, :3] = -100
+    got, ref = leaves(h, w, dtype=dtype), leaves(h, w, dtype=dtype)
+    t = t.to(DEV)
+    loss, count = K.linear_cross_entropy(got[0], got[1], t, chunk_rows=chunk)
+    loss_r, count_r = R.linear_cross_entropy(ref[0], ref[1], t, chunk_rows=chunk)
+    assert count.item() == count_r.item() == (t != -100).sum().item()
+    tol = {torch.float32: 1e-5, torch.bfloat16: 2e-3}[dtype]
+    assert rel(loss, loss_r) < tol, (loss.item(), loss_r.item())
+    (loss * 0.37).backward()
+    (loss_r * 0.37).backward()
+    check_grads(got, ref, 20 * tol, ["hidden", "weight"])
+    with torch.no_grad():  # evaluation path: loss only
+        loss_eval, _ = K.linear_cross_entropy(got[0], got[1], t, chunk_rows=chunk)
+    assert rel(loss_eval, loss_r) < tol
+
+
+def test_custom_ops_are_traceable():
+    """Fake implementations and autograd registrations hold up (torch.library.opcheck), and a
+    function of the ops compiles into one graph (no graph breaks)."""
+    b, l, h, p, n, T = 1, SSD_SHAPE["T"] + 3, 2, SSD_SHAPE["p"], SSD_SHAPE["n"], SSD_SHAPE["T"]
+    x = torch.randn(b, l, h, p, device=DEV, requires_grad=True)
+    dt, A = torch.randn(b, l, h, device=DEV, requires_grad=True), -torch.rand(h, device=DEV) - 0.5
+    B, C = torch.randn(b, l, 1, n, device=DEV, requires_grad=True), torch.randn(b, l, 1, n, device=DEV, requires_grad=True)
+    seq = torch.zeros(b, l, dtype=torch.int32, device=DEV)
+    seq[:, l // 2:] = 1
+    utils = ("test_schema", "test_autograd_registration", "test_faketensor")
+    ops = torch.ops.biomamba
+    torch.library.opcheck(ops.ssd_scan_fwd.default, (x, dt, A, B, C, T, None, None, True, 0.0, float("inf"), seq, None),
+                          test_utils=utils)
+    xc = torch.randn(b, l, 8, device=DEV, requires_grad=True)
+    w = torch.randn(8, 4, device=DEV, requires_grad=True)
+    torch.library.opcheck(ops.causal_conv1d_fwd.default, (xc, w, None, seq, True), test_utils=utils)
+    torch.library.opcheck(ops.rmsnorm_fwd.default, (xc, xc.detach() + 1, torch.ones(8, device=DEV), 1e-5, 4),
+                          test_utils=utils)
+
+    def mixer_like(x, dt, B, C, xc, w):
+        y, _ = K.ssd_scan(x, dt, A, B, C, chunk_size=T, seq_idx=seq)
+        u = K.causal_conv1d(xc, w, None, seq_idx=seq)
+        return y.sum() + K.gated_rmsnorm(u, u, torch.ones(8, device=DEV), 1e-5, 4).sum()
+
+    compiled = torch.compile(mixer_like, backend="aot_eager", fullgraph=True)
+    out = compiled(x, dt, B, C, xc, w)
+    out.backward()
+    assert torch.isfinite(x.grad).all() and torch.isfinite(w.grad).all()
+
+
+def test_model_parity_triton_vs_torch():
+    """The whole LM through the seam: loss and every parameter gradient match the reference,
+    with packed documents."""
+    from biomamba.model import MambaLM
+    from biomamba.model.config import ModelConfig
+
+    cfg = ModelConfig(d_model=32 if INTERPRET else 256, n_layer=2, vocab_size=96, d_state=16 if INTERPRET else 64,
+                      headdim=16 if INTERPRET else 64, ngroups=2, chunk_size=16 if INTERPRET else 64)
+    torch.manual_seed(0)
+    ref_model = MambaLM(cfg, backend="torch").to(DEV)
+    tri_model = MambaLM(cfg, backend="torch").to(DEV)
+    tri_model.load_state_dict(ref_model.state_dict())
+    tri_model.set_backend("triton")
+    assert tri_model.kernels.describe()["ssd_scan"] == "triton"
+    l = 24 if INTERPRET else 300
+    ids = torch.randint(0, cfg.vocab_size, (2, l), device=DEV)
+    seq = torch.zeros(2, l, dtype=torch.int32, device=DEV)
+    seq[0, l // 3:] = 1
+    labels = torch.roll(ids, -1, 1)
+    losses = []
+    for m in (ref_model, tri_model):
+        loss, count = m.loss(ids, labels, seq_idx=seq)
+        (loss / count).backward()
+        losses.append(loss)
+    assert rel(losses[1], losses[0]) < 1e-4
+    for (name, p1), p2 in zip(ref_model.named_parameters(), tri_model.parameters()):
+        assert rel(p2.grad, p1.grad) < 1e-3, name
