@@ -391,17 +391,6 @@ class _Stream:
             i += 1
 
 
-@dataclass
-class _SourceDocs:
-    """Documents of one source that survive selection, in file order."""
-
-    unit: np.ndarray    # global unit index
-    offset: np.ndarray  # token offset in the unit's tokens.bin
-    length: np.ndarray  # tokens, EOS included
-    record: np.ndarray
-    year: np.ndarray
-
-
 def _resolve_medline(unit_ids: list[int], units: list[Unit], docs: dict[int, np.ndarray]) -> tuple[dict[int, np.ndarray], Counter, dict[str, int]]:
     """Update semantics: per PMID the last event (citation or deletion, in file order) wins."""
     ps, ks, del_all, seen_all = [], [], [], []
@@ -481,6 +470,130 @@ def _mix(names: list[str], avail: dict[str, int], ratios: dict[str, float] | Non
     return take
 
 
+def _select(units: list[Unit], by_source: list[list[int]], dedup: bool):
+    """Which documents survive: MEDLINE update semantics per source, then exact dedup across sources."""
+    unit_docs = {u: np.load(unit.dir / "docs.npy") for u, unit in enumerate(units)}
+    keep = {u: np.ones(len(d), dtype=bool) for u, d in unit_docs.items()}
+    extra_skips: list[Counter] = [Counter() for _ in by_source]
+    deletions: list[dict[str, int]] = [{} for _ in by_source]
+    for s, uids in enumerate(by_source):
+        med = [u for u in uids if units[u].fmt == "medline"]
+        if med:
+            kept, counts, dels = _resolve_medline(med, units, unit_docs)
+            keep.update(kept)
+            extra_skips[s].update(counts)
+            deletions[s] = dels
+    if dedup:
+        cands = [(s, u, unit_docs[u]["h0"][keep[u]], unit_docs[u]["h1"][keep[u]])
+                 for s, uids in enumerate(by_source) for u in uids]
+        first = _dedup(cands)
+        for s, uids in enumerate(by_source):
+            for u in uids:
+                dup = np.flatnonzero(keep[u])[~first[(s, u)]]
+                extra_skips[s]["duplicate"] += len(dup)
+                keep[u][dup] = False
+    return unit_docs, keep, extra_skips, deletions
+
+
+@dataclass
+class _Packed:
+    """One source after the document shuffle: validation documents first, then training ones."""
+
+    name: str
+    n_docs: int
+    val_docs: int
+    val_rows: int
+    train_rows: int
+    tokens: dict[str, int]
+    streams: dict[str, _Stream]
+    tables: dict[str, np.ndarray]
+
+
+def _pack_source(cfg: DataConfig, s: int, uids: list[int], unit_docs: dict[int, np.ndarray],
+                 keep: dict[int, np.ndarray], files: _TokenFiles, file_idx: np.ndarray, warn) -> _Packed:
+    """Shuffle a source's surviving documents (seed), carve whole validation documents, index both streams."""
+    name, L = cfg.sources[s].name, cfg.seq_len
+    unit, offset, length, record, year = [], [], [], [], []
+    for u in uids:
+        d, m = unit_docs[u], keep[u]
+        starts = np.cumsum(d["ntok"], dtype=np.int64) - d["ntok"]
+        unit.append(np.full(int(m.sum()), u, dtype=np.int32))
+        offset.append(starts[m])
+        length.append(d["ntok"][m])
+        record.append(d["record"][m])
+        year.append(d["year"][m])
+    unit_a, offset_a, length_a, record_a, year_a = (np.concatenate(x) for x in (unit, offset, length, record, year))
+    n_docs = len(length_a)
+    perm = np.random.default_rng([cfg.seed, s]).permutation(n_docs)
+    cum = np.cumsum(length_a[perm], dtype=np.int64)
+    total = int(cum[-1]) if n_docs else 0
+    total_rows = total // L
+    v = min(cfg.val_sequences, int(cfg.max_val_fraction * total_rows))
+    if v < cfg.val_sequences:
+        warn(f"source {name}: only {total_rows} sequences of {L} tokens in all; holding out {v} "
+             f"for validation instead of {cfg.val_sequences} (max_val_fraction={cfg.max_val_fraction})")
+    k = 0 if v == 0 else int(np.searchsorted(cum, v * L, side="left")) + 1  # whole documents cover v rows
+    val_tokens = int(cum[k - 1]) if k else 0
+    train_tokens = total - val_tokens
+    streams, tables = {}, {}
+    for split, sel in (("val", perm[:k]), ("train", perm[k:])):
+        stream = _Stream(files, unit_a[sel], offset_a[sel], length_a[sel])
+        table = np.zeros(len(sel), dtype=DOC_DTYPE)
+        table["file"] = file_idx[unit_a[sel]]
+        table["record"] = record_a[sel]
+        table["length"] = length_a[sel]
+        table["start"] = stream.ends - length_a[sel]
+        table["year"] = year_a[sel]
+        streams[split], tables[split] = stream, table
+    tokens = {"total": total, "val": v * L, "val_overflow_dropped": val_tokens - v * L,
+              "train_available": (train_tokens // L) * L, "train_tail_dropped": train_tokens % L}
+    return _Packed(name, n_docs, k, v, train_tokens // L, tokens, streams, tables)
+
+
+def _row_table(names: list[str], take: dict[str, int], avail: dict[str, int], shuffle_seed: list[int] | None) -> np.ndarray:
+    """Rows of a split: (source id, row in that source's stream), sources in order, then shuffled if seeded.
+
+    A source asked for more rows than it has (``mix: repeat``) cycles through its rows.
+    """
+    rows = np.zeros(sum(take.values()), dtype=ROW_DTYPE)
+    at = 0
+    for s, name in enumerate(names):
+        n = take[name]
+        rows["source"][at:at + n] = s
+        rows["row"][at:at + n] = np.arange(n, dtype=np.int64) % max(avail[name], 1)
+        at += n
+    return rows if shuffle_seed is None else rows[np.random.default_rng(shuffle_seed).permutation(len(rows))]
+
+
+def _source_report(p: _Packed, units: list[Unit], metas: list[dict[str, Any]], extra: Counter,
+                   deletions: dict[str, int], warn) -> dict[str, Any]:
+    """The manifest entry of one source: files with checksums, every record accounted for, errors."""
+    skipped: Counter[str] = Counter()
+    errors: list[dict[str, str]] = []
+    for meta in metas:
+        skipped.update(meta["skipped"])
+        errors += meta["errors"][: max(0, MAX_LISTED_ERRORS - len(errors))]
+    skipped.update(extra)
+    skipped = Counter({r: n for r, n in skipped.items() if n})
+    read = sum(m["read"] for m in metas)
+    assert read == p.n_docs + sum(skipped.values()), f"record accounting is off for source {p.name}"
+    if p.n_docs == 0:
+        warn(f"source {p.name}: no document survived cleaning (read {read}; skipped {dict(skipped)})")
+    return {
+        "format": sorted({u.fmt for u in units}),
+        "files": [{"path": str(u.path), "bytes": m["bytes"], "sha256": m["sha256"], "md5": m["md5"],
+                   "read": m["read"], "kept_after_cleaning": m["kept"],
+                   **({"error": m["file_error"]["message"]} if m["file_error"] else {})}
+                  for u, m in zip(units, metas)],
+        "counts": {"read": read, "kept": p.n_docs, "skipped": dict(sorted(skipped.items())),
+                   **({"deletions": deletions} if deletions else {})},
+        "documents": {"val": p.val_docs, "train": p.n_docs - p.val_docs},
+        "tokens": dict(p.tokens),
+        "errors": errors,
+        "n_errors": sum(m["n_errors"] for m in metas),
+    }
+
+
 # =========================================================================== the build
 
 
@@ -533,101 +646,21 @@ def build(cfg: DataConfig, out: str | Path, *, environment: dict[str, Any] | Non
     metas = run_units(units, cfg, tok_path, dtype)
     t2 = time.perf_counter()
 
-    # ---- selection: update semantics, dedup
     names = [s.name for s in cfg.sources]
-    by_source: list[list[int]] = [[u for u, unit in enumerate(units) if unit.source == s] for s in range(len(names))]
-    unit_docs = {u: np.load(unit.dir / "docs.npy") for u, unit in enumerate(units)}
-    extra_skips: list[Counter] = [Counter() for _ in names]
-    deletions: list[dict[str, int]] = [{} for _ in names]
-    keep = {u: np.ones(len(unit_docs[u]), dtype=bool) for u in unit_docs}
-    for s, uids in enumerate(by_source):
-        med = [u for u in uids if units[u].fmt == "medline"]
-        if med:
-            kept, counts, dels = _resolve_medline(med, units, unit_docs)
-            keep.update(kept)
-            extra_skips[s].update(counts)
-            deletions[s] = dels
-    if cfg.dedup:
-        cands = [(s, u, unit_docs[u]["h0"][keep[u]], unit_docs[u]["h1"][keep[u]]) for s, uids in enumerate(by_source)
-                 for u in uids]
-        first = _dedup(cands)
-        for s, uids in enumerate(by_source):
-            for u in uids:
-                idx = np.flatnonzero(keep[u])
-                dup = idx[~first[(s, u)]]
-                extra_skips[s]["duplicate"] += len(dup)
-                keep[u][dup] = False
-
+    by_source = [[u for u, unit in enumerate(units) if unit.source == s] for s in range(len(names))]
+    unit_docs, keep, extra_skips, deletions = _select(units, by_source, cfg.dedup)
     files_cache = _TokenFiles(units, np.dtype(dtype))
-    sources_out: dict[str, Any] = {}
-    streams: dict[tuple[str, str], _Stream] = {}
-    doc_tables: dict[tuple[str, str], np.ndarray] = {}
-    avail: dict[str, int] = {}
-    val_rows: dict[str, int] = {}
-    L = cfg.seq_len
     file_idx = np.array([unit.file_index for unit in units], dtype=np.int32)
-    for s, (src, uids) in enumerate(zip(cfg.sources, by_source)):
-        parts = []
-        for u in uids:
-            d = unit_docs[u]
-            offsets = np.concatenate([[0], np.cumsum(d["ntok"], dtype=np.int64)[:-1]]) if len(d) else np.zeros(0, np.int64)
-            m = keep[u]
-            parts.append((np.full(int(m.sum()), u, dtype=np.int32), offsets[m], d["ntok"][m], d["record"][m], d["year"][m]))
-        docs = _SourceDocs(*(np.concatenate([p[i] for p in parts]) if parts else np.zeros(0) for i in range(5)))
-        n_docs = len(docs.length)
-        perm = np.random.default_rng([cfg.seed, s]).permutation(n_docs)
-        lengths = docs.length[perm].astype(np.int64)
-        total = int(lengths.sum())
-        total_rows = total // L
-        v = min(cfg.val_sequences, int(cfg.max_val_fraction * total_rows))
-        if v < cfg.val_sequences:
-            warn(f"source {src.name}: only {total_rows} sequences of {L} tokens in all; holding out {v} "
-                 f"for validation instead of {cfg.val_sequences} (max_val_fraction={cfg.max_val_fraction})")
-        cum = np.cumsum(lengths)
-        k = 0 if v == 0 else int(np.searchsorted(cum, v * L, side="left")) + 1
-        val_tokens = int(cum[k - 1]) if k else 0
-        train_tokens = total - val_tokens
-        avail[src.name] = train_tokens // L
-        val_rows[src.name] = v
-        for split, sel in (("val", perm[:k]), ("train", perm[k:])):
-            stream = _Stream(files_cache, docs.unit[sel], docs.offset[sel], docs.length[sel])
-            streams[(split, src.name)] = stream
-            table = np.zeros(len(sel), dtype=DOC_DTYPE)
-            table["file"] = file_idx[docs.unit[sel]] if len(sel) else 0
-            table["record"] = docs.record[sel]
-            table["length"] = docs.length[sel]
-            table["start"] = stream.ends - docs.length[sel].astype(np.int64)
-            table["year"] = docs.year[sel]
-            doc_tables[(split, src.name)] = table
-        skipped: Counter[str] = Counter()
-        errors: list[dict[str, str]] = []
-        n_errors = 0
-        read = 0
-        for u in uids:
-            meta = metas[u]
-            read += meta["read"]
-            skipped.update(meta["skipped"])
-            errors += meta["errors"][: max(0, MAX_LISTED_ERRORS - len(errors))]
-            n_errors += meta["n_errors"]
-        skipped.update(extra_skips[s])
-        skipped = Counter({r: n for r, n in skipped.items() if n})
-        assert read == n_docs + sum(skipped.values()), f"record accounting is off for source {src.name}"
-        if n_docs == 0:
-            warn(f"source {src.name}: no document survived cleaning (read {read}; skipped {dict(skipped)})")
-        sources_out[src.name] = {
-            "format": sorted({units[u].fmt for u in uids}),
-            "files": [{"path": str(units[u].path), "bytes": metas[u]["bytes"], "sha256": metas[u]["sha256"],
-                       "md5": metas[u]["md5"], "read": metas[u]["read"], "kept_after_cleaning": metas[u]["kept"],
-                       **({"error": metas[u]["file_error"]["message"]} if metas[u]["file_error"] else {})}
-                      for u in uids],
-            "counts": {"read": read, "kept": n_docs, "skipped": dict(sorted(skipped.items())),
-                       **({"deletions": deletions[s]} if deletions[s] else {})},
-            "documents": {"val": int(k), "train": int(n_docs - k)},
-            "tokens": {"total": total, "val": v * L, "val_overflow_dropped": val_tokens - v * L,
-                       "train_available": avail[src.name] * L, "train_tail_dropped": train_tokens % L},
-            "errors": errors,
-            "n_errors": n_errors,
-        }
+    packed = [_pack_source(cfg, s, uids, unit_docs, keep, files_cache, file_idx, warn)
+              for s, uids in enumerate(by_source)]
+    sources_out = {p.name: _source_report(p, [units[u] for u in uids], [metas[u] for u in uids], extra_skips[s],
+                                          deletions[s], warn)
+                   for s, (p, uids) in enumerate(zip(packed, by_source))}
+    streams = {(split, p.name): p.streams[split] for p in packed for split in ("val", "train")}
+    doc_tables = {(split, p.name): p.tables[split] for p in packed for split in ("val", "train")}
+    avail = {p.name: p.train_rows for p in packed}
+    val_rows = {p.name: p.val_rows for p in packed}
+    L = cfg.seq_len
 
     # ---- mixing
     ratios = cfg.ratios()
@@ -658,20 +691,8 @@ def build(cfg: DataConfig, out: str | Path, *, environment: dict[str, Any] | Non
             warn(f"mixing is limited by {', '.join(limiting)}: unused training sequences "
                  + ", ".join(f"{n}: {v}" for n, v in unused.items())
                  + " (mix=repeat repeats the smaller sources instead)")
-    rows = np.zeros(n_train, dtype=ROW_DTYPE)
-    at = 0
-    for s, name in enumerate(names):
-        n = take[name]
-        rows["source"][at:at + n] = s
-        rows["row"][at:at + n] = np.arange(n, dtype=np.int64) % max(avail[name], 1)
-        at += n
-    rows = rows[np.random.default_rng([cfg.seed, len(names), 0x6D6978]).permutation(n_train)]
-    val = np.zeros(sum(val_rows.values()), dtype=ROW_DTYPE)
-    at = 0
-    for s, name in enumerate(names):
-        val["source"][at:at + val_rows[name]] = s
-        val["row"][at:at + val_rows[name]] = np.arange(val_rows[name])
-        at += val_rows[name]
+    rows = _row_table(names, take, avail, shuffle_seed=[cfg.seed, len(names), 0x6D6978])
+    val = _row_table(names, val_rows, val_rows, shuffle_seed=None)
 
     # ---- write
     manifest: dict[str, Any] = {}
