@@ -1,60 +1,73 @@
-"""`biomamba env`: versions, the device, and which kernel backend each op would use."""
+"""`biomamba env`: versions, the device, and which kernel backend each op would use.
+
+A user on the slow path (the torch reference on a GPU) sees it at once.
+"""
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import json
+import platform
+
+KERNEL_BACKENDS = ("triton", "mamba_ssm", "torch")
 
 
-def report(backend: str = "auto") -> dict:
+def _version(module: str) -> str:
+    try:
+        return getattr(importlib.import_module(module), "__version__", "installed")
+    except Exception as exc:  # noqa: BLE001 - an unimportable package is a finding, not a crash
+        return f"not importable ({type(exc).__name__})"
+
+
+def report() -> dict:
     import torch
 
-    from biomamba.kernels import BackendUnavailable, get_kernels, resolve_backend_name
+    from biomamba.kernels import OPS, BackendUnavailable, get_kernels, resolve_backend_name
 
-    versions = {}
-    for name in ("torch", "triton", "transformers", "tokenizers", "safetensors", "numpy", "mamba_ssm",
-                 "causal_conv1d"):
-        try:
-            versions[name] = getattr(importlib.import_module(name), "__version__", "installed")
-        except Exception:  # noqa: BLE001 - a broken optional package is reported, not fatal
-            versions[name] = None
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    resolved = resolve_backend_name(backend, device)
-    try:
-        ops = get_kernels(resolved).describe()
-        problem = None
-    except (BackendUnavailable, ValueError) as exc:
-        ops, problem = {}, str(exc)
-    return {
-        "versions": versions,
-        "device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
-        "backend_requested": backend,
-        "backend": resolved,
-        "ops": ops,
-        "problem": problem,
-        "slow_path": device == "cuda" and any(src == "torch" for src in ops.values()),
+    device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    out: dict = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": {m: _version(m) for m in ("biomamba", "torch", "triton", "transformers", "mamba_ssm",
+                                              "causal_conv1d")},
+        "device": torch.cuda.get_device_name() if device_type == "cuda" else "cpu",
+        "cuda": torch.version.cuda,
+        "backends": {},
     }
+    for name in KERNEL_BACKENDS:
+        try:
+            out["backends"][name] = {"ok": True, "ops": get_kernels(name).describe()}
+        except (BackendUnavailable, ValueError) as exc:
+            out["backends"][name] = {"ok": False, "why": str(exc)}
+    auto = resolve_backend_name("auto", device_type)
+    out["auto"] = {"backend": auto, "ops": get_kernels(auto).describe()}
+    slow = [op for op, src in out["auto"]["ops"].items() if src == "torch" and op != "selective_scan"]
+    out["slow_path"] = device_type == "cuda" and bool(slow)
+    out["ops"] = list(OPS)
+    return out
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="biomamba env", description=__doc__)
-    parser.add_argument("--backend", default="auto", help="auto | torch | triton | mamba_ssm")
-    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
-    info = report(args.backend)
+    info = report()
     if args.json:
+        import json
+
         print(json.dumps(info, indent=2))
-        return 0 if info["problem"] is None else 1
-    for name, version in info["versions"].items():
-        print(f"{name:<14} {version or 'not installed'}")
-    print(f"{'device':<14} {info['device']}")
-    print(f"{'backend':<14} {info['backend']} (asked: {info['backend_requested']})")
-    if info["problem"]:
-        print(f"problem: {info['problem']}")
-        return 1
-    for op, source in info["ops"].items():
-        print(f"  {op:<22} {source}")
+        return 0
+    print(f"python {info['python']} on {info['platform']}")
+    for name, ver in info["versions"].items():
+        print(f"  {name:<14} {ver}")
+    print(f"device: {info['device']} (CUDA {info['cuda']})")
+    print("kernel backends:")
+    for name, b in info["backends"].items():
+        print(f"  {name:<10} " + ("available" if b["ok"] else f"unavailable: {b['why']}"))
+    print(f"auto → {info['auto']['backend']}; op → backend that runs it:")
+    for op, src in info["auto"]["ops"].items():
+        print(f"  {op:<22} {src}")
     if info["slow_path"]:
-        print("WARNING: on a GPU some ops run the torch reference (slow path); see the list above.")
+        print("WARNING: on a GPU but some ops run the torch reference (slow path): install triton, "
+              "or see `biomamba env --json` for why a backend is unavailable.")
     return 0

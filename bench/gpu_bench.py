@@ -1,0 +1,389 @@
+"""Our kernels and model against the peer stack (transformers Mamba2 + mamba_ssm + causal-conv1d),
+measured in the same run on the same GPU.
+
+    python bench/gpu_bench.py [CASE_SUBSTRING ...]      # all cases, or those whose label matches
+
+Each case runs in its own subprocess (an OOM or crash loses only that case) and prints one
+JSON line per measurement (also appended to $OUT/bench.jsonl), then a summary table.
+Timings: CUDA events through triton.testing.do_bench (median) for kernels; wall clock around
+synchronised steps for training / forward / decoding, after warm-up. MFU = 6·N·tokens/s over
+989 TFLOP/s (H100 SXM dense bf16), as ../shared/gpu/peer_bench.py computes it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+VOCAB = 50288
+SIZES = {"130m": (768, 24), "1.3b": (2048, 48)}
+PEAK_FLOPS = 989e12
+
+
+def emit(case: str, **row) -> None:
+    line = json.dumps({"case": case, **row})
+    print("RESULT " + line, flush=True)
+
+
+def _bench(fn, warmup=10, rep=50) -> float:
+    import triton.testing
+
+    return triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median")
+
+
+def _rel(a, b) -> float:
+    a, b = a.float(), b.float()
+    return round(((a - b).norm() / b.norm()).item(), 5)
+
+
+# ---- kernels -----------------------------------------------------------------------------------
+
+def case_kernels_ssd() -> None:
+    import torch
+    from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+
+    import biomamba.kernels.triton as ours
+
+    for label, (b, l, h, p, n, g) in {"130m b16x1024": (16, 1024, 24, 64, 128, 1),
+                                      "1.3b b8x1024": (8, 1024, 64, 64, 128, 1),
+                                      "130m b16x1024 seq_idx": (16, 1024, 24, 64, 128, 1),
+                                      "130m b1x65536": (1, 65536, 24, 64, 128, 1)}.items():
+        torch.manual_seed(0)
+        dev = "cuda"
+        x = torch.randn(b, l, h, p, device=dev, dtype=torch.bfloat16, requires_grad=True)
+        dt = (torch.randn(b, l, h, device=dev) * 0.5 - 2).to(torch.bfloat16).requires_grad_()
+        A = (-torch.rand(h, device=dev) * 4 - 0.5).requires_grad_()
+        B = torch.randn(b, l, g, n, device=dev, dtype=torch.bfloat16, requires_grad=True)
+        C = torch.randn(b, l, g, n, device=dev, dtype=torch.bfloat16, requires_grad=True)
+        D = torch.randn(h, device=dev, requires_grad=True)
+        bias = (torch.randn(h, device=dev) * 0.3).requires_grad_()
+        seq = None
+        if "seq_idx" in label:
+            seq = (torch.arange(l, device=dev) // 300).to(torch.int32)[None].expand(b, l).contiguous()
+        dy = torch.randn(b, l, h, p, device=dev, dtype=torch.bfloat16)
+        fns = {
+            "ours": lambda: ours.ssd_scan(x, dt, A, B, C, chunk_size=256, D=D, dt_bias=bias, seq_idx=seq)[0],
+            "mamba_ssm": lambda: mamba_chunk_scan_combined(x, dt, A, B, C, 256, D=D, dt_bias=bias, seq_idx=seq,
+                                                           dt_softplus=True),
+        }
+        outs, grads = {}, {}
+        for name, f in fns.items():
+            for t in (x, dt, A, B, C, D, bias):
+                t.grad = None
+            y = f()
+            y.backward(dy)
+            outs[name] = y.detach()
+            grads[name] = [t.grad.detach().clone() for t in (x, dt, A, B, C, D, bias)]
+        err = {"y": _rel(outs["ours"], outs["mamba_ssm"])}
+        for i, nm in enumerate(("dx", "ddt", "dA", "dB", "dC", "dD", "ddt_bias")):
+            err[nm] = _rel(grads["ours"][i], grads["mamba_ssm"][i])
+        row = {"rel_err_vs_mamba_ssm": err}
+        for name, f in fns.items():
+            with torch.no_grad():
+                row[f"{name}_fwd_ms"] = round(_bench(f), 3)
+            row[f"{name}_fwdbwd_ms"] = round(_bench(lambda: f().backward(dy)), 3)
+        emit(f"kernel ssd {label}", **row)
+
+
+def case_kernels_other() -> None:
+    import torch
+    from causal_conv1d import causal_conv1d_fn
+    from mamba_ssm.ops.triton.layernorm_gated import rmsnorm_fn
+    from mamba_ssm.ops.triton.selective_state_update import selective_state_update
+
+    import biomamba.kernels.triton as ours
+    from biomamba.kernels import reference as ref
+
+    dev = "cuda"
+    torch.manual_seed(0)
+    # causal conv1d + SiLU, channels last, as the mixer calls it (a strided view of in_proj's output)
+    b, l, d = 16, 1024, 1792
+    wide = torch.randn(b, l, 2 * 1536 + 256 + 24, device=dev, dtype=torch.bfloat16)
+    xv = wide[..., 1536:1536 + d].detach().requires_grad_()
+    w = torch.randn(d, 4, device=dev, requires_grad=True)
+    bias = torch.randn(d, device=dev, requires_grad=True)
+    seq = (torch.arange(l, device=dev) // 300).to(torch.int32)[None].expand(b, l).contiguous()
+    dy = torch.randn(b, l, d, device=dev, dtype=torch.bfloat16)
+    xc = xv.detach().contiguous().requires_grad_()
+    fns = {"ours": lambda: ours.causal_conv1d(xv, w, bias, seq_idx=seq),
+           "causal_conv1d": lambda: causal_conv1d_fn(xc.transpose(1, 2), w, bias, seq_idx=seq,
+                                                     activation="silu").transpose(1, 2)}
+    row = {"rel_err_y": _rel(fns["ours"](), fns["causal_conv1d"]())}
+    for name, f in fns.items():
+        with torch.no_grad():
+            row[f"{name}_fwd_ms"] = round(_bench(f), 3)
+        row[f"{name}_fwdbwd_ms"] = round(_bench(lambda: f().backward(dy)), 3)
+    emit("kernel conv1d b16x1024x1792 seq_idx", **row)
+
+    # gated RMSNorm (norm after gate), 130M mixer width
+    rows, d = 16 * 1024, 1536
+    x = torch.randn(rows, d, device=dev, dtype=torch.bfloat16, requires_grad=True)
+    z = torch.randn(rows, d, device=dev, dtype=torch.bfloat16, requires_grad=True)
+    wn = torch.ones(d, device=dev, requires_grad=True)
+    dy = torch.randn(rows, d, device=dev, dtype=torch.float32)
+    fns = {"ours": lambda: ours.gated_rmsnorm(x, z, wn, 1e-5, d),
+           "mamba_ssm": lambda: rmsnorm_fn(x, wn, None, z=z, eps=1e-5, group_size=d, norm_before_gate=False).float(),
+           "torch_ref": lambda: ref.gated_rmsnorm(x, z, wn, 1e-5, d)}
+    row = {"rel_err_y": _rel(fns["ours"](), fns["mamba_ssm"]())}
+    for name, f in fns.items():
+        with torch.no_grad():
+            row[f"{name}_fwd_ms"] = round(_bench(f), 3)
+        row[f"{name}_fwdbwd_ms"] = round(_bench(lambda: f().backward(dy)), 3)
+    emit("kernel gated_rmsnorm 16384x1536", **row)
+
+    # fused linear + cross-entropy, 130M head, 16×1024 rows
+    rows, d, V = 16 * 1024, 768, VOCAB
+    h = torch.randn(rows, d, device=dev, dtype=torch.bfloat16, requires_grad=True)
+    W = (torch.randn(V, d, device=dev) * 0.02).requires_grad_()
+    t = torch.randint(0, V, (rows,), device=dev)
+
+    def run(kind):
+        def f():
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                if kind == "ours":
+                    loss, cnt = ours.linear_cross_entropy(h, W, t)
+                elif kind == "torch_ref":
+                    loss, cnt = ref.linear_cross_entropy(h, W, t)
+                else:  # plain: full logits, upcast, F.cross_entropy (what the peers' LM heads do)
+                    logits = (h @ W.t()).float()
+                    loss = torch.nn.functional.cross_entropy(logits, t, reduction="sum")
+            loss.backward()
+            return loss
+        return f
+    row = {}
+    for kind in ("ours", "torch_ref", "plain_logits"):
+        f = run(kind)
+        f()
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        f()
+        torch.cuda.synchronize()
+        row[f"{kind}_peak_extra_gib"] = round((torch.cuda.max_memory_allocated() - base) / 2**30, 2)
+        row[f"{kind}_fwdbwd_ms"] = round(_bench(f, warmup=3, rep=20), 2)
+    emit("kernel linear_cross_entropy 16384x768x50288", **row)
+
+    # decode step (conv + SSM state update), 130M mixer shapes
+    for bsz in (1, 64):
+        h_, p, n = 24, 64, 128
+        st = torch.randn(bsz, h_, p, n, device=dev)
+        st2 = st.clone()
+        xs = torch.randn(bsz, h_, p, device=dev, dtype=torch.bfloat16)
+        dts = torch.randn(bsz, h_, device=dev, dtype=torch.bfloat16)
+        A = -torch.rand(h_, device=dev) - 0.5
+        Bs = torch.randn(bsz, 1, n, device=dev, dtype=torch.bfloat16)
+        Cs = torch.randn(bsz, 1, n, device=dev, dtype=torch.bfloat16)
+        Dp, db = torch.randn(h_, device=dev), torch.randn(h_, device=dev)
+        row = {
+            "ours_us": round(1e3 * _bench(lambda: ours.ssd_step(st, xs, dts, A, Bs, Cs, D=Dp, dt_bias=db)), 2),
+            "mamba_ssm_us": round(1e3 * _bench(lambda: selective_state_update(
+                st2, xs, dts[..., None].expand(bsz, h_, p), A[:, None, None].expand(h_, p, n), Bs, Cs,
+                D=Dp[:, None].expand(h_, p), dt_bias=db[:, None].expand(h_, p), dt_softplus=True)), 2),
+        }
+        emit(f"kernel ssd_step b{bsz}", **row)
+
+
+# ---- models ---------------------------------------------------------------------------------------
+
+def build(kind: str, size: str, backend: str = "torch"):
+    import torch
+    d, n = SIZES[size]
+    if kind == "ours":
+        from biomamba.model import MambaLM, model_preset
+        return MambaLM(model_preset(size), backend="torch").cuda().set_backend(backend)
+    if kind == "hf-mamba2":
+        from transformers import Mamba2Config, Mamba2ForCausalLM
+        cfg = Mamba2Config(vocab_size=VOCAB, hidden_size=d, num_hidden_layers=n, state_size=128, head_dim=64,
+                           num_heads=2 * d // 64, n_groups=1, expand=2, conv_kernel=4, chunk_size=256,
+                           tie_word_embeddings=True, residual_in_fp32=True)
+        return Mamba2ForCausalLM(cfg).cuda()
+    if kind == "ssm-mamba2":
+        from mamba_ssm.models.config_mamba import MambaConfig
+        from mamba_ssm.models.mixer_seq_simple import MambaLMHeadModel
+        cfg = MambaConfig(d_model=d, n_layer=n, vocab_size=VOCAB, ssm_cfg={"layer": "Mamba2"}, rms_norm=True,
+                          residual_in_fp32=True, fused_add_norm=True, pad_vocab_size_multiple=16)
+        return MambaLMHeadModel(cfg, device="cuda", dtype=torch.float32)
+    raise ValueError(kind)
+
+
+def case_train(kind: str, size: str, bsz: int, seqlen: int, backend: str = "torch", compile_: bool = False,
+               steps: int = 8) -> dict:
+    import torch
+    torch.manual_seed(0)
+    model = build(kind, size, backend)
+    nparams = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    x = torch.randint(0, VOCAB - 16, (bsz, seqlen), device="cuda")
+    labels = torch.roll(x, -1, 1)
+    labels[:, -1] = -100
+
+    def fwd_loss():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            if kind == "ours":
+                loss, count = model.loss(x, labels)
+                return loss / count
+            out = model(x)
+            logits = out.logits if hasattr(out, "logits") else out[0]
+            return torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)).float(),
+                                                     x[:, 1:].reshape(-1))
+    loss_fn = torch.compile(fwd_loss) if compile_ else fwd_loss
+
+    def step():
+        loss = loss_fn()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    t = time.perf_counter()
+    for _ in range(steps):
+        loss = step()
+    torch.cuda.synchronize()
+    dt = (time.perf_counter() - t) / steps
+    tok_s = bsz * seqlen / dt
+    return dict(tok_s=round(tok_s), step_ms=round(dt * 1e3, 1), mfu_6N=round(6 * nparams * tok_s / PEAK_FLOPS, 3),
+                peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 1), params_m=round(nparams / 1e6, 1),
+                loss=round(float(loss), 3))
+
+
+def case_fwd(kind: str, size: str, bsz: int, seqlen: int, backend: str = "torch", steps: int = 5) -> dict:
+    """Perplexity-evaluation forward: ours returns Σ loss without logits; the peer returns logits."""
+    import torch
+    torch.manual_seed(0)
+    model = build(kind, size, backend).to(torch.bfloat16).eval()
+    x = torch.randint(0, VOCAB - 16, (bsz, seqlen), device="cuda")
+    labels = torch.roll(x, -1, 1)
+
+    def run():
+        if kind == "ours":
+            return model.loss(x, labels)[0]
+        out = model(x)
+        return out.logits if hasattr(out, "logits") else out[0]
+    with torch.no_grad():
+        for _ in range(2):
+            run()
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        t = time.perf_counter()
+        for _ in range(steps):
+            run()
+        torch.cuda.synchronize()
+    dt = (time.perf_counter() - t) / steps
+    return dict(tok_s=round(bsz * seqlen / dt), ms=round(dt * 1e3, 1),
+                peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 1))
+
+
+def case_gen(kind: str, size: str, bsz: int, prompt: int, new: int, backend: str = "torch",
+             cuda_graph: bool = True) -> dict:
+    """Greedy decoding ms/token. Ours: prefill, then `step` per token (CUDA graph of one step)."""
+    import torch
+    torch.manual_seed(0)
+    model = build(kind, size, backend).to(torch.bfloat16).eval()
+    x = torch.randint(0, VOCAB - 16, (bsz, prompt), device="cuda")
+    if kind == "ssm-mamba2":
+        def run():
+            return model.generate(x, max_length=prompt + new, cg=True, top_k=1)
+    else:
+        def run():
+            cache = model.allocate_cache(bsz)
+            logits = model(x, cache=cache)[:, -1]
+            tok = torch.empty(bsz, dtype=torch.long, device="cuda")
+            tok.copy_(logits.argmax(-1))
+            if cuda_graph:
+                static_logits = model.step(tok, cache)  # warm up outside the graph
+                s = torch.cuda.Stream()
+                s.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(s):
+                    model.step(tok, cache)
+                torch.cuda.current_stream().wait_stream(s)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    static_logits = model.step(tok, cache)
+                for _ in range(new):
+                    graph.replay()
+                    tok.copy_(static_logits.argmax(-1))
+            else:
+                for _ in range(new):
+                    tok = model.step(tok, cache).argmax(-1)
+            return tok
+    with torch.no_grad():
+        run()
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        t = time.perf_counter()
+        run()
+        torch.cuda.synchronize()
+    dt = time.perf_counter() - t
+    return dict(ms_per_tok=round(dt / new * 1e3, 3), tok_s=round(bsz * new / dt, 1),
+                peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2))
+
+
+CASES = [
+    # (label, function, args, kwargs)
+    ("kernels ssd", "case_kernels_ssd", [], {}),
+    ("kernels other", "case_kernels_other", [], {}),
+    ("train ours-triton 130m b16x1024", "case_train", ["ours", "130m", 16, 1024], {"backend": "triton"}),
+    ("train ours-torch 130m b16x1024", "case_train", ["ours", "130m", 16, 1024], {"backend": "torch"}),
+    ("train hf-mamba2 130m b16x1024", "case_train", ["hf-mamba2", "130m", 16, 1024], {}),
+    ("train ssm-mamba2 130m b16x1024", "case_train", ["ssm-mamba2", "130m", 16, 1024], {}),
+    ("train ours-triton-compile 130m b16x1024", "case_train", ["ours", "130m", 16, 1024],
+     {"backend": "triton", "compile_": True}),
+    ("fwd ours-triton 130m b8x16384", "case_fwd", ["ours", "130m", 8, 16384], {"backend": "triton"}),
+    ("fwd hf-mamba2 130m b8x16384", "case_fwd", ["hf-mamba2", "130m", 8, 16384], {}),
+    ("gen ours-triton 130m b1 p256+256 cg", "case_gen", ["ours", "130m", 1, 256, 256], {"backend": "triton"}),
+    ("gen ours-triton 130m b1 p256+256 eager", "case_gen", ["ours", "130m", 1, 256, 256],
+     {"backend": "triton", "cuda_graph": False}),
+    ("gen ssm-mamba2 130m b1 p256+256 cg", "case_gen", ["ssm-mamba2", "130m", 1, 256, 256], {}),
+    ("gen ours-triton 130m b64 p256+128 cg", "case_gen", ["ours", "130m", 64, 256, 128], {"backend": "triton"}),
+    ("gen ssm-mamba2 130m b64 p256+128 cg", "case_gen", ["ssm-mamba2", "130m", 64, 256, 128], {}),
+    ("train ours-triton 1.3b b8x1024", "case_train", ["ours", "1.3b", 8, 1024], {"backend": "triton"}),
+    ("train hf-mamba2 1.3b b8x1024", "case_train", ["hf-mamba2", "1.3b", 8, 1024], {}),
+    ("gen ours-triton 1.3b b1 p256+256 cg", "case_gen", ["ours", "1.3b", 1, 256, 256], {"backend": "triton"}),
+    ("gen ssm-mamba2 1.3b b1 p256+256 cg", "case_gen", ["ssm-mamba2", "1.3b", 1, 256, 256], {}),
+]
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["one"]:
+        fn, args, kwargs, label = argv[1], json.loads(argv[2]), json.loads(argv[3]), argv[4]
+        res = globals()[fn](*args, **kwargs)
+        if res is not None:
+            emit(label, **res)
+        return 0
+    out = os.environ.get("OUT", "/tmp")
+    timeout = int(os.environ.get("CASE_TIMEOUT", "300"))
+    rows = []
+    for label, fn, args, kwargs in CASES:
+        if argv and not any(a in label for a in argv):
+            continue
+        t = time.time()
+        try:
+            p = subprocess.run([sys.executable, __file__, "one", fn, json.dumps(args), json.dumps(kwargs), label],
+                               capture_output=True, text=True, timeout=timeout)
+            got = [json.loads(ln[7:]) for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
+            if p.returncode != 0 or not got:
+                got.append({"case": label, "error": (p.stderr or p.stdout)[-800:]})
+        except subprocess.TimeoutExpired:
+            got = [{"case": label, "error": f"timeout {timeout}s"}]
+        for r in got:
+            r["wall_s"] = round(time.time() - t, 1)
+            rows.append(r)
+            print(json.dumps(r), flush=True)
+            with open(os.path.join(out, "bench.jsonl"), "a") as f:
+                f.write(json.dumps(r) + "\n")
+    print("\n=== summary")
+    for r in rows:
+        short = {k: v for k, v in r.items() if k not in ("case", "error")}
+        err = ("ERR " + r["error"][-300:].replace("\n", " | ")) if "error" in r else ""
+        print(f"{r['case']:44s} {json.dumps(short)} {err}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

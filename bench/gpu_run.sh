@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# One GPU call: install the peer wheels, run the kernel tests at real shapes, then the benchmark
+# cases named in the arguments (ours and the peer, same machine, same run). Logs land in $OUT.
+# Usage (device machine, repo root): bash bench/gpu_run.sh [--no-tests] [CASE_SUBSTRING ...]
+set -uo pipefail
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=$PWD/.tcache TRITON_CACHE_AUTOTUNING=1
+[ -f .tcache.tgz ] && tar xzf .tcache.tgz
+python3 -m pip install -q --no-index --no-deps --no-compile --target .peer-site .gpu-wheels/*.whl \
+  && touch .peer-site/selective_scan_cuda.py || exit 1
+export PYTHONPATH=$PWD/.peer-site:$PWD
+python3 -c "import pytest" 2>/dev/null || {
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/tsite .gpu-wheels/test/*.whl
+  export PYTHONPATH=$PYTHONPATH:/tmp/tsite; }
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+python3 -m biomamba.cli env 2>&1 | tail -14
+if [ "${1:-}" = "--no-tests" ]; then shift; else
+  t0=$(date +%s)
+  timeout 240 python3 -m pytest tests/test_kernels_triton.py -q -p no:cacheprovider -o addopts= -rfs 2>&1 \
+    | tee "$OUT/tests.log" | tail -25
+  echo "tests took $(( $(date +%s) - t0 )) s"
+fi
+CASE_TIMEOUT=${CASE_TIMEOUT:-240} timeout ${BENCH_TIMEOUT:-420} python3 bench/gpu_bench.py "$@" 2>&1 \
+  | grep -v '^RESULT ' | tee "$OUT/bench.log" | tail -40
+tar czf "$OUT/tcache.tgz" .tcache 2>/dev/null; ls -la "$OUT"
