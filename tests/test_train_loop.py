@@ -1,0 +1,231 @@
+"""The trainer in-process: it learns, skips non-finite steps, saves atomically, and the
+shipped recipes parse against the code."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from biomamba.config import ConfigError, from_dict, load_config
+from biomamba.train.config import PretrainConfig
+from test_train_support import REPO, demo_data, recipe
+
+CONFIGS = REPO / "configs" / "pretrain"
+
+
+def _trainer(cfg_dict: dict, out: Path, objective=None):
+    from biomamba.data.shards import PackedDataset
+    from biomamba.train.distributed import DistInfo
+    from biomamba.train.objective import CausalLMObjective
+    from biomamba.train.pretrain import build_model
+    from biomamba.train.trainer import Trainer
+
+    cfg = from_dict(PretrainConfig, cfg_dict)
+    train = PackedDataset(cfg.data, "train")
+    val = {s: PackedDataset(cfg.data, "val", source=s) for s in ("pubmed", "c4")}
+    from biomamba.data.shards import read_manifest
+
+    model = build_model(cfg.model, read_manifest(cfg.data), seed=cfg.train.seed)
+    return Trainer(cfg, model, objective or CausalLMObjective(), train, val, out, DistInfo(), backend="torch",
+                   log=lambda s: None)
+
+
+def test_tiny_preset_lowers_held_out_loss(tmp_path_factory, tmp_path):
+    """The `tiny` preset (as shipped) on the demo corpus: held-out loss falls on every source."""
+    from biomamba.model.checkpoint import load_model
+    from biomamba.train.pretrain import run_pretrain
+
+    data = demo_data(tmp_path_factory)
+    shipped = yaml.safe_load((CONFIGS / "tiny.yaml").read_text())
+    cfg = load_config(PretrainConfig, CONFIGS / "tiny.yaml", [
+        f"--data={data}", "--train.max_steps=30", "--train.log_every=5", "--train.tensorboard=false",
+        "--eval.every=0", "--eval.max_sequences=8", "--checkpoint.every=0"])
+    assert cfg.model.preset == shipped["model"]["preset"] == "tiny"
+    out = tmp_path / "run"
+    summary = run_pretrain(cfg, out, log=lambda s: None)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    vals = [r for r in records if "val/all/loss" in r]
+    assert [r["step"] for r in vals] == [0, 30]
+    start, end = vals
+    for src in ("pubmed", "c4", "wikipedia", "all"):
+        assert end[f"val/{src}/loss"] < start[f"val/{src}/loss"] - 0.5, src
+        assert end[f"val/{src}/ppl"] == pytest.approx(math.exp(end[f"val/{src}/loss"]))
+    assert "val_ema/all/loss" in end
+    train = [r for r in records if "loss" in r]
+    assert [r["step"] for r in train] == [5, 10, 15, 20, 25, 30]
+    for r in train:
+        assert {"step", "loss", "lr", "tokens_per_s", "grad_norm", "tokens"} <= set(r)
+    assert train[-1]["loss"] < train[0]["loss"]
+    # run directory contract: resolved config, environment, summary, exports that load
+    assert (out / "config.yaml").is_file() and (out / "environment.json").is_file()
+    assert summary["best"]["step"] == 30 and summary["model"] == str(out / "best")
+    for name in ("best", "final", "final_ema"):
+        model = load_model(out / name)
+        assert (out / name / "tokenizer.json").is_file()
+        assert model.config.vocab_size == 384
+    best = json.loads((out / "checkpoints" / "best.json").read_text())
+    assert best["metric"] == "val/all/loss" and best["step"] == 30
+
+
+class _NaNAt:
+    """The causal-LM objective with a non-finite loss on chosen optimizer steps."""
+
+    def __init__(self, steps):
+        from biomamba.train.objective import CausalLMObjective
+
+        self.base = CausalLMObjective()
+        self.ignore_index = -100
+        self.name = "nan-test"
+        self.steps = steps
+        self.trainer = None
+
+    def prepare(self, batch):
+        return self.base.prepare(batch)
+
+    def loss(self, model, input_ids, seq_idx, targets):
+        s, n = self.base.loss(model, input_ids, seq_idx, targets)
+        if self.trainer is not None and self.trainer.step + 1 in self.steps and model.training:
+            s = s * float("nan")
+        return s, n
+
+
+def test_nonfinite_steps_are_skipped_then_stop(tmp_path_factory, tmp_path):
+    from biomamba.train.trainer import NonFiniteLossError
+
+    data = demo_data(tmp_path_factory)
+    objective = _NaNAt({2} | set(range(5, 100)))
+    cfg = recipe(data, train={"max_steps": 20, "max_nonfinite_in_a_row": 3},
+                 eval={"every": 0, "at_start": False}, checkpoint={"every": 0, "export": []})
+    trainer = _trainer(cfg, tmp_path / "run", objective)
+    objective.trainer = trainer
+    trainer.ckpt.clear_temporaries()
+    trainer.train_step()
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    loss, norm, _, _ = trainer.train_step()  # step 2: NaN, skipped
+    assert math.isnan(loss) and trainer.skipped == 1
+    for n, p in trainer.model.named_parameters():
+        assert torch.equal(p, before[n]), n
+    assert trainer.step == 2 and trainer.sampler.consumed == 16  # the data moves on
+    trainer.train_step()
+    trainer.train_step()
+    assert trainer.nonfinite_in_a_row == 0 and trainer.skipped == 1
+    with pytest.raises(NonFiniteLossError, match="3 optimizer steps in a row"):
+        for _ in range(10):
+            trainer.train_step()
+    assert trainer.step == 7 and trainer.skipped == 4
+
+
+def test_crash_during_save_keeps_previous_checkpoint(tmp_path_factory, tmp_path, monkeypatch):
+    from biomamba.train import checkpoint as ck
+
+    data = demo_data(tmp_path_factory)
+    cfg = recipe(data, train={"max_steps": 6}, eval={"every": 0, "at_start": False},
+                 checkpoint={"every": 0, "keep_last": 1, "export": []})
+    out = tmp_path / "run"
+    trainer = _trainer(cfg, out)
+    trainer.ckpt.clear_temporaries()
+    for _ in range(2):
+        trainer.train_step()
+    first = trainer.save()
+    files_before = sorted(str(p.relative_to(first)) for p in first.rglob("*"))
+    for _ in range(2):
+        trainer.train_step()
+
+    def crash(*args, **kwargs):  # the sharded tensors are written, then the save "dies"
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(ck, "rng_state", crash)
+    with pytest.raises(OSError, match="simulated"):
+        trainer.save()
+    monkeypatch.undo()
+    assert trainer.ckpt.latest() == first
+    assert sorted(str(p.relative_to(first)) for p in first.rglob("*")) == files_before
+    assert (out / "checkpoints" / ".tmp-step_00000004").is_dir()
+
+    # a fresh start clears the debris and resumes from the intact checkpoint
+    again = _trainer({**cfg, "resume": "auto"}, out)
+    again.ckpt.clear_temporaries()
+    assert not (out / "checkpoints" / ".tmp-step_00000004").exists()
+    again.load(again.ckpt.latest())
+    assert again.step == 2 and again.sampler.consumed == 16
+    # keep_last 1: a newer checkpoint replaces the older one only once it is complete
+    again.train_step()
+    third = again.save()
+    assert [p.name for _, p in again.ckpt.steps()] == [third.name]
+
+
+def test_resume_modes(tmp_path):
+    from biomamba.train.checkpoint import CheckpointError, CheckpointManager, resolve_resume
+    from biomamba.train.distributed import DistInfo
+
+    m = CheckpointManager(tmp_path / "checkpoints", DistInfo())
+    assert resolve_resume(False, m) is None and resolve_resume("auto", m) is None
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        resolve_resume(True, m)
+    step = tmp_path / "checkpoints" / "step_00000007"
+    step.mkdir(parents=True)
+    (step / "trainer_state.json").write_text("{}")
+    (tmp_path / "checkpoints" / "step_00000009").mkdir()  # no state file: incomplete, ignored
+    assert resolve_resume("auto", m) == step and resolve_resume(True, m) == step
+    assert resolve_resume(str(tmp_path), m) == step and resolve_resume(str(step), m) == step
+    with pytest.raises(CheckpointError, match="already holds checkpoints"):
+        resolve_resume(False, m)
+
+
+# ---- recipes ------------------------------------------------------------------------------
+PAPER = {  # DESIGN.md: peak LR, effective batch, layer-wise decay per size
+    "130m": (1.5e-6, 256, 0.90), "370m": (4.5e-7, 240, 0.95), "780m": (3.0e-7, 256, 0.95),
+    "1.3b": (2.5e-7, 256, 0.95), "2.7b": (2.0e-7, 192, 0.95),
+}
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_recipes_parse(path):
+    cfg = load_config(PretrainConfig, path)
+    assert cfg.train.seed == 42 and cfg.optim.betas == (0.9, 0.95) and cfg.optim.grad_clip == 1.0
+    for world in (1, 2, 4, 8):  # every recipe's global batch splits over 1, 2, 4 and 8 GPUs
+        if path.stem != "tiny":
+            assert cfg.train.global_batch_size % (cfg.train.per_device_train_batch_size * world) == 0, world
+
+
+@pytest.mark.parametrize("size", sorted(PAPER))
+def test_paper_numbers(size):
+    cfg = load_config(PretrainConfig, CONFIGS / f"mamba2-{size}.yaml")
+    lr, batch, llrd = PAPER[size]
+    assert (cfg.optim.lr, cfg.train.global_batch_size, cfg.optim.llrd) == (lr, batch, llrd)
+    assert cfg.model.init_from == f"state-spaces/mamba2-{size}"
+    s = cfg.schedule
+    assert (s.name, s.warmup, s.stable, s.decay, s.floor) == ("wsd", 0.10, 0.65, 0.20, 0.1)
+    assert (cfg.ema.enabled, cfg.ema.decay, cfg.optim.weight_decay, cfg.train.epochs) == (True, 0.999, 0.1, 3)
+
+
+def test_first_paper_recipe():
+    cfg = load_config(PretrainConfig, CONFIGS / "mamba-130m.yaml")
+    assert cfg.model.init_from == "state-spaces/mamba-130m-hf"
+    assert (cfg.schedule.name, cfg.schedule.min_lr) == ("cosine", 1e-5) and cfg.optim.lr > 1e-5
+
+
+def test_config_errors_name_the_key(tmp_path):
+    with pytest.raises(ConfigError, match="optim.lrr"):
+        load_config(PretrainConfig, CONFIGS / "tiny.yaml", ["--optim.lrr=1"])
+    with pytest.raises(ConfigError, match="best_metric"):
+        load_config(PretrainConfig, CONFIGS / "tiny.yaml", ["--checkpoint.best_metric=loss"])
+    with pytest.raises(ConfigError, match="data"):
+        from_dict(PretrainConfig, {})
+
+
+def test_cli_requires_out_and_accepts_resume_forms(tmp_path, monkeypatch):
+    from biomamba.commands import pretrain
+
+    with pytest.raises(SystemExit):
+        pretrain.main(["--config", str(CONFIGS / "tiny.yaml")])
+    seen = {}
+    monkeypatch.setattr("biomamba.train.pretrain.run_pretrain", lambda cfg, out: seen.update(cfg=cfg, out=out))
+    for flag, expected in (("--resume", True), ("--resume=auto", "auto"), ("--resume=false", False)):
+        pretrain.main(["--config", str(CONFIGS / "tiny.yaml"), "--out", str(tmp_path), flag, "--optim.lr=1e-3"])
+        assert seen["cfg"].resume == expected and seen["cfg"].optim.lr == 1e-3
