@@ -62,9 +62,9 @@ class CausalLM:
             for i, r in enumerate(chunk):
                 ids[i, :len(r)] = torch.tensor(list(r), dtype=torch.long)
                 mask[i, :len(r)] = 1
-            logits = self.logits_fn(ids.to(self.device), mask.to(self.device)).float()
-            logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
-            picked = logprobs.gather(-1, ids[:, 1:].to(self.device).unsqueeze(-1)).squeeze(-1)
+            logits = self.logits_fn(ids.to(self.device), mask.to(self.device))[:, :-1].float()
+            target = ids[:, 1:].to(self.device).unsqueeze(-1)
+            picked = logits.gather(-1, target).squeeze(-1) - torch.logsumexp(logits, dim=-1)  # log-softmax at the target
             for i, r in enumerate(chunk):
                 out.append(picked[i, :len(r) - 1].double().cpu())  # padded positions dropped
         return out
