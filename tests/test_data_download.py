@@ -152,3 +152,17 @@ def test_offline_errors_say_what_to_pass_instead(tmp_path):
                                             r"en/c4-train\.\*\.json\.gz.*--sources\.c4\.paths="):
         download_hf(hf, tmp_path / "c4", "c4")
     assert time.monotonic() - start < 20
+
+
+def test_cli_download(server, tmp_path, capsys):
+    from biomamba.cli import main as cli
+
+    publish(server, "pubmed25n0001.xml.gz", (FIX / "update.xml.gz").read_bytes())
+    config = tmp_path / "d.yaml"
+    config.write_text(f"sources:\n  - name: pubmed\n    format: medline\n    download:\n      kind: nlm_baseline\n"
+                      f"      url: {url(server)}\n  - name: local\n    paths: [{FIX / 'baseline.xml'}]\n")
+    assert cli(["data", "download", "--config", str(config), f"--download_dir={tmp_path / 'dl'}", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert f"pubmed: 1 file(s) under {tmp_path / 'dl' / 'pubmed' / 'baseline'}" in out
+    assert "local: local paths, nothing to download" in out
+    assert (tmp_path / "dl" / "pubmed" / ".complete").is_file()

@@ -108,7 +108,7 @@ def _build(argv: list[str]) -> int:
     from biomamba.commands import environment_info
     from biomamba.data.build import build
 
-    manifest = build(cfg, args.out, environment=environment_info())
+    manifest = build(cfg, args.out, environment=environment_info)
     train, val = manifest["splits"]["train"], manifest["splits"]["val"]
     ratios = ", ".join(f"{n} {r:.3f}" for n, r in manifest["mixing"]["achieved_ratios"].items())
     print(f"wrote {args.out}: {train['sequences']:,} train + {val['sequences']:,} val sequences of "

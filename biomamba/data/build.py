@@ -38,7 +38,7 @@ from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -603,32 +603,36 @@ def _check_out(out: Path) -> None:
                         f"choose a new or empty directory (it would be replaced)", reason="bad_out")
 
 
-def build(cfg: DataConfig, out: str | Path, *, environment: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Build the token shards of ``cfg`` into ``out`` (atomically); return the manifest."""
+def build(cfg: DataConfig, out: str | Path, *,
+          environment: Callable[[], dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Build the token shards of ``cfg`` into ``out`` (atomically); return the manifest.
+
+    ``environment``, when given, is called at the end and its result saved as ``environment.json``.
+    """
     t0 = time.perf_counter()
     out = Path(out).resolve()
     if not cfg.sources:
         raise DataError("the data config has no sources", reason="no_sources")
     _check_out(out)
-    tok = load_tokenizer(cfg.tokenizer)
-    fingerprint = tok.fingerprint()
-    dtype = "uint16" if tok.vocab_size <= 1 << 16 else "uint32"
     warnings: list[str] = []
 
     def warn(message: str) -> None:
         warnings.append(message)
         log.warning(message)
 
-    # ---- inputs (downloads first, where a source has no local paths)
+    # ---- inputs: local paths first (fail fast), then the tokenizer, then downloads (slow)
+    local = {s: expand_paths(src) for s, src in enumerate(cfg.sources) if src.paths}
+    tok = load_tokenizer(cfg.tokenizer)
+    fingerprint = tok.fingerprint()
+    dtype = "uint16" if tok.vocab_size <= 1 << 16 else "uint32"
     source_files: list[list[Path]] = []
-    for src in cfg.sources:
-        if not src.paths:
+    for s, src in enumerate(cfg.sources):
+        if s in local:
+            source_files.append(local[s])
+        else:
             from biomamba.data.download import download_source
 
-            files = download_source(src, Path(os.path.expanduser(cfg.download_dir)))
-        else:
-            files = expand_paths(src)
-        source_files.append(files)
+            source_files.append(download_source(src, Path(os.path.expanduser(cfg.download_dir))))
 
     work = out.parent / f".{out.name}.work"
     (work / "units").mkdir(parents=True, exist_ok=True)
@@ -758,7 +762,7 @@ def build(cfg: DataConfig, out: str | Path, *, environment: dict[str, Any] | Non
                  "tokens_per_s_read_tokenize": total_tokens / max(t2 - t1, 1e-9)}
         write_json(tmp / "build_stats.json", stats)
         if environment is not None:
-            write_json(tmp / "environment.json", environment)
+            write_json(tmp / "environment.json", environment())
     if not cfg.keep_work:
         shutil.rmtree(work, ignore_errors=True)
     log.info("wrote %s: %d train + %d val sequences of %d tokens", out, n_train, len(val), L)
