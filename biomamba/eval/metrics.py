@@ -81,10 +81,11 @@ def classification_report(gold: Sequence[str], pred: Sequence[str | None],
     report["per_class"] = per_class
     report["unparsed"] = sum(p is None for p in pred)
     report["other_predictions"] = sum(p is not None and p not in labels for p in pred)
-    report["confusion"] = {f"{g}->{'unparsed' if p is None else p}": 0 for g in labels for p in [*labels, None]}
+    confusion = {f"{g}->{p}": 0 for g in labels for p in [*labels, "unparsed"]}  # gold->predicted
     for g, p in zip(gold, pred):
         key = f"{g}->{'unparsed' if p is None else p}"
-        report["confusion"][key] = report["confusion"].get(key, 0) + 1
+        confusion[key] = confusion.get(key, 0) + 1
+    report["confusion"] = confusion
     return report
 
 

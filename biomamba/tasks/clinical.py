@@ -203,15 +203,15 @@ def load_clinical(notes: str | Path, mode: str, split: str, seed: int = 42, test
             count(stats, "notes")
             subjects.append(row["subject_id"])
             context, response = make(row["text"])
-            context, response = context.strip(), response
+            n_context, n_response = len(context.strip()), len(response.strip())
             reason = None
-            if len(context) < min_context_chars:
+            if n_context < min_context_chars:
                 reason = "context_too_short"
-            elif len(response.strip()) < min_response_chars:
+            elif n_response < min_response_chars:
                 reason = "response_too_short"
-            elif len(context) > max_context_chars:
+            elif n_context > max_context_chars:
                 reason = "context_too_long"
-            elif len(response.strip()) > max_response_chars:
+            elif n_response > max_response_chars:
                 reason = "response_too_long"
             if reason:
                 count(stats, f"dropped_{reason}")

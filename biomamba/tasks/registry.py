@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
 from biomamba.tasks import clinical, factoid, yesno
-from biomamba.tasks.common import Example, resolve_paths
+from biomamba.tasks.common import Example, count, resolve_paths
 from biomamba.tasks.prompts import Encoded, Prompt, Template, TokenizerLike, encode_example
 
 log = logging.getLogger(__name__)
@@ -101,10 +101,10 @@ class Task:
         for ex in self.load(split, paths, data_root, stats, **loader_args):
             for unit in (factoid.expand_contexts(ex) if "contexts" in ex else [ex]):
                 enc = self.encode(unit, tokenizer, max_len)
-                stats["context_truncated"] = stats.get("context_truncated", 0) + bool(enc.truncated_tokens)
-                stats["not_prefix"] = stats.get("not_prefix", 0) + (not enc.prefix_ok)
+                count(stats, "context_truncated", int(enc.truncated_tokens > 0))
+                count(stats, "not_prefix", int(not enc.prefix_ok))
                 if enc.overlong:
-                    stats["overlong_dropped"] = stats.get("overlong_dropped", 0) + 1
+                    count(stats, "overlong_dropped")
                     continue
                 enc.meta["id"] = unit.get("id")
                 out.append(enc)
