@@ -70,6 +70,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         options = get_args(tp)
         if value is None and type(None) in options:
             return None
+        concrete = [o for o in options if o is not type(None)]
+        if len(concrete) == 1:  # Optional[X]: X's own message is the useful one
+            return _coerce(value, concrete[0], key)
         errors = []
         for option in options:
             if option is type(None):

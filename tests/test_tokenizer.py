@@ -39,3 +39,10 @@ def test_trained_tokenizer_round_trips_and_is_deterministic(tmp_path):
     assert a.decode(a.encode(unseen)) == unseen  # byte-level: nothing is out of vocabulary
     a.save(tmp_path)
     assert load_tokenizer(tmp_path).fingerprint() == a.fingerprint()
+
+
+def test_plain_text_never_becomes_special_ids(neox_tokenizer_path):
+    # the shared file registers "assistant" (50279) and <|im_start|> as added tokens
+    tok = load_tokenizer(neox_tokenizer_path)
+    ids = tok.encode("The assistant wrote <|endoftext|> and <|im_start|> in the note.")
+    assert max(ids) < 50277 and tok.eos_id not in ids

@@ -26,6 +26,9 @@ class Tokenizer:
     """A thin wrapper over ``tokenizers.Tokenizer`` with the few things the toolkit needs."""
 
     def __init__(self, backend: _HFTokenizer, source: str, eos_token: str | None = None):
+        # Plain text must never turn into special ids: the shared GPT-NeoX file registers words
+        # such as "assistant" as added tokens, and a literal "<|endoftext|>" in a document is text.
+        backend.encode_special_tokens = True
         self.backend = backend
         self.source = source
         vocab = backend.get_vocab(with_added_tokens=True)
