@@ -118,3 +118,37 @@ def test_masked_loss_equals_response_cross_entropy(tok):
                                                        reduction="sum")
     assert batch_loss.item() == pytest.approx(total, rel=1e-5)
     assert int((targets != IGNORE_INDEX).sum()) == count
+
+
+def test_packed_rows_score_like_separate_examples(tok):
+    """Packing SFT examples with seq_idx: the trainer's next-token targets (no target crosses an
+    example boundary) over a packed row give the same loss as each example alone."""
+    from biomamba.model import MambaLM
+    from biomamba.model.config import model_preset
+    from biomamba.tasks import pack
+    from biomamba.train.objective import next_token_targets
+
+    torch.manual_seed(0)
+    model = MambaLM(model_preset("tiny")).eval()
+    examples = [encode_example(_prompt(c), r, tok) for c, r in
+                [("Fever is common.", " yes"), ("Aspirin, fever and pain.", " no"), ("Short.", " it depends")]]
+    seq_len = len(examples[0]) + len(examples[1]) + 3  # two fit in a row, the third starts the next
+    rows = pack(examples, seq_len, pad_id=tok.pad_id)
+    assert len(rows) == 2 and all(len(r["input_ids"]) == seq_len for r in rows)
+    assert rows[0]["seq_idx"].tolist() == [0] * len(examples[0]) + [1] * len(examples[1]) + [2] * 3
+
+    def loss(ids, labels, seq_idx=None):
+        targets = next_token_targets(labels, seq_idx)
+        with torch.no_grad():
+            logits = model(ids, seq_idx=seq_idx)[..., :model.config.vocab_size].double()
+        return torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX,
+                                                 reduction="sum").item(), int((targets != IGNORE_INDEX).sum())
+
+    packed = [loss(torch.from_numpy(r["input_ids"])[None], torch.from_numpy(r["labels"])[None],
+                   torch.from_numpy(r["seq_idx"])[None]) for r in rows]
+    alone = [loss(torch.tensor([e.input_ids]), torch.tensor([e.labels])) for e in examples]
+    assert sum(c for _, c in packed) == sum(c for _, c in alone) == sum(e.response_tokens for e in examples)
+    assert sum(s for s, _ in packed) == pytest.approx(sum(s for s, _ in alone), rel=1e-4)
+    with pytest.raises(ValueError, match="does not fit"):
+        pack(examples, 4, pad_id=tok.pad_id)
+    assert collate(rows, pad_id=tok.pad_id)["labels"].shape == (2, seq_len)  # rows collate too

@@ -7,7 +7,7 @@ and evaluation alike), answer choices or generation settings, and the metric.
     prompt, target = task.render(examples[0])
 """
 
-from biomamba.tasks.prompts import Encoded, Prompt, Template, collate, encode_example
+from biomamba.tasks.prompts import Encoded, Prompt, Template, collate, encode_example, pack
 from biomamba.tasks.registry import Task, get_task, task_names
 
-__all__ = ["Encoded", "Prompt", "Task", "Template", "collate", "encode_example", "get_task", "task_names"]
+__all__ = ["Encoded", "Prompt", "Task", "Template", "collate", "encode_example", "get_task", "pack", "task_names"]

@@ -167,15 +167,58 @@ def encode_example(prompt: Prompt | str, response: str, tokenizer: TokenizerLike
                    overlong=max_len is not None and len(full_ids) > max_len)
 
 
-def collate(batch: Sequence[Encoded], pad_id: int) -> dict[str, Any]:
-    """Right-pad a batch: ``input_ids`` padded with ``pad_id``, ``labels`` with ``-100`` (padding is
-    never scored; a causal model's outputs before the padding do not see it)."""
+def _ids_labels(item: Encoded | Mapping[str, Any]) -> tuple[list[int], list[int]]:
+    if isinstance(item, Encoded):
+        return item.input_ids, item.labels
+    return list(item["input_ids"]), list(item["labels"])
+
+
+def collate(batch: Sequence[Encoded | Mapping[str, Any]], pad_id: int) -> dict[str, Any]:
+    """Right-pad a batch (of :class:`Encoded` or rows with ``input_ids`` and ``labels``):
+    ``input_ids`` padded with ``pad_id``, ``labels`` with ``-100`` (padding is never scored; a
+    causal model's outputs before the padding do not see it)."""
     import torch
 
-    width = max(len(e) for e in batch)
-    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
-    for row, e in enumerate(batch):
-        ids[row, :len(e)] = torch.tensor(e.input_ids, dtype=torch.long)
-        labels[row, :len(e)] = torch.tensor(e.labels, dtype=torch.long)
+    pairs = [_ids_labels(item) for item in batch]
+    width = max(len(ids) for ids, _ in pairs)
+    ids = torch.full((len(pairs), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(pairs), width), IGNORE_INDEX, dtype=torch.long)
+    for row, (i, lab) in enumerate(pairs):
+        ids[row, :len(i)] = torch.tensor(i, dtype=torch.long)
+        labels[row, :len(lab)] = torch.tensor(lab, dtype=torch.long)
     return {"input_ids": ids, "labels": labels}
+
+
+def pack(encoded: Sequence[Encoded], seq_len: int, pad_id: int) -> list[dict[str, Any]]:
+    """Pack examples in order into rows of exactly ``seq_len`` tokens (a new row when the next
+    example does not fit), with ``seq_idx`` numbering the examples of a row so that the model's
+    state and the next-token targets never cross from one example to the next. The tail is
+    padding (its own ``seq_idx``, labels ``-100``). Rows are numpy arrays, ready for a
+    collate that stacks them."""
+    import numpy as np
+
+    rows: list[dict[str, Any]] = []
+    ids: list[int] = []
+    labels: list[int] = []
+    seq: list[int] = []
+
+    def flush() -> None:
+        pad = seq_len - len(ids)
+        last = (seq[-1] + 1) if seq else 0
+        rows.append({"input_ids": np.array(ids + [pad_id] * pad, dtype=np.int64),
+                     "labels": np.array(labels + [IGNORE_INDEX] * pad, dtype=np.int64),
+                     "seq_idx": np.array(seq + [last] * pad, dtype=np.int32)})
+
+    for e in encoded:
+        if len(e) > seq_len:
+            raise ValueError(f"an example of {len(e)} tokens does not fit rows of {seq_len}: encode with max_len")
+        if len(ids) + len(e) > seq_len:
+            flush()
+            ids, labels, seq = [], [], []
+        doc = (seq[-1] + 1) if seq else 0
+        ids += e.input_ids
+        labels += e.labels
+        seq += [doc] * len(e)
+    if ids:
+        flush()
+    return rows
