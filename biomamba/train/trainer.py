@@ -54,6 +54,17 @@ def data_fingerprint(*parts: Any) -> str:
     return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
 
 
+def _export_step(directory: Path) -> int | None:
+    """The training step recorded in an exported model directory (None if absent)."""
+    from biomamba.model.checkpoint import NATIVE_CONFIG
+    from biomamba.utils.io import read_json
+
+    try:
+        return int(read_json(directory / NATIVE_CONFIG)["trained"]["step"])
+    except (OSError, KeyError, TypeError, ValueError):
+        return None
+
+
 @dataclass
 class _Interval:
     loss_sum: float = 0.0
@@ -235,6 +246,12 @@ class Trainer:
                      f"{self.info.world_size}: the data order is unchanged, RNG streams are re-seeded")
         self.metrics.truncate_after(self.step)
         self.log(f"resumed from {path} at step {self.step}/{self.total_steps}")
+        if self.best is not None:
+            # a stop between saving a new best checkpoint and recording it: finish the bookkeeping
+            self.ckpt.mark_best(self.best["step"], self.best["metric"], self.best["value"], self.best["weights"])
+            if (self.best["step"] == self.step and "best" in self.cfg.checkpoint.export
+                    and _export_step(self.out / "best") != self.step):
+                self.export("best", self.best["weights"])
 
     # ---- one optimizer step -------------------------------------------------------------
     def train_step(self) -> tuple[float, float, int, int]:
@@ -433,7 +450,7 @@ class Trainer:
                     "step": self.step, "epoch": round(self.step / self.steps_per_epoch, 4),
                     "loss": iv.loss_sum / iv.count if iv.count else float("nan"),
                     "lr": self.schedule(self.step - 1), "grad_norm": iv.grad_norm, "tokens": self.tokens,
-                    "tokens_per_s": tps, "step_s": iv.seconds / iv.steps,
+                    "tokens_per_s": tps, "step_s": iv.seconds / iv.steps, "train_s": round(self.elapsed, 3),
                     "mfu": (fpt * tps / (self.peak * self.info.world_size)) if (self.peak and tps) else None,
                     "skipped": self.skipped,
                 }
