@@ -18,6 +18,15 @@ from test_train_support import REPO, demo_data, recipe
 CONFIGS = REPO / "configs" / "pretrain"
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # tiny matrices: one intra-op thread is as fast, and two spin badly on a shared, busy machine
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _trainer(cfg_dict: dict, out: Path, objective=None):
     from biomamba.data.shards import PackedDataset
     from biomamba.train.distributed import DistInfo

@@ -270,8 +270,9 @@ class Trainer:
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.info.device)
         for k, batch in enumerate(micro_batches):
             batch = self._to_device(batch)
-            with grad_sync(self.wrapped, self.strategy, sync=k == self.accum - 1), self._autocast():
-                ls, _ = self.wrapped(batch["input_ids"], batch["seq_idx"], batch["targets"])
+            with grad_sync(self.wrapped, self.strategy, sync=k == self.accum - 1):
+                with self._autocast():
+                    ls, _ = self.wrapped(batch["input_ids"], batch["seq_idx"], batch["targets"])
                 (ls * scale).backward()
             loss_sum += ls.detach().double()
         loss = float(self.info.all_reduce_sum(loss_sum)) / max(n_scored, 1.0)
