@@ -17,7 +17,6 @@ new one is in place: the newest ``keep_last`` are kept, and the best one.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import re
