@@ -343,13 +343,14 @@ def _bwd_dx_kernel(x_ptr, B_ptr, cb_ptr, dy_ptr, delta_ptr, acs_ptr, seq_ptr, dz
 def _bwd_dc_kernel(x_ptr, C_ptr, cb_ptr, dy_ptr, delta_ptr, acs_ptr, seq_ptr, starts_ptr, B_ptr,
                    dc_ptr, dda_ptr,
                    L, H, G, P, N, NC, sxb, sxl, sxh, sbb, sbl, sbg, scb, scl, scg, sdyb, sdyl, sdyh, ssb, ssl,
-                   sob, sol, sog,
-                   HAS_SEQ: tl.constexpr, T: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr,
+                   sob, sol, sog, soz,
+                   HAS_SEQ: tl.constexpr, HS: tl.constexpr, T: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr,
                    BP: tl.constexpr, BN: tl.constexpr, IP: tl.constexpr):
     pid = tl.program_id(0)
-    g = pid % G
-    pc = (pid // G) % NC
-    pb = pid // (G * NC)
+    hs = pid % HS  # which slice of the group's heads
+    g = (pid // HS) % G
+    pc = (pid // (HS * G)) % NC
+    pb = pid // (HS * G * NC)
     pm = tl.program_id(1)
     t = pm * BM + tl.arange(0, BM)
     tg = pc * T + t
@@ -365,9 +366,10 @@ def _bwd_dc_kernel(x_ptr, C_ptr, cb_ptr, dy_ptr, delta_ptr, acs_ptr, seq_ptr, st
                   other=0.0).to(tl.float32)
     cbase = cb_ptr + ((pb * NC + pc) * G + g) * T * T
     hpg = H // G
+    HPS = hpg // HS
     dc = tl.zeros((BM, BN), dtype=tl.float32)
-    for hi in range(hpg):
-        h = g * hpg + hi
+    for hi in range(HPS):
+        h = g * hpg + hs * HPS + hi
         base = (pb * H + h) * (NC * T) + pc * T
         a_t = tl.load(acs_ptr + base + t)
         e_t = tl.exp(a_t)
@@ -401,7 +403,7 @@ def _bwd_dc_kernel(x_ptr, C_ptr, cb_ptr, dy_ptr, delta_ptr, acs_ptr, seq_ptr, st
             dch += _dot(pw.to(b_s.dtype), b_s, IP)
         dc += dch
         tl.store(dda_ptr + base + t, row)
-    tl.store(dc_ptr + pb * sob + tg[:, None] * sol + g * sog + n[None, :], dc.to(dc_ptr.dtype.element_ty),
+    tl.store(dc_ptr + hs * soz + pb * sob + tg[:, None] * sol + g * sog + n[None, :], dc.to(dc_ptr.dtype.element_ty),
              mask=tm[:, None] & nm[None, :])
 
 
@@ -410,13 +412,14 @@ def _bwd_dc_kernel(x_ptr, C_ptr, cb_ptr, dy_ptr, delta_ptr, acs_ptr, seq_ptr, st
 @triton.jit
 def _bwd_db_kernel(x_ptr, C_ptr, dy_ptr, delta_ptr, acs_ptr, seq_ptr, dz_ptr, db_ptr,
                    L, H, G, P, N, NC, sxb, sxl, sxh, scb, scl, scg, sdyb, sdyl, sdyh, ssb, ssl,
-                   sob, sol, sog,
-                   HAS_SEQ: tl.constexpr, T: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr,
+                   sob, sol, sog, soz,
+                   HAS_SEQ: tl.constexpr, HS: tl.constexpr, T: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr,
                    BP: tl.constexpr, BN: tl.constexpr, IP: tl.constexpr):
     pid = tl.program_id(0)
-    g = pid % G
-    pc = (pid // G) % NC
-    pb = pid // (G * NC)
+    hs = pid % HS  # which slice of the group's heads
+    g = (pid // HS) % G
+    pc = (pid // (HS * G)) % NC
+    pb = pid // (HS * G * NC)
     pm = tl.program_id(1)
     s = pm * BM + tl.arange(0, BM)
     sg = pc * T + s
@@ -429,9 +432,10 @@ def _bwd_db_kernel(x_ptr, C_ptr, dy_ptr, delta_ptr, acs_ptr, seq_ptr, dz_ptr, db
         doc_s = tl.load(seq_ptr + pb * ssb + sg * ssl, mask=sm, other=-1)
         end_doc = tl.load(seq_ptr + pb * ssb + (tl.minimum(pc * T + T, L) - 1) * ssl)
     hpg = H // G
+    HPS = hpg // HS
     db = tl.zeros((BM, BN), dtype=tl.float32)
-    for hi in range(hpg):
-        h = g * hpg + hi
+    for hi in range(HPS):
+        h = g * hpg + hs * HPS + hi
         base = (pb * H + h) * (NC * T) + pc * T
         a_s = tl.load(acs_ptr + base + s)
         d_s = tl.load(delta_ptr + base + s)
@@ -460,7 +464,7 @@ def _bwd_db_kernel(x_ptr, C_ptr, dy_ptr, delta_ptr, acs_ptr, seq_ptr, dz_ptr, db
                           other=0.0)
             dbh += _dot(pw.to(c_t.dtype), c_t, IP)
         db += dbh
-    tl.store(db_ptr + pb * sob + sg[:, None] * sol + g * sog + n[None, :], db.to(db_ptr.dtype.element_ty),
+    tl.store(db_ptr + hs * soz + pb * sob + sg[:, None] * sol + g * sog + n[None, :], db.to(db_ptr.dtype.element_ty),
              mask=sm[:, None] & nm[None, :])
 
 
@@ -506,6 +510,23 @@ def _prep(x, dt, A, B, C, chunk_size, dt_bias, dt_softplus, dt_lo, dt_hi):
         float(dt_lo), float(min(dt_hi, 3.0e38)), HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus, CLAMP=clamp,
         T=T, BH=BH, num_warps=4)
     return b, L, H, P, G, N, T, NC, delta, acs
+
+
+def _head_splits(programs: int, heads_per_group: int) -> int:
+    """How many programs share one group's heads in the dC/dB kernels (their fp32 partial sums
+    are added afterwards): the fewest splits with at most 4 heads a program and at least 512
+    programs, else one head a program. ``BIOMAMBA_SSD_HEADS_PER_PROGRAM`` overrides it (heads
+    a program, dividing the heads per group), for A/B timing."""
+    env = os.environ.get("BIOMAMBA_SSD_HEADS_PER_PROGRAM")
+    if env:
+        hpp = int(env)
+        if hpp <= 0 or heads_per_group % hpp:
+            raise ValueError(f"BIOMAMBA_SSD_HEADS_PER_PROGRAM={hpp} must divide {heads_per_group} heads per group")
+        return heads_per_group // hpp
+    for hs in range(1, heads_per_group + 1):
+        if heads_per_group % hs == 0 and heads_per_group // hs <= 4 and programs * hs >= 512:
+            return hs
+    return heads_per_group
 
 
 def _seq_args(seq_idx: Tensor | None, like: Tensor):
@@ -566,13 +587,13 @@ def ssd_bwd(dy, dfinal, x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus, dt_
     ip = _ip(x.dtype)
     cb, starts, _ = _chunk_prefix(x, B, C, delta, acs, seq_idx, initial_state, dims, cfg)
     seq, ssb, ssl = _seq_args(seq_idx, x)
-    HS = seq_idx is not None
+    HSQ = seq_idx is not None
     # dS: E_c = Σ_t e^{a_t} dy_t ⊗ C_t, then the reverse pass
     E = torch.empty((b, NC, H, P, N), device=x.device, dtype=torch.float32)
     _chunk_outer_kernel[(b * NC * H, triton.cdiv(P, cfg.BPo), triton.cdiv(N, cfg.BNK))](
         dy, C, delta, acs, seq, E, L, H, G, P, N, NC, dy.stride(0), dy.stride(1), dy.stride(2),
         C.stride(0), C.stride(1), C.stride(2), ssb, ssl,
-        MODE=1, HAS_SEQ=HS, T=T, BP=cfg.BPo, BN=cfg.BNK, BK=cfg.BK, IP=ip, num_warps=4)
+        MODE=1, HAS_SEQ=HSQ, T=T, BP=cfg.BPo, BN=cfg.BNK, BK=cfg.BK, IP=ip, num_warps=4)
     PN = P * N
     nblk = triton.cdiv(PN, cfg.BS)
     dz = torch.empty_like(E)
@@ -580,7 +601,7 @@ def ssd_bwd(dy, dfinal, x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus, dt_
     dgam = torch.empty((b, H, NC, nblk), device=x.device, dtype=torch.float32)
     _state_pass_bwd_kernel[(b, H, nblk)](
         E, starts, acs, seq, dfinal.contiguous() if dfinal is not None else E, dz, dinit, dgam,
-        L, H, NC, PN, nblk, ssb, ssl, HAS_SEQ=HS, HAS_DFINAL=dfinal is not None, T=T, BS=cfg.BS, num_warps=4)
+        L, H, NC, PN, nblk, ssb, ssl, HAS_SEQ=HSQ, HAS_DFINAL=dfinal is not None, T=T, BS=cfg.BS, num_warps=4)
     del E
     # per head: dx, dΔ through x, the column part of the log-decay gradient, dD
     dx = torch.empty((b, L, H, P), device=x.device, dtype=x.dtype)
@@ -590,20 +611,29 @@ def ssd_bwd(dy, dfinal, x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus, dt_
         x, B, cb, dy, delta, acs, seq, dz, D if D is not None else A, dx, ddt_x, dda_col, q, dD_pos,
         L, H, G, P, N, NC, x.stride(0), x.stride(1), x.stride(2), B.stride(0), B.stride(1), B.stride(2),
         dy.stride(0), dy.stride(1), dy.stride(2), ssb, ssl, dx.stride(0), dx.stride(1), dx.stride(2),
-        HAS_SEQ=HS, HAS_D=D is not None, T=T, BM=cfg.BM, BK=cfg.BK, BP=cfg.BP, BN=cfg.BNK, IP=ip, num_warps=4)
-    # per group: dC (+ the row part of the log-decay gradient) and dB
-    dC = torch.empty((b, L, G, N), device=x.device, dtype=C.dtype)
-    dB = torch.empty((b, L, G, N), device=x.device, dtype=B.dtype)
-    _bwd_dc_kernel[(b * NC * G, T // cfg.BM)](
+        HAS_SEQ=HSQ, HAS_D=D is not None, T=T, BM=cfg.BM, BK=cfg.BK, BP=cfg.BP, BN=cfg.BNK, IP=ip, num_warps=4)
+    # per group: dC (+ the row part of the log-decay gradient) and dB; the group's heads are split
+    # over HS programs (fp32 partial sums over the splits, reduced below) for parallelism
+    HS = _head_splits(b * NC * G * (T // cfg.BM), H // G)
+    if HS == 1:
+        dC = torch.empty((1, b, L, G, N), device=x.device, dtype=C.dtype)
+        dB = torch.empty((1, b, L, G, N), device=x.device, dtype=B.dtype)
+    else:
+        dC = torch.empty((HS, b, L, G, N), device=x.device, dtype=torch.float32)
+        dB = torch.empty_like(dC)
+    _bwd_dc_kernel[(b * NC * G * HS, T // cfg.BM)](
         x, C, cb, dy, delta, acs, seq, starts, B, dC, dda_row,
         L, H, G, P, N, NC, x.stride(0), x.stride(1), x.stride(2), B.stride(0), B.stride(1), B.stride(2),
         C.stride(0), C.stride(1), C.stride(2), dy.stride(0), dy.stride(1), dy.stride(2), ssb, ssl,
-        dC.stride(0), dC.stride(1), dC.stride(2), HAS_SEQ=HS, T=T, BM=cfg.BM, BK=cfg.BK, BP=cfg.BP, BN=cfg.BN, IP=ip, num_warps=8)
-    _bwd_db_kernel[(b * NC * G, T // cfg.BM)](
+        dC.stride(1), dC.stride(2), dC.stride(3), dC.stride(0),
+        HAS_SEQ=HSQ, HS=HS, T=T, BM=cfg.BM, BK=cfg.BK, BP=cfg.BP, BN=cfg.BN, IP=ip, num_warps=8)
+    _bwd_db_kernel[(b * NC * G * HS, T // cfg.BM)](
         x, C, dy, delta, acs, seq, dz, dB,
         L, H, G, P, N, NC, x.stride(0), x.stride(1), x.stride(2), C.stride(0), C.stride(1), C.stride(2),
-        dy.stride(0), dy.stride(1), dy.stride(2), ssb, ssl, dB.stride(0), dB.stride(1), dB.stride(2),
-        HAS_SEQ=HS, T=T, BM=cfg.BM, BK=cfg.BK, BP=cfg.BP, BN=cfg.BN, IP=ip, num_warps=8)
+        dy.stride(0), dy.stride(1), dy.stride(2), ssb, ssl, dB.stride(1), dB.stride(2), dB.stride(3), dB.stride(0),
+        HAS_SEQ=HSQ, HS=HS, T=T, BM=cfg.BM, BK=cfg.BK, BP=cfg.BP, BN=cfg.BN, IP=ip, num_warps=8)
+    dC = dC[0] if HS == 1 else dC.sum(0).to(C.dtype)
+    dB = dB[0] if HS == 1 else dB.sum(0).to(B.dtype)
     # log-decay gradient per position → per step (reverse cumsum in the chunk) → Δ, A, dt, dt_bias
     dda = (dda_row + dda_col).view(b, H, NC, T)
     dda[..., -1] += q.view(b, H, NC, T).sum(-1) + dgam.sum(-1)
