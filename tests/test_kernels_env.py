@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import torch
 
@@ -18,10 +19,9 @@ def test_env_reports_backend_per_op(capsys):
     assert set(info["auto"]["ops"]) == set(OPS)
     if not torch.cuda.is_available():
         assert info["auto"]["backend"] == "torch" and info["slow_path"] is False
-        for name in ("triton", "mamba_ssm"):
-            b = info["backends"][name]
-            assert b["ok"] or name == "triton", b  # mamba_ssm needs CUDA; triton may run interpreted
-            assert b["ok"] or b["why"]
+        assert not info["backends"]["mamba_ssm"]["ok"] and info["backends"]["mamba_ssm"]["why"]  # needs CUDA
+        triton = info["backends"]["triton"]  # available on the CPU only through the interpreter
+        assert triton["ok"] == (os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")) or triton.get("why")
 
 
 def test_env_plain_text(capsys):
