@@ -7,7 +7,7 @@ fixed seed, so the demo runs offline on a laptop and every format reader is exer
   file revises one citation and deletes another)
 * ``c4/c4-demo.jsonl``            C4-style web text (``{"text", "timestamp", "url"}``)
 * ``wikitext/wiki-demo.raw``      WikiText raw format (`` = Title = `` headings)
-* ``bioasq/demo-bioasq.json``     BioASQ raw JSON, yes/no questions with snippets
+* ``bioasq/demo-training.json`` + ``demo-golden.json``  BioASQ raw JSON, yes/no questions with snippets
 * ``pubmedqa/ori_pqal.json`` + ``test_ground_truth.json``  PubMedQA PQA-L format
 * ``mimic/discharge.csv.gz``      MIMIC-IV-Note ``discharge.csv`` format, synthetic notes only
 
@@ -52,8 +52,8 @@ def _effects(rng: random.Random) -> dict[tuple[str, str], tuple[str, str]]:
             for d in DRUGS for c in CONDITIONS}
 
 
-def _abstract(rng: random.Random, drug: str, cond: str, outcome: str, effect: str) -> tuple[str, list[tuple[str, str]]]:
-    n = rng.randint(80, 2400)
+def _abstract(rng: random.Random, drug: str, cond: str, outcome: str, effect: str,
+              n: int) -> tuple[str, list[tuple[str, str]]]:
     design = rng.choice(DESIGNS)
     weeks = rng.choice([12, 24, 26, 52, 104])
     gene = rng.choice(GENES)
@@ -180,11 +180,12 @@ def write_demo_corpus(out: str | Path, n_abstracts: int = 1200, n_web: int = 700
     for i in range(n_abstracts):
         drug, cond = pairs[rng.randrange(len(pairs))]
         outcome, effect = effects[(drug, cond)]
-        title, sections = _abstract(rng, drug, cond, outcome, effect)
+        n = rng.randint(80, 2400)
+        title, sections = _abstract(rng, drug, cond, outcome, effect, n)
         pmid = 39000000 + i
         year = rng.randint(2005, 2024)
         records.append(_citation_xml(pmid, title, sections, year))
-        qa_items.append((pmid, drug, cond, outcome, effect, " ".join(text for _, text in sections), year))
+        qa_items.append((pmid, f"{drug}|{n}", cond, outcome, effect, " ".join(text for _, text in sections), year))
     for j in range(12):
         records.append(_citation_xml(39900000 + j, f"Editorial comment number {j}", None, 2020, ptype="Editorial"))
     for j in range(6):
@@ -193,7 +194,7 @@ def write_demo_corpus(out: str | Path, n_abstracts: int = 1200, n_web: int = 700
                 + "".join(records) + "</PubmedArticleSet>\n")
     with gzip.GzipFile(out / "medline" / "demo-baseline.xml.gz", "wb", mtime=0) as f:
         f.write(baseline.encode())
-    revised_title, revised_sections = _abstract(rng, *pairs[0], *effects[pairs[0]])
+    revised_title, revised_sections = _abstract(rng, *pairs[0], *effects[pairs[0]], n=500)
     update = ('<?xml version="1.0" encoding="utf-8"?>\n<PubmedArticleSet>\n'
               + _citation_xml(39000000, revised_title + " (revised)", revised_sections, 2024)
               + "<DeleteCitation><PMID Version=\"1\">39000001</PMID></DeleteCitation>\n</PubmedArticleSet>\n")
@@ -211,17 +212,20 @@ def write_demo_corpus(out: str | Path, n_abstracts: int = 1200, n_web: int = 700
     rng.shuffle(qa_items)
     half = len(qa_items) // 2
 
-    def question(drug: str, cond: str, outcome: str) -> str:
-        return f"Does {drug} reduce {outcome} in patients with {cond}?"
+    def question(drug_n: str, cond: str, outcome: str) -> str:
+        drug, n = drug_n.split("|")  # the study size makes each question unique, as in real QA sets
+        return f"In the study of {n} adults with {cond}, did {drug} reduce {outcome}?"
 
-    bioasq = {"questions": [
+    bioasq = [
         {"id": f"demo{pmid:024d}"[-24:], "type": "yesno", "body": question(drug, cond, outcome),
          "documents": [f"http://www.ncbi.nlm.nih.gov/pubmed/{pmid}"],
          "snippets": [{"text": ctx, "document": f"http://www.ncbi.nlm.nih.gov/pubmed/{pmid}"}],
          "exact_answer": "yes" if effect == "reduces" else "no",
-         "ideal_answer": [f"{drug.capitalize()} {effect} {outcome} in {cond}."]}
-        for pmid, drug, cond, outcome, effect, ctx, _ in qa_items[:half]]}
-    (out / "bioasq" / "demo-bioasq.json").write_text(json.dumps(bioasq))
+         "ideal_answer": [f"{drug.split('|')[0].capitalize()} {effect} {outcome} in {cond}."]}
+        for pmid, drug, cond, outcome, effect, ctx, _ in qa_items[:half]]
+    cut = len(bioasq) * 4 // 5  # BioASQ ships training sets and golden test batches separately
+    (out / "bioasq" / "demo-training.json").write_text(json.dumps({"questions": bioasq[:cut]}))
+    (out / "bioasq" / "demo-golden.json").write_text(json.dumps({"questions": bioasq[cut:]}))
     pqal, truth = {}, {}
     for k, (pmid, drug, cond, outcome, effect, ctx, year) in enumerate(qa_items[half:]):
         label = "yes" if effect == "reduces" else "no"
@@ -229,7 +233,7 @@ def write_demo_corpus(out: str | Path, n_abstracts: int = 1200, n_web: int = 700
             label = "maybe"  # PQA-L has "maybe"; the binary setting drops it
         pqal[str(pmid)] = {"QUESTION": question(drug, cond, outcome), "CONTEXTS": [ctx],
                            "LABELS": ["RESULTS"], "MESHES": [cond.title()], "YEAR": str(year),
-                           "final_decision": label, "LONG_ANSWER": f"{drug.capitalize()} {effect} {outcome}."}
+                           "final_decision": label, "LONG_ANSWER": f"{drug.split('|')[0].capitalize()} {effect} {outcome}."}
         if k % 3 == 0:
             truth[str(pmid)] = label
     (out / "pubmedqa" / "ori_pqal.json").write_text(json.dumps(pqal))
@@ -260,7 +264,7 @@ def demo_texts(corpus: str | Path) -> list[str]:
     texts = [unescape(t) for t in re.findall(r"<(?:ArticleTitle|AbstractText)[^>]*>(.*?)</", xml)]
     texts += [json.loads(line)["text"] for line in (corpus / "c4" / "c4-demo.jsonl").read_text().splitlines()]
     texts += (corpus / "wikitext" / "wiki-demo.raw").read_text().split("\n")
-    bioasq = json.loads((corpus / "bioasq" / "demo-bioasq.json").read_text())["questions"]
+    bioasq = json.loads((corpus / "bioasq" / "demo-training.json").read_text())["questions"]
     texts += [q["body"] for q in bioasq]
     notes = gzip.decompress((corpus / "mimic" / "discharge.csv.gz").read_bytes()).decode()
     texts += [row["text"] for row in csv.DictReader(io.StringIO(notes))]

@@ -61,6 +61,9 @@ class PipelineConfig:
     demo_corpus: bool = False  # write the embedded demo corpus (and train its tokenizer) into RUN/corpus first
     requires: list[Requirement] = field(default_factory=list)
     stages: list[StageSpec] = field(default_factory=list)
+    # extra overrides applied on top of the stages', keyed by stage name, verb ("pretrain") or
+    # verb and sub-command ("eval yesno"); e.g. a quick smoke run: {pretrain: {train.max_steps: 10}}
+    stage_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     report: bool = True
 
     def __post_init__(self) -> None:
@@ -125,12 +128,16 @@ def unmet_requirements(requires: list[Requirement], mapping: dict[str, str]) -> 
     return problems
 
 
-def stage_argv(stage: StageSpec, run_dir: Path, mapping: dict[str, str]) -> list[str]:
+def stage_argv(stage: StageSpec, run_dir: Path, mapping: dict[str, str],
+               extra: dict[str, dict[str, Any]] | None = None) -> list[str]:
     argv = [stage.verb, *_substitute(stage.args, mapping)]
     if stage.config:
         argv += ["--config", _substitute(stage.config, mapping)]
     argv += ["--out", str(run_dir / stage.name)]
-    for key, value in _substitute(stage.overrides, mapping).items():
+    overrides = dict(stage.overrides)
+    for key in (stage.verb, " ".join([stage.verb, *stage.args[:1]]), stage.name):  # general → specific
+        overrides.update((extra or {}).get(key, {}))
+    for key, value in _substitute(overrides, mapping).items():
         argv.append(f"--{key}={_yaml_scalar(value)}")
     if stage.verb in TRAIN_VERBS:
         argv.append("--resume=auto")
@@ -172,7 +179,7 @@ def run_pipeline(cfg: PipelineConfig, run_dir: Path, invoke: Callable[[list[str]
             log(f"[pipeline] {stage.name}: finished earlier ({done.name} found), skipped")
             entry["status"] = entry.get("status", "done")
             continue
-        argv = stage_argv(stage, run_dir, mapping)
+        argv = stage_argv(stage, run_dir, mapping, cfg.stage_overrides)
         log(f"[pipeline] {stage.name}: biomamba {' '.join(argv)}")
         start = time.time()
         code = invoke(argv)

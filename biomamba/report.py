@@ -105,35 +105,43 @@ def yesno_table(run: Path, record: dict) -> Table | None:
     rows = []
     for s in stages:
         res = _results(run, s)
-        for mode in ("loglikelihood", "generation"):
-            m = res.get(mode)
-            if not m:
-                continue
-            ci = m.get("accuracy_ci") or [None, None]
-            rows.append([_label(run, s), mode, m.get("n"), m.get("accuracy"), f"[{_fmt(ci[0])}, {_fmt(ci[1])}]",
-                         m.get("macro_f1"), m.get("yes_f1"), m.get("no_f1"), m.get("failures", 0)])
+        for mode, m in res.get("metrics", {}).items():
+            groups = [("all", m)] + [(g, sub) for g, sub in (m.get("by_source") or {}).items()]
+            for group, g in groups:
+                ci = g.get("accuracy_ci95") or [None, None]
+                rows.append([_label(run, s), mode, group, g.get("n"), g.get("accuracy"),
+                             f"[{_fmt(ci[0])}, {_fmt(ci[1])}]", g.get("macro_f1"), g.get("f1_yes"), g.get("f1_no"),
+                             g.get("unparsed", 0)])
     return Table("Yes/no QA (test split, scored once)",
-                 ["model", "prediction", "n", "accuracy", "95 % Wilson CI", "macro-F1", "yes-F1", "no-F1", "failures"],
-                 rows, "Failures (unparseable answers) count as wrong and stay in the denominator.")
+                 ["model", "prediction", "source", "n", "accuracy", "95 % Wilson CI", "macro-F1", "yes-F1", "no-F1",
+                  "unparsed"], rows,
+                 "loglikelihood: the answer choice with the higher log-likelihood; generate: greedy decoding parsed "
+                 "to yes/no (the papers' setting). Unparseable answers count as wrong and stay in the denominator.")
 
 
 def rouge_table(run: Path, record: dict) -> Table | None:
     stages = [s for s in _stages_of(record, "eval", "clinical") if _results(run, s)]
     if not stages:
         return None
-    rows = [[_label(run, s), _results(run, s).get("task_name", ""), _results(run, s).get("n"),
-             _results(run, s).get("rouge1"), _results(run, s).get("rouge2"), _results(run, s).get("rougeL"),
-             _results(run, s).get("empty_generations", 0)] for s in stages]
+    rows = []
+    for s in stages:
+        res = _results(run, s)
+        r = res.get("metrics", {}).get("rouge", {})
+        rows.append([_label(run, s), res.get("task"), r.get("n"), r.get("rouge1"), r.get("rouge2"), r.get("rougeL"),
+                     r.get("empty_predictions", 0)])
     return Table("Clinical generation (ROUGE F-measure, stemming, averaged)",
-                 ["model", "task", "n", "ROUGE-1", "ROUGE-2", "ROUGE-L", "empty generations"], rows)
+                 ["model", "task", "n", "ROUGE-1", "ROUGE-2", "ROUGE-L", "empty generations"], rows,
+                 "Greedy decoding; empty generations score 0 and stay in the average.")
 
 
 def factoid_table(run: Path, record: dict) -> Table | None:
     stages = [s for s in _stages_of(record, "eval", "factoid") if _results(run, s)]
     if not stages:
         return None
-    rows = [[_label(run, s), _results(run, s).get("n"), _results(run, s).get("strict_accuracy"),
-             _results(run, s).get("lenient_accuracy"), _results(run, s).get("mrr")] for s in stages]
+    rows = []
+    for s in stages:
+        f = _results(run, s).get("metrics", {}).get("factoid", {})
+        rows.append([_label(run, s), f.get("n"), f.get("strict_accuracy"), f.get("lenient_accuracy"), f.get("mrr")])
     return Table("Factoid QA", ["model", "n", "strict accuracy", "lenient accuracy", "MRR"], rows)
 
 
@@ -189,25 +197,31 @@ def _plot_curves(run: Path, record: dict, plot_dir: Path) -> list[tuple[str, Pat
         fig.savefig(plot_dir / fname)
         plt.close(fig)
         plots.append((title.capitalize() + " per training stage", plot_dir / fname))
-    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=110)
-    drew = False
+    # validation: one panel per training stage, one line per held-out source ("all" left out)
+    panels = []
     for s, rows in curves.items():
-        val_keys = sorted({k for r in rows for k in r if k.startswith("val/") and k.endswith("/loss")})
-        for k in val_keys:
-            pts = [(r["step"], r[k]) for r in rows if k in r and isinstance(r[k], (int, float))]
-            if pts:
-                ax.plot(*zip(*pts), marker="o", markersize=3, label=f"{s}: {k[4:-5]}")
-                drew = True
-    if drew:
-        ax.set_xlabel("optimizer step")
-        ax.set_ylabel("validation loss")
-        ax.set_title("validation loss per held-out source")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        keys = sorted({k for r in rows for k in r if k.startswith("val/") and k.endswith("/loss") and k != "val/all/loss"})
+        if keys:
+            panels.append((s, rows, keys))
+    if panels:
+        cols = min(3, len(panels))
+        nrows = -(-len(panels) // cols)
+        fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.0 * nrows), dpi=110, squeeze=False)
+        for ax, (s, rows, keys) in zip(axes.flat, panels):
+            for k in keys:
+                pts = [(r["step"], r[k]) for r in rows if isinstance(r.get(k), (int, float))]
+                ax.plot(*zip(*pts), marker="o", markersize=3, label=k[4:-5])
+            ax.set_title(s, fontsize=10)
+            ax.set_xlabel("optimizer step", fontsize=8)
+            ax.set_ylabel("validation loss", fontsize=8)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+        for ax in list(axes.flat)[len(panels):]:
+            ax.set_visible(False)
         fig.tight_layout()
         fig.savefig(plot_dir / "val_loss.png")
-        plots.append(("Validation loss per held-out source", plot_dir / "val_loss.png"))
-    plt.close(fig)
+        plt.close(fig)
+        plots.append(("Validation loss per held-out source, per training stage", plot_dir / "val_loss.png"))
     return plots
 
 

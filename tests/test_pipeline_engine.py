@@ -80,3 +80,12 @@ def test_unmet_requirements_stop_before_any_work(tmp_path, monkeypatch):
 def test_duplicate_stage_names_are_rejected():
     with pytest.raises(Exception, match="unique"):
         from_dict(PipelineConfig, {"stages": [{"name": "a", "verb": "data"}, {"name": "a", "verb": "eval"}]})
+
+
+def test_stage_overrides_apply_by_verb_subcommand_and_name(tmp_path):
+    calls = []
+    cfg = _cfg(stage_overrides={"pretrain": {"train.max_steps": 3}, "eval ppl": {"batch_size": 2},
+                                "base": {"train.max_steps": 5}})
+    run_pipeline(cfg, tmp_path, _fake_invoke(calls), log=lambda m: None)
+    assert "--train.max_steps=5" in calls[1] and "--train.max_steps=3" not in calls[1]  # the name wins
+    assert "--batch_size=2" in calls[2]

@@ -1,9 +1,144 @@
-"""`biomamba eval`: not built yet (issue #5)."""
+"""`biomamba eval ppl|yesno|factoid|clinical`: evaluate a checkpoint; results in OUT/results.json.
+
+    biomamba eval ppl --model M --data DATA_DIR --out DIR        token shards (tokenizer-controlled)
+    biomamba eval ppl --config configs/eval/ppl.yaml --out DIR   raw text, any causal LMs (contextual)
+    biomamba eval yesno --config configs/eval/yesno.yaml --model M --out DIR
+    biomamba eval factoid --config configs/eval/factoid.yaml --model M --out DIR
+    biomamba eval clinical --config configs/eval/clinical.yaml --model M --out DIR
+
+Thresholds, checkpoints and prompts are chosen with ``--split=validation`` (carved from the
+training data); the test split is meant to be scored once.
+"""
 
 from __future__ import annotations
 
-from biomamba.cli import NotBuiltYet
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from biomamba.cli import CommandError
+from biomamba.commands import (load_model_and_tokenizer, parse_verb_args, prepare_run_dir, resolve_device,
+                               verb_parser)
+from biomamba.eval.run import SUBVERB_TASKS, PerplexityConfig, TaskEvalConfig
+from biomamba.utils.io import atomic_write_text, write_json
+
+
+@dataclass
+class TaskEvalVerbConfig(TaskEvalConfig):
+    label: str | None = None  # the model's name in tables (default: the --model value)
+    device: str = "auto"
+    dtype: str = "auto"
+    backend: str = "auto"
+
+
+@dataclass
+class PplVerbConfig(PerplexityConfig):
+    model: str | None = None  # one of ours (shorthand for models: [M])
+    data: str | None = None  # token shards from `biomamba data build`: scored per source
+    split: str = "val"
+    max_sequences: int | None = None  # per source, shards only
+    tokenizer: str | None = None
+    label: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    backend: str = "auto"
+
+
+def _load_lm(name: str, cfg: Any):
+    """Ours (any checkpoint layout) or, failing that, a transformers causal LM with its tokenizer."""
+    from biomamba.eval.lm import from_mamba, from_transformers
+    from biomamba.model.checkpoint import CheckpointError, read_checkpoint, resolve_checkpoint_dir
+
+    try:
+        read_checkpoint(resolve_checkpoint_dir(name))
+        ours = True
+    except CheckpointError:
+        ours = False
+    if ours:
+        model, tok = load_model_and_tokenizer(name, getattr(cfg, "tokenizer", None), cfg.device, cfg.dtype,
+                                              cfg.backend)
+        return from_mamba(model, tok, batch_size=cfg.batch_size)
+    try:
+        import torch
+        import transformers
+    except ImportError as exc:
+        raise CommandError(f"{name} is not a Mamba checkpoint and transformers is not installed") from exc
+    device = resolve_device(cfg.device)
+    try:
+        tok = transformers.AutoTokenizer.from_pretrained(name)
+        model = transformers.AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32).to(device).eval()
+    except Exception as exc:  # noqa: BLE001 - offline hub ids end here
+        raise CommandError(f"cannot load {name!r} as ours or as a transformers causal LM ({type(exc).__name__}: "
+                           f"{exc}); offline, pass a local directory") from exc
+    return from_transformers(model, tok, batch_size=cfg.batch_size)
+
+
+def _ppl(cfg: PplVerbConfig, out: Path) -> dict[str, Any]:
+    from biomamba.eval.perplexity import shard_nll
+    from biomamba.eval.run import perplexity_table, read_documents, run_perplexity
+
+    models = list(cfg.models) + ([cfg.model] if cfg.model else [])
+    if not models:
+        raise CommandError("eval ppl needs --model M (or models: [...] in the config)")
+    if cfg.data is None and not cfg.sources:
+        raise CommandError("eval ppl needs --data DATA_DIR (token shards) or sources: [...] (raw text)")
+    rows: dict[str, dict[str, Any]] = {}
+    if cfg.data is not None:
+        for name in models:
+            model, _ = load_model_and_tokenizer(name, cfg.tokenizer, cfg.device, cfg.dtype, cfg.backend)
+            rows[cfg.label or name if len(models) == 1 else name] = shard_nll(
+                model, cfg.data, cfg.split, cfg.batch_size, cfg.max_sequences)
+    else:
+        documents = {s.name: read_documents(s) for s in cfg.sources}
+        for name in models:
+            lm = _load_lm(name, cfg)
+            rows[cfg.label or name if len(models) == 1 else name] = run_perplexity(
+                name, lm, documents, cfg.window, cfg.stride, cfg.prefix_eos)
+    table = perplexity_table(rows)
+    print(table)
+    results = {"task": "ppl", "mode": "shards" if cfg.data else "raw_text",
+               "per_model": {m: {s: t.as_dict() for s, t in per.items()} for m, per in rows.items()}}
+    if len(rows) == 1:
+        label, per = next(iter(rows.items()))
+        results["label"] = label
+        results["per_source"] = results["per_model"][label]
+    write_json(out / "results.json", results)
+    atomic_write_text(out / "results.txt", table + "\n")
+    return results
 
 
 def main(argv: list[str]) -> int:
-    raise NotBuiltYet("this verb arrives with issue #5")
+    from biomamba.eval.run import run_task_eval
+
+    if not argv or argv[0] not in ("ppl", *SUBVERB_TASKS):
+        print(__doc__, file=sys.stderr)
+        raise CommandError(f"choose one of: ppl, {', '.join(SUBVERB_TASKS)}")
+    sub, rest = argv[0], argv[1:]
+    parser = verb_parser(f"eval {sub}", __doc__)
+    parser.add_argument("--model")
+    flags = {"model": "model"}
+    if sub == "ppl":
+        parser.add_argument("--data")
+        flags["data"] = "data"
+        v = parse_verb_args(parser, rest, PplVerbConfig, flag_fields=flags)
+        out = prepare_run_dir(v.out, v.config, f"eval {sub}")
+        _ppl(v.config, out)
+        return 0
+    v = parse_verb_args(parser, rest, TaskEvalVerbConfig, flag_fields=flags,
+                        base={"task": SUBVERB_TASKS[sub][0]})
+    cfg: TaskEvalVerbConfig = v.config
+    if cfg.task not in SUBVERB_TASKS[sub] and not cfg.task.endswith((".yaml", ".yml")):
+        raise CommandError(f"eval {sub} runs the tasks {', '.join(SUBVERB_TASKS[sub])} (or a task YAML), "
+                           f"not {cfg.task!r}")
+    if not cfg.model:
+        raise CommandError(f"eval {sub} needs --model (a checkpoint directory or hub id)")
+    out = prepare_run_dir(v.out, cfg, f"eval {sub}")
+    lm = _load_lm(cfg.model, cfg)
+    results = run_task_eval(cfg, lm, out_dir=None, print_table=True)
+    results["label"] = cfg.label or cfg.model
+    write_json(out / "results.json", results)
+    from biomamba.eval.evaluate import format_table
+
+    atomic_write_text(out / "results.txt", format_table(results) + "\n")
+    return 0

@@ -18,6 +18,7 @@ tokenizers fairly (lm-evaluation-harness's wikitext metrics).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from biomamba.eval.metrics import NLLTotals
@@ -82,3 +83,39 @@ def text_nll(texts: Iterable[str], tokenizer, nll_fn: NLLFn, window: int, stride
     if prefix_id is None:
         totals.extra["first_tokens_unscored"] = totals.extra.get("documents", 0)
     return totals
+
+
+def shard_nll(model, data_dir: str | Path, split: str = "val", batch_size: int = 8,
+              max_sequences: int | None = None) -> dict[str, NLLTotals]:
+    """Token-weighted NLL per source over packed token shards (the tokenizer-controlled comparison).
+
+    Targets follow the training objective: next tokens within a document (``seq_idx``), the
+    last position of each row unscored. A row whose loss is not finite is excluded (its tokens
+    counted as ``nonfinite``).
+    """
+    import torch
+
+    from biomamba.data.shards import PackedDataset
+    from biomamba.train.objective import CausalLMObjective
+    from biomamba.train.trainer import collate_rows
+
+    objective = CausalLMObjective()
+    device = next(model.parameters()).device
+    sources = PackedDataset(data_dir, split).sources
+    out: dict[str, NLLTotals] = {}
+    model.eval()
+    for source in sources:
+        ds = PackedDataset(data_dir, split, source=source)
+        n = len(ds) if max_sequences is None else min(len(ds), max_sequences)
+        totals = NLLTotals()
+        for start in range(0, n, batch_size):
+            batch = objective.prepare(collate_rows([ds[i] for i in range(start, min(n, start + batch_size))]))
+            ids, seq_idx, targets = (batch[k].to(device) for k in ("input_ids", "seq_idx", "targets"))
+            with torch.no_grad():
+                hidden = model.hidden(ids, seq_idx=seq_idx)
+                for row in range(ids.shape[0]):  # per row, so one bad row does not hide the others
+                    loss_sum, count = model.kernels.linear_cross_entropy(hidden[row], model.lm_head.weight,
+                                                                         targets[row])
+                    totals.add_sum(loss_sum.item(), int(count.item()))  # a non-finite row is excluded, counted
+        out[source] = totals
+    return out
