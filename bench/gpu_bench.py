@@ -186,6 +186,68 @@ def case_kernels_other() -> None:
         emit(f"kernel ssd_step b{bsz}", **row)
 
 
+def _profile_top(fn, steps: int = 3, top: int = 14) -> list:
+    """CUDA time per kernel name over ``steps`` calls of fn (after one warm-up), largest first."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            fn()
+        torch.cuda.synchronize()
+    rows = []
+    for ev in prof.key_averages():
+        t = getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0)
+        if t:
+            rows.append((ev.key[:60], round(t / steps, 1), ev.count // steps))
+    rows.sort(key=lambda r: -r[1])
+    return [{"kernel": k, "us_per_call": t, "launches": c} for k, t, c in rows[:top]]
+
+
+def case_profile_ssd(heads_per_program: str = "") -> None:
+    """Where the SSD fwd+bwd time goes, kernel by kernel (130M shape)."""
+    import torch
+
+    if heads_per_program:
+        os.environ["BIOMAMBA_SSD_HEADS_PER_PROGRAM"] = heads_per_program
+    import biomamba.kernels.triton as ours
+
+    b, l, h, p, n = 16, 1024, 24, 64, 128
+    dev = "cuda"
+    x = torch.randn(b, l, h, p, device=dev, dtype=torch.bfloat16, requires_grad=True)
+    dt = (torch.randn(b, l, h, device=dev) * 0.5 - 2).to(torch.bfloat16).requires_grad_()
+    A = (-torch.rand(h, device=dev) * 4 - 0.5).requires_grad_()
+    B = torch.randn(b, l, 1, n, device=dev, dtype=torch.bfloat16, requires_grad=True)
+    C = torch.randn(b, l, 1, n, device=dev, dtype=torch.bfloat16, requires_grad=True)
+    D, bias = torch.randn(h, device=dev, requires_grad=True), torch.randn(h, device=dev, requires_grad=True)
+    dy = torch.randn(b, l, h, p, device=dev, dtype=torch.bfloat16)
+
+    def f():
+        ours.ssd_scan(x, dt, A, B, C, chunk_size=256, D=D, dt_bias=bias)[0].backward(dy)
+    emit(f"profile ssd 130m heads_per_program={heads_per_program or 'auto'}",
+         fwdbwd_ms=round(_bench(f), 3), kernels=_profile_top(f))
+
+
+def case_profile_train(size: str = "130m", bsz: int = 16, seqlen: int = 1024) -> None:
+    """Top CUDA kernels of one training step of ours (Triton backend)."""
+    import torch
+    torch.manual_seed(0)
+    model = build("ours", size, "triton")
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    x = torch.randint(0, VOCAB - 16, (bsz, seqlen), device="cuda")
+    labels = torch.roll(x, -1, 1)
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss, count = model.loss(x, labels)
+        (loss / count).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    emit(f"profile train ours-triton {size} b{bsz}x{seqlen}", kernels=_profile_top(step, steps=2, top=20))
+
+
 # ---- models ---------------------------------------------------------------------------------------
 
 def build(kind: str, size: str, backend: str = "torch"):
@@ -326,6 +388,9 @@ def case_gen(kind: str, size: str, bsz: int, prompt: int, new: int, backend: str
 
 CASES = [
     # (label, function, args, kwargs)
+    ("profile ssd auto", "case_profile_ssd", [], {}),
+    ("profile ssd one-program-per-group", "case_profile_ssd", ["24"], {}),
+    ("profile train", "case_profile_train", [], {}),
     ("kernels ssd", "case_kernels_ssd", [], {}),
     ("kernels other", "case_kernels_other", [], {}),
     ("train ours-triton 130m b16x1024", "case_train", ["ours", "130m", 16, 1024], {"backend": "triton"}),
