@@ -10,7 +10,8 @@ their latest checkpoint (``resume: auto``). Before any work, every external requ
 at once with the full list of what to provide.
 
 Placeholders in stage arguments: ``{run}`` (the run directory), ``{corpus}`` (the demo
-corpus, written into the run directory), ``{configs}`` (the recipes folder).
+corpus, written into the run directory), ``{configs}`` (the recipes folder), and the
+recipe's own ``vars`` (e.g. ``{data_root}``, set with ``--vars.data_root=/data``).
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ class PipelineConfig:
     name: str = "demo"
     description: str = ""
     demo_corpus: bool = False  # write the embedded demo corpus (and train its tokenizer) into RUN/corpus first
+    # user placeholders for stage arguments, e.g. {data_root: /data}: "{data_root}/bioasq" in a stage
+    vars: dict[str, str] = field(default_factory=dict)
     requires: list[Requirement] = field(default_factory=list)
     stages: list[StageSpec] = field(default_factory=list)
     # extra overrides applied on top of the stages', keyed by stage name, verb ("pretrain") or
@@ -155,12 +158,16 @@ def _yaml_scalar(value: Any) -> str:
 def run_pipeline(cfg: PipelineConfig, run_dir: Path, invoke: Callable[[list[str]], int],
                  log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run each unfinished stage through ``invoke(argv) -> exit code``; returns the pipeline record."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    mapping = {"run": str(run_dir), "corpus": str(run_dir / "corpus"), "configs": str(CONFIGS_DIR)}
+    mapping = {"run": str(run_dir), "corpus": str(run_dir / "corpus"), "configs": str(CONFIGS_DIR),
+               **{k: str(Path(v).expanduser()) for k, v in cfg.vars.items()}}
     problems = unmet_requirements(cfg.requires, mapping)
     if problems:
         raise PipelineError("this recipe needs things this machine cannot reach; provide them and re-run "
                             "(nothing was done):\n" + "\n".join(problems))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    from biomamba.config import save_config
+
+    save_config(cfg, run_dir / "pipeline_config.yaml")
     record_path = run_dir / "pipeline.json"
     record = read_json(record_path) if record_path.is_file() else {"name": cfg.name, "stages": {}}
     record["name"] = cfg.name

@@ -13,7 +13,6 @@ from biomamba.commands import parse_verb_args, verb_parser
 
 def main(argv: list[str]) -> int:
     from biomamba.cli import main as cli
-    from biomamba.config import save_config
     from biomamba.pipeline import CONFIGS_DIR, PipelineConfig, run_pipeline
     from biomamba.report import write_report
 
@@ -24,8 +23,6 @@ def main(argv: list[str]) -> int:
     v = parse_verb_args(parser, argv, PipelineConfig)
     cfg: PipelineConfig = v.config
     run_dir = v.out or Path("runs") / cfg.name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "pipeline_config.yaml")
     run_pipeline(cfg, run_dir, invoke=cli)
     if cfg.report:
         md, page = write_report(run_dir)
