@@ -51,9 +51,10 @@ class CausalLM:
 
     # ---- the core: per-token log-probabilities of right-padded rows ---------------------------
     @torch.no_grad()
-    def _target_logprobs(self, rows: Sequence[Sequence[int]]) -> list[Tensor]:
-        """For each row, log p(row[t] | row[:t]) for t = 1 … len-1 (float64 on CPU)."""
-        out: list[Tensor] = []
+    def _score_rows(self, rows: Sequence[Sequence[int]]) -> list[tuple[Tensor, Tensor]]:
+        """For each row, log p(row[t] | row[:t]) for t = 1 … len-1 (float64 on CPU), and whether
+        row[t] is the argmax there (for "is greedy" answers)."""
+        out: list[tuple[Tensor, Tensor]] = []
         for b in range(0, len(rows), self.batch_size):
             chunk = rows[b:b + self.batch_size]
             width = max(len(r) for r in chunk)
@@ -65,15 +66,24 @@ class CausalLM:
             logits = self.logits_fn(ids.to(self.device), mask.to(self.device))[:, :-1].float()
             target = ids[:, 1:].to(self.device).unsqueeze(-1)
             picked = logits.gather(-1, target).squeeze(-1) - torch.logsumexp(logits, dim=-1)  # log-softmax at the target
+            greedy = (logits.argmax(-1) == target.squeeze(-1)).cpu()
             for i, r in enumerate(chunk):
-                out.append(picked[i, :len(r) - 1].double().cpu())  # padded positions dropped
+                n = len(r) - 1  # padded positions dropped
+                out.append((picked[i, :n].double().cpu(), greedy[i, :n]))
         return out
+
+    def _target_logprobs(self, rows: Sequence[Sequence[int]]) -> list[Tensor]:
+        return [lp for lp, _ in self._score_rows(rows)]
 
     # ---- Scorer --------------------------------------------------------------------------------
     def loglikelihood(self, requests: Sequence[tuple[str, str]]) -> list[float]:
         """Σ log p(continuation tokens | context). The continuation's tokens are those of
         ``context + continuation`` after the context's (its own encoding where the context's
         tokens are not a prefix); an empty context is conditioned on EOS."""
+        return [ll for ll, _ in self.loglikelihood_greedy(requests)]
+
+    def loglikelihood_greedy(self, requests: Sequence[tuple[str, str]]) -> list[tuple[float, bool]]:
+        """``loglikelihood`` and whether greedy decoding would produce the continuation."""
         rows, n_cont = [], []
         for context, continuation in requests:
             ctx = self.tokenizer.encode(context) if context else [self.tokenizer.eos_id]
@@ -84,7 +94,8 @@ class CausalLM:
                 row = row[-self.max_length:]  # keep the continuation, drop the oldest context
             rows.append(row)
             n_cont.append(len(cont))
-        return [float(lp[-n:].sum()) if n else 0.0 for lp, n in zip(self._target_logprobs(rows), n_cont)]
+        return [(float(lp[-n:].sum()), bool(g[-n:].all())) if n else (0.0, True)
+                for (lp, g), n in zip(self._score_rows(rows), n_cont)]
 
     # ---- perplexity callable ---------------------------------------------------------------------
     def nll_windows(self, windows: Sequence[Sequence[int]]) -> list[list[float]]:
