@@ -303,6 +303,26 @@ def test_ssd_scan(dtype, ngroups, with_seq, li):
     check_grads(got, ref, 2 * tol, ["x", "dt", "B", "C", "A", "D", "dt_bias", "initial_state"], wider)
 
 
+def test_model_compiles_in_one_graph():
+    """torch.compile(fullgraph=True) over the LM's loss on the Triton backend: no graph breaks, same value."""
+    from biomamba.model import MambaLM, model_preset
+
+    torch.manual_seed(0)
+    model = MambaLM(model_preset("tiny", vocab_size=128, d_model=32, n_layer=2)).to(DEV).set_backend("triton")
+    ids = torch.randint(0, 128, (2, 24), device=DEV)
+    labels = torch.roll(ids, -1, 1)
+    seq = torch.zeros(2, 24, dtype=torch.int32, device=DEV)
+    seq[:, 10:] = 1
+
+    def mean_loss(ids, labels, seq):
+        loss, count = model.loss(ids, labels, seq_idx=seq)
+        return loss / count
+
+    compiled = torch.compile(mean_loss, backend="aot_eager", fullgraph=True)(ids, labels, seq)
+    compiled.backward()
+    assert rel(compiled, mean_loss(ids, labels, seq)) < 1e-6
+
+
 def test_fsdp2_over_the_custom_ops():
     """FSDP2 (fully_shard, one process) over the model on the Triton backend: same loss and gradients
     as the unsharded reference. FSDP2 hooks run on forward(), so the loss is called through one."""
