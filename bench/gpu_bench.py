@@ -34,6 +34,17 @@ def _bench(fn, warmup=10, rep=50) -> float:
     return triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median")
 
 
+def _time_fwd_fwdbwd(row: dict, fns: dict, dy) -> dict:
+    """Median ms of each fn's forward (no grad) and forward + backward(dy), into row."""
+    import torch
+
+    for name, f in fns.items():
+        with torch.no_grad():
+            row[f"{name}_fwd_ms"] = round(_bench(f), 3)
+        row[f"{name}_fwdbwd_ms"] = round(_bench(lambda: f().backward(dy)), 3)
+    return row
+
+
 def _rel(a, b) -> float:
     a, b = a.float(), b.float()
     return round(((a - b).norm() / b.norm()).item(), 5)
@@ -80,12 +91,7 @@ def case_kernels_ssd() -> None:
         err = {"y": _rel(outs["ours"], outs["mamba_ssm"])}
         for i, nm in enumerate(("dx", "ddt", "dA", "dB", "dC", "dD", "ddt_bias")):
             err[nm] = _rel(grads["ours"][i], grads["mamba_ssm"][i])
-        row = {"rel_err_vs_mamba_ssm": err}
-        for name, f in fns.items():
-            with torch.no_grad():
-                row[f"{name}_fwd_ms"] = round(_bench(f), 3)
-            row[f"{name}_fwdbwd_ms"] = round(_bench(lambda: f().backward(dy)), 3)
-        emit(f"kernel ssd {label}", **row)
+        emit(f"kernel ssd {label}", **_time_fwd_fwdbwd({"rel_err_vs_mamba_ssm": err}, fns, dy))
 
 
 def case_kernels_other() -> None:
@@ -112,11 +118,7 @@ def case_kernels_other() -> None:
            "causal_conv1d": lambda: causal_conv1d_fn(xc.transpose(1, 2), w, bias, seq_idx=seq,
                                                      activation="silu").transpose(1, 2)}
     row = {"rel_err_y": _rel(fns["ours"](), fns["causal_conv1d"]())}
-    for name, f in fns.items():
-        with torch.no_grad():
-            row[f"{name}_fwd_ms"] = round(_bench(f), 3)
-        row[f"{name}_fwdbwd_ms"] = round(_bench(lambda: f().backward(dy)), 3)
-    emit("kernel conv1d b16x1024x1792 seq_idx", **row)
+    emit("kernel conv1d b16x1024x1792 seq_idx", **_time_fwd_fwdbwd(row, fns, dy))
 
     # gated RMSNorm (norm after gate), 130M mixer width
     rows, d = 16 * 1024, 1536
@@ -128,11 +130,7 @@ def case_kernels_other() -> None:
            "mamba_ssm": lambda: rmsnorm_fn(x, wn, None, z=z, eps=1e-5, group_size=d, norm_before_gate=False).float(),
            "torch_ref": lambda: ref.gated_rmsnorm(x, z, wn, 1e-5, d)}
     row = {"rel_err_y": _rel(fns["ours"](), fns["mamba_ssm"]())}
-    for name, f in fns.items():
-        with torch.no_grad():
-            row[f"{name}_fwd_ms"] = round(_bench(f), 3)
-        row[f"{name}_fwdbwd_ms"] = round(_bench(lambda: f().backward(dy)), 3)
-    emit("kernel gated_rmsnorm 16384x1536", **row)
+    emit("kernel gated_rmsnorm 16384x1536", **_time_fwd_fwdbwd(row, fns, dy))
 
     # fused linear + cross-entropy, 130M head, 16×1024 rows
     rows, d, V = 16 * 1024, 768, VOCAB

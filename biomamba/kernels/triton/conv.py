@@ -15,24 +15,31 @@ from torch import Tensor
 
 
 @triton.jit
+def _tap(x_ptr, seq_ptr, pb, u, sq, s: tl.constexpr, c, cm, L, sxb, sxl, ssb, ssl, HAS_SEQ: tl.constexpr,
+         BL: tl.constexpr, BD: tl.constexpr):
+    """x[u − s] as fp32 (BL, BD), zero before the start, past the end, or in another document than sq."""
+    us = u - s
+    m = (us >= 0) & (u < L)
+    if HAS_SEQ:
+        if s > 0:
+            sqs = tl.load(seq_ptr + pb * ssb + us * ssl, mask=m, other=-1)
+            m = m & (sqs == sq)
+    return tl.load(x_ptr + pb * sxb + us[:, None] * sxl + c[None, :], mask=m[:, None] & cm[None, :],
+                   other=0.0).to(tl.float32)
+
+
+@triton.jit
 def _preact(x_ptr, w_ptr, bias_ptr, seq_ptr, pb, u, c, cm, L, sxb, sxl, swd, swk, ssb, ssl,
             K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr, BL: tl.constexpr, BD: tl.constexpr):
     """Pre-activation at positions u (BL,) and channels c (BD,): bias + Σ_s w[k-1-s] x[u-s]."""
-    um = (u >= 0) & (u < L)
     acc = tl.zeros((BL, BD), dtype=tl.float32)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + c, mask=cm, other=0.0).to(tl.float32)[None, :]
+    sq = u  # unused unless HAS_SEQ
     if HAS_SEQ:
-        sq = tl.load(seq_ptr + pb * ssb + u * ssl, mask=um, other=0)
+        sq = tl.load(seq_ptr + pb * ssb + u * ssl, mask=(u >= 0) & (u < L), other=0)
     for s in tl.static_range(K):
-        us = u - s
-        m = (us >= 0) & um
-        if HAS_SEQ:
-            if s > 0:
-                sqs = tl.load(seq_ptr + pb * ssb + us * ssl, mask=m, other=-1)
-                m = m & (sqs == sq)
-        xv = tl.load(x_ptr + pb * sxb + us[:, None] * sxl + c[None, :], mask=m[:, None] & cm[None, :],
-                     other=0.0).to(tl.float32)
+        xv = _tap(x_ptr, seq_ptr, pb, u, sq, s, c, cm, L, sxb, sxl, ssb, ssl, HAS_SEQ, BL, BD)
         wv = tl.load(w_ptr + c * swd + (K - 1 - s) * swk, mask=cm, other=0.0).to(tl.float32)
         acc += xv * wv[None, :]
     return acc
@@ -65,6 +72,7 @@ def _conv_bwd_kernel(x_ptr, w_ptr, bias_ptr, seq_ptr, dy_ptr, dx_ptr, dw_ptr, db
     c = tl.program_id(2) * BD + tl.arange(0, BD)
     cm = c < D
     tm = t < L
+    sq = t  # unused unless HAS_SEQ
     if HAS_SEQ:
         sq = tl.load(seq_ptr + pb * ssb + t * ssl, mask=tm, other=0)
     dx = tl.zeros((BL, BD), dtype=tl.float32)
@@ -82,18 +90,10 @@ def _conv_bwd_kernel(x_ptr, w_ptr, bias_ptr, seq_ptr, dy_ptr, dx_ptr, dw_ptr, db
             da = dyu
         if j == 0:
             # weight / bias gradients from the outputs this program owns
-            tmask = tm
             if HAS_BIAS:
                 tl.store(db_ptr + (pb * tl.num_programs(1) + pl) * D + c, tl.sum(da, 0), mask=cm)
             for s in tl.static_range(K):
-                ts = t - s
-                m = (ts >= 0) & tmask
-                if HAS_SEQ:
-                    if s > 0:
-                        sqs = tl.load(seq_ptr + pb * ssb + ts * ssl, mask=m, other=-1)
-                        m = m & (sqs == sq)
-                xv = tl.load(x_ptr + pb * sxb + ts[:, None] * sxl + c[None, :], mask=m[:, None] & cm[None, :],
-                             other=0.0).to(tl.float32)
+                xv = _tap(x_ptr, seq_ptr, pb, t, sq, s, c, cm, L, sxb, sxl, ssb, ssl, HAS_SEQ, BL, BD)
                 tl.store(dw_ptr + ((pb * tl.num_programs(1) + pl) * K + (K - 1 - s)) * D + c,
                          tl.sum(da * xv, 0), mask=cm)
         m = um & tm
