@@ -38,6 +38,34 @@ def verb_parser(verb: str, description: str) -> argparse.ArgumentParser:
     return parser
 
 
+def split_overrides(parser: argparse.ArgumentParser, rest: list[str]) -> list[str]:
+    """Leftover arguments → ``--key=value`` overrides (``--key value`` allowed too)."""
+    out, i = [], 0
+    while i < len(rest):
+        item = rest[i]
+        if not item.startswith("--"):
+            parser.error(f"unexpected argument {item!r}")
+        if "=" not in item:
+            if i + 1 >= len(rest) or rest[i + 1].startswith("--"):
+                parser.error(f"override {item} needs a value: use {item}=VALUE")
+            item = f"{item}={rest[i + 1]}"
+            i += 1
+        out.append(item)
+        i += 1
+    return out
+
+
+@dataclass
+class ModelArgs:
+    """How a verb loads a checkpoint: shared by generate, serve and eval."""
+
+    model: str = ""  # checkpoint directory (any layout) or hub id
+    tokenizer: str | None = None  # default: the checkpoint's own tokenizer.json, else GPT-NeoX
+    device: str = "auto"  # auto: cuda when available
+    dtype: str = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    backend: str = "auto"  # kernel backend: auto | torch | triton | mamba_ssm
+
+
 def parse_verb_args(parser: argparse.ArgumentParser, argv: list[str], cfg_cls: type[T],
                     base: dict[str, Any] | None = None,
                     flag_fields: dict[str, str] | None = None) -> VerbArgs:
@@ -47,19 +75,7 @@ def parse_verb_args(parser: argparse.ArgumentParser, argv: list[str], cfg_cls: t
     ``--model`` land in the validated config like any override.
     """
     args, rest = parser.parse_known_args(argv)
-    overrides: list[str] = []
-    i = 0
-    while i < len(rest):
-        item = rest[i]
-        if not item.startswith("--"):
-            parser.error(f"unexpected argument {item!r}")
-        if "=" not in item:  # allow "--key value"
-            if i + 1 >= len(rest) or rest[i + 1].startswith("--"):
-                parser.error(f"override {item} needs a value: use {item}=VALUE")
-            item = f"{item}={rest[i + 1]}"
-            i += 1
-        overrides.append(item)
-        i += 1
+    overrides = split_overrides(parser, rest)
     for dest, key in (flag_fields or {}).items():
         value = getattr(args, dest, None)
         if value is not None:

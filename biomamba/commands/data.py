@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from biomamba.commands import split_overrides
 from biomamba.config import ConfigError, _merge, load_config, parse_overrides, read_yaml
 
 SUBVERBS = {
@@ -24,23 +25,6 @@ SUBVERBS = {
     "inspect": "counts, ratios, checks and a few decoded samples of a data directory",
     "download": "fetch the raw files of sources that have a download spec (NLM baseline, Hugging Face)",
 }
-
-
-def _split_overrides(parser: argparse.ArgumentParser, rest: list[str]) -> list[str]:
-    """``--key=value`` and ``--key value`` → ``key=value`` strings."""
-    out, i = [], 0
-    while i < len(rest):
-        item = rest[i]
-        if not item.startswith("--"):
-            parser.error(f"unexpected argument {item!r}")
-        if "=" not in item:
-            if i + 1 >= len(rest) or rest[i + 1].startswith("--"):
-                parser.error(f"override {item} needs a value: use {item}=VALUE")
-            item = f"{item}={rest[i + 1]}"
-            i += 1
-        out.append(item)
-        i += 1
-    return out
 
 
 def _apply_source_overrides(data: dict[str, Any], nested: dict[str, Any]) -> None:
@@ -100,7 +84,7 @@ def _build(argv: list[str]) -> int:
                              "and list them in the manifest (skip)")
     parser.add_argument("--quiet", action="store_true", help="only warnings and errors on stderr")
     args, rest = parser.parse_known_args(argv)
-    overrides = _split_overrides(parser, rest)
+    overrides = split_overrides(parser, rest)
     if args.on_error:
         overrides.insert(0, f"on_error={args.on_error}")
     cfg = load_data_config(args.config, overrides)
@@ -147,7 +131,7 @@ def _download(argv: list[str]) -> int:
     parser.add_argument("--config", type=Path, help="YAML data config")
     parser.add_argument("--quiet", action="store_true")
     args, rest = parser.parse_known_args(argv)
-    cfg = load_data_config(args.config, _split_overrides(parser, rest))
+    cfg = load_data_config(args.config, split_overrides(parser, rest))
     _logging(args.quiet)
     from biomamba.data.download import download_source
 

@@ -7,14 +7,12 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from biomamba.commands import load_model_and_tokenizer, parse_verb_args, verb_parser
+from biomamba.commands import ModelArgs, load_model_and_tokenizer, parse_verb_args, verb_parser
 from biomamba.utils.io import atomic_path
 
 
 @dataclass
-class GenerateConfig:
-    model: str = ""
-    tokenizer: str | None = None
+class GenerateConfig(ModelArgs):
     prompt: str | None = None
     file: str | None = None  # JSONL with a "prompt" field per line
     max_new_tokens: int = 128
@@ -24,9 +22,6 @@ class GenerateConfig:
     seed: int = 42
     stop: list[str] = field(default_factory=list)
     batch_size: int = 16
-    device: str = "auto"
-    dtype: str = "auto"
-    backend: str = "auto"
 
     def __post_init__(self) -> None:
         if not self.model:

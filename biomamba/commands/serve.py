@@ -4,22 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from biomamba.commands import load_model_and_tokenizer, parse_verb_args, verb_parser
+from biomamba.commands import ModelArgs, load_model_and_tokenizer, parse_verb_args, verb_parser
 
 
 @dataclass
-class ServeConfig:
-    model: str = ""
-    tokenizer: str | None = None
+class ServeConfig(ModelArgs):
     host: str = "127.0.0.1"
     port: int = 8000
     model_name: str | None = None  # the id reported by /v1/models; default: the --model value
     max_batch: int = 16
     max_prompt_tokens: int = 4096
     max_new_tokens: int = 2048  # upper limit a request may ask for
-    device: str = "auto"
-    dtype: str = "auto"
-    backend: str = "auto"
 
     def __post_init__(self) -> None:
         if not self.model:

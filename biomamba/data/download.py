@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from biomamba.data.config import DownloadConfig, SourceConfig
+from biomamba.utils.net import HF_ENDPOINT, unreachable_reason
 
 log = logging.getLogger("biomamba.data")
 _NLM_FILE = re.compile(r'href="(pubmed\d+n\d+\.xml\.gz)"')
@@ -165,20 +166,6 @@ def download_nlm(spec: DownloadConfig, dest: Path, source: str = "pubmed") -> li
     return results
 
 
-def _probe(url: str, timeout_s: float) -> None:
-    """Raise at once when ``url``'s host cannot be reached (any HTTP answer counts as reachable)."""
-    import os
-    import urllib.error
-    import urllib.request
-
-    if os.environ.get("HF_HUB_OFFLINE") == "1":
-        raise ConnectionError("HF_HUB_OFFLINE=1")
-    try:
-        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=min(timeout_s, 10.0)).close()
-    except urllib.error.HTTPError:
-        pass
-
-
 def download_hf(spec: DownloadConfig, dest: Path, source: str = "corpus") -> list[Path]:
     """Files of a Hugging Face dataset repository matching ``spec.pattern`` into ``dest``."""
     try:
@@ -187,7 +174,9 @@ def download_hf(spec: DownloadConfig, dest: Path, source: str = "corpus") -> lis
         raise DownloadError("downloading Hugging Face datasets needs huggingface_hub: "
                             "pip install 'biomamba[hf]'") from None
     try:
-        _probe(spec.endpoint or "https://huggingface.co", spec.timeout_s)  # fail fast: the hub client retries ~20 s
+        why = unreachable_reason(spec.endpoint or HF_ENDPOINT, min(spec.timeout_s, 10.0))
+        if why is not None:  # fail fast: the hub client itself retries for ~20 s
+            raise ConnectionError(why)
         names = HfApi(endpoint=spec.endpoint).list_repo_files(spec.dataset, repo_type="dataset",
                                                                revision=spec.revision)
     except Exception as exc:  # noqa: BLE001 - offline, unknown repo, gated: all end here

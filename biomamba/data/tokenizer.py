@@ -71,6 +71,15 @@ def _looks_like_hub_id(name: str) -> bool:
     return name.count("/") == 1 and not name.startswith((".", "/", "~")) and not Path(name).exists()
 
 
+def _cached(name: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(name, "tokenizer.json"), str)
+    except Exception:  # noqa: BLE001
+        return False
+
+
 def load_tokenizer(name_or_path: str | Path = DEFAULT_TOKENIZER) -> Tokenizer:
     """Load from a ``tokenizer.json`` file, a directory holding one, or a hub id (downloaded)."""
     path = Path(os.path.expanduser(str(name_or_path)))
@@ -87,6 +96,11 @@ def load_tokenizer(name_or_path: str | Path = DEFAULT_TOKENIZER) -> Tokenizer:
     try:
         from huggingface_hub import hf_hub_download
 
+        from biomamba.utils.net import unreachable_reason
+
+        why = unreachable_reason()
+        if why is not None and not _cached(name):
+            raise ConnectionError(why)
         local = hf_hub_download(name, "tokenizer.json")
     except Exception as exc:  # offline, unknown repo, no huggingface_hub
         raise TokenizerNotFound(

@@ -177,6 +177,16 @@ def resolve_checkpoint_dir(name_or_path: str | Path) -> Path:
     try:
         from huggingface_hub import snapshot_download
 
+        from biomamba.utils.net import unreachable_reason
+
+        try:  # a complete cached copy needs no network
+            return Path(snapshot_download(name, allow_patterns=["*.json", "*.safetensors", "*.bin"],
+                                          local_files_only=True))
+        except Exception:  # noqa: BLE001 - not cached: download below
+            pass
+        why = unreachable_reason()
+        if why is not None:
+            raise ConnectionError(why)
         local = snapshot_download(name, allow_patterns=["*.json", "*.safetensors", "*.bin"])
     except Exception as exc:  # offline, gated, missing package: all end the same way for the user
         raise CheckpointError(
