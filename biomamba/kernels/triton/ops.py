@@ -5,7 +5,6 @@ code sees ordinary ops. Forward and backward are separate ops; autograd connects
 No ``from __future__ import annotations`` here: ``torch.library`` reads the annotations.
 """
 
-import math
 from typing import Optional
 
 import torch
@@ -206,5 +205,3 @@ def _lce_backward(ctx, dloss, _dcount, _ddh, _ddw):
 
 lce_fwd.register_autograd(_lce_backward, setup_context=_lce_setup)
 
-
-INF = math.inf
