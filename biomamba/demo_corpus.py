@@ -8,7 +8,7 @@ fixed seed, so the demo runs offline on a laptop and every format reader is exer
 * ``c4/c4-demo.jsonl``            C4-style web text (``{"text", "timestamp", "url"}``)
 * ``wikitext/wiki-demo.raw``      WikiText raw format (`` = Title = `` headings)
 * ``bioasq/demo-training.json`` + ``demo-golden.json``  BioASQ raw JSON, yes/no questions with snippets
-* ``pubmedqa/ori_pqal.json`` + ``test_ground_truth.json``  PubMedQA PQA-L format
+* ``pubmedqa/demo-pqal.json`` + ``demo-test-ids.json``  PubMedQA PQA-L format (``ori_pqal.json`` shape)
 * ``mimic/discharge.csv.gz``      MIMIC-IV-Note ``discharge.csv`` format, synthetic notes only
 
 The biomedical "facts" are invented and consistent within the corpus (each drug has a fixed
@@ -236,8 +236,8 @@ def write_demo_corpus(out: str | Path, n_abstracts: int = 1200, n_web: int = 700
                            "final_decision": label, "LONG_ANSWER": f"{drug.split('|')[0].capitalize()} {effect} {outcome}."}
         if k % 3 == 0:
             truth[str(pmid)] = label
-    (out / "pubmedqa" / "ori_pqal.json").write_text(json.dumps(pqal))
-    (out / "pubmedqa" / "test_ground_truth.json").write_text(json.dumps(truth))
+    (out / "pubmedqa" / "demo-pqal.json").write_text(json.dumps(pqal))
+    (out / "pubmedqa" / "demo-test-ids.json").write_text(json.dumps(truth))
 
     # synthetic MIMIC-IV discharge notes (never real ones)
     buf = io.StringIO()

@@ -20,7 +20,7 @@ def test_local_yesno_task_through_lm_eval_matches_our_scoring(tmp_path, monkeypa
     from biomamba.eval.harness import BiomambaLM
     from biomamba.eval.lm import from_mamba
 
-    pqal = json.loads((DEMO_DATA / "pubmedqa" / "ori_pqal.json").read_text())
+    pqal = json.loads((DEMO_DATA / "pubmedqa" / "demo-pqal.json").read_text())
     rows = [{"context": v["CONTEXTS"][0], "question": v["QUESTION"], "answer": v["final_decision"]}
             for v in pqal.values() if v["final_decision"] in ("yes", "no")][:16]
     data = tmp_path / "yesno.jsonl"

@@ -125,6 +125,14 @@ class Trainer:
         self.model = model.to(info.device)
         if hasattr(self.model, "set_backend"):
             self.model.set_backend(backend)
+            if info.device.type == "cuda" and info.is_main:
+                arch = getattr(self.model.config, "arch", "mamba2")
+                used = (("ssd_scan", "gated_rmsnorm") if arch == "mamba2" else ("selective_scan",)) + (
+                    "causal_conv1d", "rmsnorm", "linear_cross_entropy")  # the ops a training step calls
+                slow = [op for op, src in self.model.kernels.describe().items() if src == "torch" and op in used]
+                if slow:
+                    log(f"WARNING: training on a GPU with the torch reference for {', '.join(slow)} "
+                        f"(backend {self.model.backend_name!r}): this is the slow path; `biomamba env` shows why")
         self.n_params = sum(p.numel() for p in {id(p): p for p in self.model.parameters()}.values())
         if loop.activation_checkpointing:
             apply_activation_checkpointing(self.model.backbone.layers)
