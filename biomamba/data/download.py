@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from biomamba.data.config import DownloadConfig, SourceConfig
-from biomamba.utils.net import HF_ENDPOINT, unreachable_reason
+from biomamba.utils.net import hub_endpoint, unreachable_reason
 
 log = logging.getLogger("biomamba.data")
 _NLM_FILE = re.compile(r'href="(pubmed\d+n\d+\.xml\.gz)"')
@@ -174,7 +174,7 @@ def download_hf(spec: DownloadConfig, dest: Path, source: str = "corpus") -> lis
         raise DownloadError("downloading Hugging Face datasets needs huggingface_hub: "
                             "pip install 'biomamba[hf]'") from None
     try:
-        why = unreachable_reason(spec.endpoint or HF_ENDPOINT, min(spec.timeout_s, 10.0))
+        why = unreachable_reason(spec.endpoint or hub_endpoint(), min(spec.timeout_s, 10.0))
         if why is not None:  # fail fast: the hub client itself retries for ~20 s
             raise ConnectionError(why)
         names = HfApi(endpoint=spec.endpoint).list_repo_files(spec.dataset, repo_type="dataset",

@@ -96,12 +96,12 @@ def load_tokenizer(name_or_path: str | Path = DEFAULT_TOKENIZER) -> Tokenizer:
     try:
         from huggingface_hub import hf_hub_download
 
-        from biomamba.utils.net import unreachable_reason
+        from biomamba.utils.net import hub_endpoint, unreachable_reason
 
         why = unreachable_reason()
         if why is not None and not _cached(name):
             raise ConnectionError(why)
-        local = hf_hub_download(name, "tokenizer.json")
+        local = hf_hub_download(name, "tokenizer.json", endpoint=hub_endpoint())
     except Exception as exc:  # offline, unknown repo, no huggingface_hub
         raise TokenizerNotFound(
             f"could not download tokenizer {name!r} from the Hugging Face hub ({type(exc).__name__}). "

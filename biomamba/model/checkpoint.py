@@ -177,17 +177,17 @@ def resolve_checkpoint_dir(name_or_path: str | Path) -> Path:
     try:
         from huggingface_hub import snapshot_download
 
-        from biomamba.utils.net import unreachable_reason
+        from biomamba.utils.net import hub_endpoint, unreachable_reason
 
+        patterns = ["*.json", "*.safetensors", "*.bin"]
         try:  # a complete cached copy needs no network
-            return Path(snapshot_download(name, allow_patterns=["*.json", "*.safetensors", "*.bin"],
-                                          local_files_only=True))
+            return Path(snapshot_download(name, allow_patterns=patterns, local_files_only=True))
         except Exception:  # noqa: BLE001 - not cached: download below
             pass
         why = unreachable_reason()
         if why is not None:
             raise ConnectionError(why)
-        local = snapshot_download(name, allow_patterns=["*.json", "*.safetensors", "*.bin"])
+        local = snapshot_download(name, allow_patterns=patterns, endpoint=hub_endpoint())
     except Exception as exc:  # offline, gated, missing package: all end the same way for the user
         raise CheckpointError(
             f"could not download {name!r} from the Hugging Face hub ({type(exc).__name__}: {exc}). "

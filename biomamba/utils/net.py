@@ -9,10 +9,16 @@ import urllib.request
 HF_ENDPOINT = "https://huggingface.co"
 
 
-def unreachable_reason(url: str = HF_ENDPOINT, timeout_s: float = 5.0) -> str | None:
-    """None when ``url``'s server answers (any HTTP status counts), else why not. Honours
-    ``HF_HUB_OFFLINE=1`` for hub URLs, read at call time."""
-    if os.environ.get("HF_HUB_OFFLINE") == "1" and url.startswith(os.environ.get("HF_ENDPOINT", HF_ENDPOINT)):
+def hub_endpoint() -> str:
+    """The Hugging Face endpoint in use (``HF_ENDPOINT``, read at call time: a mirror or a test server)."""
+    return os.environ.get("HF_ENDPOINT", HF_ENDPOINT).rstrip("/")
+
+
+def unreachable_reason(url: str | None = None, timeout_s: float = 5.0) -> str | None:
+    """None when ``url``'s server (default: the hub) answers (any HTTP status counts), else why
+    not. Honours ``HF_HUB_OFFLINE=1`` for hub URLs, read at call time."""
+    url = url or hub_endpoint()
+    if os.environ.get("HF_HUB_OFFLINE") == "1" and url.startswith(hub_endpoint()):
         return "HF_HUB_OFFLINE=1"
     try:
         urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout_s).close()
