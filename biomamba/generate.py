@@ -131,3 +131,74 @@ def generate_text(model: MambaLM, tokenizer, prompts: list[str], cfg: SamplingCo
         cuts = [text.index(s) for s in cfg.stop if s in text]
         results.append(text[:min(cuts)] if cuts else text)
     return results
+
+
+@torch.no_grad()
+def beam_search(model: MambaLM, prompt: list[int], num_beams: int, max_new_tokens: int, eos_id: int | None,
+                length_penalty: float = 1.0,
+                should_stop: Callable[[list[int]], bool] | None = None) -> list[tuple[list[int], float]]:
+    """The ``num_beams`` best continuations of one prompt, best first, as (token ids, score).
+
+    score = Σ log p(token) / len^length_penalty (the Hugging Face convention; 0 = plain sum).
+    A beam ends at EOS (not included) or when ``should_stop(ids)`` says so. The prompt is
+    prefilled once; the recurrent states are copied per beam and reordered at every step, so
+    memory stays constant in the length, as in greedy decoding.
+    """
+    if num_beams < 1:
+        raise ValueError("num_beams must be ≥ 1")
+    device = model.backbone.embedding.weight.device
+    vocab = model.config.vocab_size
+    cache = model.allocate_cache(1)
+    logits = model(torch.tensor([prompt or [eos_id if eos_id is not None else 0]], device=device), cache=cache)[:, -1]
+    cache = _stack_caches([cache] * num_beams)
+    logits = logits.expand(num_beams, -1)
+    beams: list[list[int]] = [[] for _ in range(num_beams)]
+    sums = torch.full((num_beams,), float("-inf"), device=device)
+    sums[0] = 0.0  # all beams start identical: keep one, or the top-k would be k copies of it
+    finished: list[tuple[list[int], float]] = []
+
+    def normalised(ids: list[int], total: float) -> float:
+        return total / (max(len(ids), 1) ** length_penalty)
+
+    for _ in range(max_new_tokens):
+        logprobs = torch.log_softmax(logits[:, :vocab].float(), dim=-1)
+        scores = (sums[:, None] + logprobs).flatten()
+        top = torch.topk(scores, min(2 * num_beams, scores.numel()))
+        keep_from, keep_tok, keep_sum = [], [], []
+        for score, flat in zip(top.values.tolist(), top.indices.tolist()):
+            if score == float("-inf"):
+                break
+            origin, token = divmod(flat, vocab)
+            ids = beams[origin] + [token]
+            if eos_id is not None and token == eos_id:
+                finished.append((beams[origin], normalised(beams[origin], score)))
+            elif should_stop is not None and should_stop(ids):
+                finished.append((ids, normalised(ids, score)))
+            else:
+                keep_from.append(origin)
+                keep_tok.append(token)
+                keep_sum.append(score)
+            if len(keep_from) == num_beams:
+                break
+        best_alive = max((normalised(beams[o] + [t], s) for o, t, s in zip(keep_from, keep_tok, keep_sum)),
+                         default=float("-inf"))
+        if not keep_from or (len(finished) >= num_beams and
+                             sorted(f[1] for f in finished)[-num_beams] >= best_alive and length_penalty <= 0):
+            break
+        while len(keep_from) < num_beams:  # fewer live candidates than beams: pad with dead ones
+            keep_from.append(keep_from[0])
+            keep_tok.append(keep_tok[0])
+            keep_sum.append(float("-inf"))
+        index = torch.tensor(keep_from, device=device)
+        for state in cache.layers:
+            state.conv.copy_(state.conv.index_select(0, index))
+            state.ssm.copy_(state.ssm.index_select(0, index))
+        beams = [beams[o] + [t] for o, t in zip(keep_from, keep_tok)]
+        sums = torch.tensor(keep_sum, device=device)
+        logits = model.step(torch.tensor(keep_tok, device=device), cache)
+    finished += [(ids, normalised(ids, s)) for ids, s in zip(beams, sums.tolist()) if s != float("-inf")]
+    unique: dict[tuple[int, ...], float] = {}
+    for ids, score in finished:
+        unique[tuple(ids)] = max(score, unique.get(tuple(ids), float("-inf")))
+    ranked = sorted(unique.items(), key=lambda kv: kv[1], reverse=True)[:num_beams]
+    return [(list(ids), score) for ids, score in ranked]

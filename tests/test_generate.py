@@ -87,3 +87,38 @@ def test_cli_file_mode_and_bad_file(exported, tmp_path, capsys):
     prompts.write_text('{"prompt": "ok"}\n{"prompt": 3}\n')
     assert cli(["generate", "--model", str(path), "--file", str(prompts)]) == 1
     assert "p.jsonl:2" in capsys.readouterr().err
+
+
+def _sequence_logprob(model, prompt: list[int], ids: list[int]) -> float:
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt + ids]))[0, :, :model.config.vocab_size].float()
+    logprobs = torch.log_softmax(logits, -1)
+    return float(sum(logprobs[len(prompt) - 1 + i, t] for i, t in enumerate(ids)))
+
+
+def test_beam_search_scores_are_sequence_logprobs_and_one_beam_is_greedy(exported):
+    from biomamba.generate import beam_search
+
+    model, _ = exported
+    prompt = [510, 1234, 77, 9]
+    greedy = generate_ids(model, [prompt], SamplingConfig(max_new_tokens=6), eos_id=None)[0]
+    assert beam_search(model, prompt, 1, 6, eos_id=None)[0][0] == greedy
+    beams = beam_search(model, prompt, 4, 6, eos_id=None, length_penalty=0.0)
+    assert len(beams) == 4 and len({tuple(ids) for ids, _ in beams}) == 4
+    scores = [score for _, score in beams]
+    assert scores == sorted(scores, reverse=True)
+    for ids, score in beams:
+        assert len(ids) == 6 and score == pytest.approx(_sequence_logprob(model, prompt, ids), abs=1e-4)
+    assert scores[0] >= _sequence_logprob(model, prompt, greedy) - 1e-4  # here the best beam is at least greedy
+    normalised = beam_search(model, prompt, 4, 6, eos_id=None)  # length_penalty 1: Σ log p / length
+    assert normalised[0][1] == pytest.approx(_sequence_logprob(model, prompt, normalised[0][0]) / 6, abs=1e-4)
+
+
+def test_ranked_candidates_for_factoid_qa(exported, neox_tokenizer_path):
+    from biomamba.eval.lm import from_mamba
+
+    model, _ = exported
+    lm = from_mamba(model, load_tokenizer(neox_tokenizer_path))
+    ranked = lm.generate_ranked(["Question: which gene?\nAnswer:"], 3, 5, stop=["\n"])[0]
+    assert 1 <= len(ranked) <= 3 and all("\n" not in text for text, _ in ranked)
+    assert [s for _, s in ranked] == sorted((s for _, s in ranked), reverse=True)

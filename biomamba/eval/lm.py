@@ -129,7 +129,26 @@ def from_mamba(model, tokenizer, batch_size: int = 8) -> CausalLM:
             out.extend(generate_text(model, tokenizer, prompts[b:b + batch_size], cfg))
         return out
 
-    return CausalLM(logits_fn, tokenizer, _device_of(model), batch_size, generate_fn=generate_fn)
+    def generate_ranked(prompts: Sequence[str], num_candidates: int, max_new_tokens: int,
+                        stop: Sequence[str] = ()) -> list[list[tuple[str, float]]]:
+        """Beam search: up to ``num_candidates`` answers per prompt, best first, with their
+        length-normalised log-probabilities (factoid QA ranks these)."""
+        from biomamba.generate import beam_search
+
+        def cut(text: str) -> str:
+            cuts = [text.index(s) for s in stop if s in text]
+            return text[:min(cuts)] if cuts else text
+
+        out = []
+        for prompt in prompts:
+            beams = beam_search(model, tokenizer.encode(prompt), num_candidates, max_new_tokens, tokenizer.eos_id,
+                                should_stop=(lambda ids: any(s in tokenizer.decode(ids) for s in stop)) if stop else None)
+            out.append([(cut(tokenizer.decode(ids)), score) for ids, score in beams])
+        return out
+
+    lm = CausalLM(logits_fn, tokenizer, _device_of(model), batch_size, generate_fn=generate_fn)
+    lm.generate_ranked = generate_ranked  # factoid evaluation uses it when present
+    return lm
 
 
 def from_transformers(model, tokenizer, batch_size: int = 8, max_length: int | None = None) -> CausalLM:
