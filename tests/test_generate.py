@@ -122,3 +122,18 @@ def test_ranked_candidates_for_factoid_qa(exported, neox_tokenizer_path):
     ranked = lm.generate_ranked(["Question: which gene?\nAnswer:"], 3, 5, stop=["\n"])[0]
     assert 1 <= len(ranked) <= 3 and all("\n" not in text for text, _ in ranked)
     assert [s for _, s in ranked] == sorted((s for _, s in ranked), reverse=True)
+
+
+def test_shared_context_scoring_equals_the_padded_batch_path(exported, neox_tokenizer_path):
+    from biomamba.eval.lm import CausalLM, from_mamba
+
+    model, _ = exported
+    tok = load_tokenizer(neox_tokenizer_path)
+    requests = [("Context: aspirin lowers risk.\nAnswer:", " yes"), ("Context: aspirin lowers risk.\nAnswer:", " no"),
+                ("Is warfarin an anticoagulant?", " yes, it is an anticoagulant"), ("", "Metformin"),
+                ("Heparin", "")]
+    shared = from_mamba(model, tok).loglikelihood_greedy(requests)
+    plain = CausalLM.loglikelihood_greedy(from_mamba(model, tok), requests)  # the generic right-padded path
+    for (a, ga), (b, gb) in zip(shared, plain):
+        assert a == pytest.approx(b, abs=1e-4) and ga == gb
+    assert shared[-1] == (0.0, True)

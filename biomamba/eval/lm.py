@@ -82,13 +82,20 @@ class CausalLM:
         tokens are not a prefix); an empty context is conditioned on EOS."""
         return [ll for ll, _ in self.loglikelihood_greedy(requests)]
 
+    def _request_tokens(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        """(context ids, continuation ids): the continuation's tokens are those of ``context +
+        continuation`` after the context's (its own encoding where the context's tokens are not
+        a prefix); an empty context is EOS."""
+        ctx = self.tokenizer.encode(context) if context else [self.tokenizer.eos_id]
+        whole = self.tokenizer.encode(context + continuation) if context else ctx + self.tokenizer.encode(continuation)
+        cont = whole[len(ctx):] if whole[:len(ctx)] == ctx else self.tokenizer.encode(continuation)
+        return ctx, cont
+
     def loglikelihood_greedy(self, requests: Sequence[tuple[str, str]]) -> list[tuple[float, bool]]:
         """``loglikelihood`` and whether greedy decoding would produce the continuation."""
         rows, n_cont = [], []
         for context, continuation in requests:
-            ctx = self.tokenizer.encode(context) if context else [self.tokenizer.eos_id]
-            whole = self.tokenizer.encode(context + continuation) if context else ctx + self.tokenizer.encode(continuation)
-            cont = whole[len(ctx):] if whole[:len(ctx)] == ctx else self.tokenizer.encode(continuation)
+            ctx, cont = self._request_tokens(context, continuation)
             row = ctx + cont
             if self.max_length is not None and len(row) > self.max_length:
                 row = row[-self.max_length:]  # keep the continuation, drop the oldest context
@@ -112,43 +119,82 @@ def _device_of(model) -> torch.device:
     return next(model.parameters()).device
 
 
-def from_mamba(model, tokenizer, batch_size: int = 8) -> CausalLM:
-    """Our ``MambaLM``: logits over the padded vocabulary are cut to the tokenizer's; greedy
-    generation through ``biomamba.generate`` (recurrent state, stop strings)."""
-    from biomamba.generate import SamplingConfig, generate_text
+class MambaCausalLM(CausalLM):
+    """Our ``MambaLM``. Requests sharing a context are scored from one prefill of it: the
+    recurrent state after the context is copied for each continuation (yes/no choices cost
+    one forward pass, not one per choice). Beam search gives ranked candidates."""
 
-    vocab = model.config.vocab_size
+    def __init__(self, model, tokenizer, batch_size: int = 8):
+        from biomamba.generate import SamplingConfig, generate_text
 
-    def logits_fn(ids: Tensor, mask: Tensor) -> Tensor:
-        return model(ids)[..., :vocab]
+        self.model = model
+        vocab = model.config.vocab_size
 
-    def generate_fn(prompts: list[str], max_new_tokens: int, stop: list[str]) -> list[str]:
-        cfg = SamplingConfig(max_new_tokens=max_new_tokens, temperature=0.0, stop=list(stop))
-        out: list[str] = []
-        for b in range(0, len(prompts), batch_size):
-            out.extend(generate_text(model, tokenizer, prompts[b:b + batch_size], cfg))
+        def logits_fn(ids: Tensor, mask: Tensor) -> Tensor:
+            return model(ids)[..., :vocab]
+
+        def generate_fn(prompts: list[str], max_new_tokens: int, stop: list[str]) -> list[str]:
+            cfg = SamplingConfig(max_new_tokens=max_new_tokens, temperature=0.0, stop=list(stop))
+            out: list[str] = []
+            for b in range(0, len(prompts), batch_size):
+                out.extend(generate_text(model, tokenizer, prompts[b:b + batch_size], cfg))
+            return out
+
+        super().__init__(logits_fn, tokenizer, _device_of(model), batch_size, generate_fn=generate_fn)
+
+    @torch.no_grad()
+    def loglikelihood_greedy(self, requests: Sequence[tuple[str, str]]) -> list[tuple[float, bool]]:
+        from biomamba.generate import _stack_caches
+
+        model, vocab = self.model, self.model.config.vocab_size
+        by_context: dict[tuple[int, ...], list[tuple[int, list[int]]]] = {}
+        for i, (context, continuation) in enumerate(requests):
+            ctx, cont = self._request_tokens(context, continuation)
+            by_context.setdefault(tuple(ctx), []).append((i, cont))
+        out: list[tuple[float, bool]] = [(0.0, True)] * len(requests)
+        for ctx, items in by_context.items():
+            cache = model.allocate_cache(1)
+            first = model(torch.tensor([list(ctx)], device=self.device), cache=cache)[0, -1, :vocab].float()
+            for i, cont in items:
+                if not cont:
+                    continue
+                state = _stack_caches([cache])  # a copy: each continuation starts from the context's state
+                logits, total, greedy = first, 0.0, True
+                for t, token in enumerate(cont):
+                    if t:
+                        logits = model.step(torch.tensor([cont[t - 1]], device=self.device), state)[0, :vocab].float()
+                    total += float(torch.log_softmax(logits, -1)[token])
+                    greedy = greedy and int(logits.argmax()) == token
+                out[i] = (total, greedy)
         return out
 
-    def generate_ranked(prompts: Sequence[str], num_candidates: int, max_new_tokens: int,
+    def generate_ranked(self, prompts: Sequence[str], num_candidates: int, max_new_tokens: int,
                         stop: Sequence[str] = ()) -> list[list[tuple[str, float]]]:
         """Beam search: up to ``num_candidates`` answers per prompt, best first, with their
         length-normalised log-probabilities (factoid QA ranks these)."""
         from biomamba.generate import beam_search
 
+        tok = self.tokenizer
+
         def cut(text: str) -> str:
             cuts = [text.index(s) for s in stop if s in text]
             return text[:min(cuts)] if cuts else text
 
+        def stopped(ids: list[int]) -> bool:
+            return any(s in tok.decode(ids) for s in stop)
+
         out = []
         for prompt in prompts:
-            beams = beam_search(model, tokenizer.encode(prompt), num_candidates, max_new_tokens, tokenizer.eos_id,
-                                should_stop=(lambda ids: any(s in tokenizer.decode(ids) for s in stop)) if stop else None)
-            out.append([(cut(tokenizer.decode(ids)), score) for ids, score in beams])
+            beams = beam_search(self.model, tok.encode(prompt), num_candidates, max_new_tokens, tok.eos_id,
+                                should_stop=stopped if stop else None)
+            out.append([(cut(tok.decode(ids)), score) for ids, score in beams])
         return out
 
-    lm = CausalLM(logits_fn, tokenizer, _device_of(model), batch_size, generate_fn=generate_fn)
-    lm.generate_ranked = generate_ranked  # factoid evaluation uses it when present
-    return lm
+
+def from_mamba(model, tokenizer, batch_size: int = 8) -> CausalLM:
+    """Our ``MambaLM``: logits over the padded vocabulary are cut to the tokenizer's; greedy
+    generation through ``biomamba.generate`` (recurrent state, stop strings)."""
+    return MambaCausalLM(model, tokenizer, batch_size)
 
 
 def from_transformers(model, tokenizer, batch_size: int = 8, max_length: int | None = None) -> CausalLM:
