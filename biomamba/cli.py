@@ -35,10 +35,6 @@ class CommandError(RuntimeError):
     """A user-facing failure: printed as one line, exit code 1."""
 
 
-class NotBuiltYet(CommandError):
-    pass
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(
@@ -58,9 +54,6 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(f"biomamba.commands.{verb}")
     try:
         return int(module.main(rest) or 0)
-    except NotBuiltYet as exc:
-        print(f"biomamba {verb}: not built yet: {exc}", file=sys.stderr)
-        return 3
     except KeyboardInterrupt:
         print(f"biomamba {verb}: interrupted", file=sys.stderr)
         return 130

@@ -73,7 +73,7 @@ def summary(root: str | Path, samples: int = 3, chars: int = 400) -> dict[str, A
 
 def print_summary(info: dict[str, Any]) -> None:
     """Human-readable summary on stdout: header, one table row per source, warnings, samples."""
-    from biomamba.commands import print_table
+    from biomamba.utils.table import print_table
 
     m = info["manifest"]
     train, val = m["splits"]["train"], m["splits"]["val"]
