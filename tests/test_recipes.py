@@ -9,7 +9,7 @@ from biomamba.config import load_config
 from biomamba.data.config import DataConfig
 from biomamba.pipeline import CONFIGS_DIR, PipelineConfig, stage_argv
 from biomamba.train.config import PretrainConfig
-from biomamba.train.sft import SFTConfig
+from biomamba.sft import SFTConfig
 
 PIPELINES = sorted([*CONFIGS_DIR.glob("paper/*.yaml"), CONFIGS_DIR / "pipeline" / "demo.yaml"])
 VERB_CONFIGS = {"pretrain": PretrainConfig, "sft": SFTConfig}

@@ -89,7 +89,7 @@ def _build(argv: list[str]) -> int:
         overrides.insert(0, f"on_error={args.on_error}")
     cfg = load_data_config(args.config, overrides)
     _logging(args.quiet)
-    from biomamba.commands import environment_info
+    from biomamba.utils.rundir import environment_info
     from biomamba.data.build import build
 
     manifest = build(cfg, args.out, environment=environment_info)

@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from biomamba.cli import CommandError
-from biomamba.commands import (load_model_and_tokenizer, parse_verb_args, prepare_run_dir, resolve_device,
-                               verb_parser)
+from biomamba.commands import parse_verb_args, verb_parser
+from biomamba.model.checkpoint import load_model_and_tokenizer
+from biomamba.utils.device import resolve_device
+from biomamba.utils.rundir import prepare_run_dir
 from biomamba.eval.run import SUBVERB_TASKS, PerplexityConfig, TaskEvalConfig
 from biomamba.utils.io import atomic_write_text, write_json
 

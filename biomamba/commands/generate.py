@@ -7,7 +7,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from biomamba.commands import ModelArgs, load_model_and_tokenizer, parse_verb_args, verb_parser
+from biomamba.commands import ModelArgs, parse_verb_args, verb_parser
+from biomamba.model.checkpoint import load_model_and_tokenizer
 from biomamba.utils.io import atomic_path
 
 

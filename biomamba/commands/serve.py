@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from biomamba.commands import ModelArgs, load_model_and_tokenizer, parse_verb_args, verb_parser
+from biomamba.commands import ModelArgs, parse_verb_args, verb_parser
+from biomamba.model.checkpoint import load_model_and_tokenizer
 
 
 @dataclass

@@ -13,7 +13,7 @@ from biomamba.commands import parse_verb_args, verb_parser
 
 
 def main(argv: list[str]) -> int:
-    from biomamba.train.sft import SFTConfig, run_sft
+    from biomamba.sft import SFTConfig, run_sft
 
     parser = verb_parser("sft", __doc__)
     parser.add_argument("--model", help="starting checkpoint (directory or hub id)")

@@ -21,7 +21,7 @@ class BiomambaLM(LM):
     def __init__(self, pretrained: str, batch_size: int | str = 8, device: str = "auto", dtype: str = "auto",
                  backend: str = "auto", tokenizer: str | None = None, max_length: int = 4096, **_: Any):
         super().__init__()
-        from biomamba.commands import load_model_and_tokenizer
+        from biomamba.model.checkpoint import load_model_and_tokenizer
         from biomamba.eval.lm import from_mamba
 
         model, tok = load_model_and_tokenizer(pretrained, tokenizer, device, dtype, backend)

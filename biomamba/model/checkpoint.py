@@ -307,3 +307,17 @@ def export_state_spaces(model: MambaLM, directory: str | Path) -> Path:
         (tmp / "config.json").write_text(json.dumps(config_to_state_spaces(model.config), indent=2))
     return directory
 
+
+def load_model_and_tokenizer(model: str, tokenizer: str | None = None, device: str = "auto", dtype: str = "auto",
+                             backend: str = "auto"):
+    """The model of a checkpoint (any layout or hub id) and its tokenizer: the one named, else the
+    ``tokenizer.json`` stored beside the weights, else the GPT-NeoX default."""
+    from biomamba.data.tokenizer import DEFAULT_TOKENIZER, load_tokenizer
+    from biomamba.utils.device import resolve_device, resolve_dtype
+
+    dev = resolve_device(device)
+    directory = resolve_checkpoint_dir(model)
+    lm = load_model(directory, device=dev, dtype=resolve_dtype(dtype, dev), backend=backend).eval()
+    if tokenizer is None:
+        tokenizer = str(directory) if (directory / "tokenizer.json").is_file() else DEFAULT_TOKENIZER
+    return lm, load_tokenizer(tokenizer)

@@ -49,7 +49,7 @@ def _fingerprint(manifest: dict[str, Any]) -> str:
 
 
 def run_pretrain(cfg: PretrainConfig, out: str | Path, log: Callable[[str], None] = print) -> dict[str, Any]:
-    from biomamba.commands import prepare_run_dir
+    from biomamba.utils.rundir import prepare_run_dir
     from biomamba.data.shards import PackedDataset, read_manifest
     from biomamba.train.distributed import setup_distributed
     from biomamba.train.objective import CausalLMObjective

@@ -59,7 +59,7 @@ class SFTConfig(TrainRecipe):
 def run_sft(cfg: SFTConfig, out: str | Path, log: Callable[[str], None] = print) -> dict[str, Any]:
     import torch
 
-    from biomamba.commands import prepare_run_dir
+    from biomamba.utils.rundir import prepare_run_dir
     from biomamba.data.tokenizer import load_tokenizer
     from biomamba.model.checkpoint import load_model, resolve_checkpoint_dir
     from biomamba.tasks import get_task
