@@ -137,3 +137,18 @@ def test_shared_context_scoring_equals_the_padded_batch_path(exported, neox_toke
     for (a, ga), (b, gb) in zip(shared, plain):
         assert a == pytest.approx(b, abs=1e-4) and ga == gb
     assert shared[-1] == (0.0, True)
+
+
+def test_mamba1_greedy_equals_transformers_generate(tmp_path, neox_tokenizer_path):
+    transformers = pytest.importorskip("transformers")
+    tok = load_tokenizer(neox_tokenizer_path)
+    model = randomize_weights(MambaLM(model_preset("tiny-mamba1")), seed=8).eval()
+    export_hf(model, tmp_path / "hf", tokenizer=tok)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
+    ids = tok.encode(PROMPT)
+    theirs = hf.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False, eos_token_id=tok.eos_id,
+                         pad_token_id=tok.pad_id)[0, len(ids):].tolist()
+    ours = generate_ids(model, [ids], SamplingConfig(max_new_tokens=12), eos_id=tok.eos_id)[0]
+    if tok.eos_id in theirs:  # transformers keeps the EOS (and pads after it); ours stops before it
+        theirs = theirs[:theirs.index(tok.eos_id)]
+    assert type(hf).__name__ == "MambaForCausalLM" and ours == theirs and ours
