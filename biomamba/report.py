@@ -57,11 +57,6 @@ def _read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
-def _results(run: Path, stage: str) -> dict | None:
-    path = run / stage / "results.json"
-    return read_json(path) if path.is_file() else None
-
-
 def _stages_of(record: dict, verb: str, *args: str) -> list[str]:
     """Stage names of one verb (and sub-command) in pipeline order."""
     out = []
@@ -72,46 +67,47 @@ def _stages_of(record: dict, verb: str, *args: str) -> list[str]:
     return out
 
 
-def _label(run: Path, stage: str) -> str:
-    res = _results(run, stage) or {}
-    return res.get("label") or stage
+def _eval_results(run: Path, record: dict, sub: str) -> list[tuple[str, dict]]:
+    """(model label, results.json) of each finished ``eval <sub>`` stage, each file read once."""
+    out = []
+    for stage in _stages_of(record, "eval", sub):
+        path = run / stage / "results.json"
+        if path.is_file():
+            res = read_json(path)
+            out.append((res.get("label") or stage, res))
+    return out
 
 
 def perplexity_table(run: Path, record: dict) -> Table | None:
-    stages = [s for s in _stages_of(record, "eval", "ppl") if _results(run, s)]
-    if not stages:
+    evals = _eval_results(run, record, "ppl")
+    if not evals:
         return None
     sources: list[str] = []
-    for s in stages:
-        for src in _results(run, s).get("per_source", {}):
-            if src not in sources:
-                sources.append(src)
+    for _, res in evals:
+        sources += [src for src in res.get("per_source", {}) if src not in sources]
     rows = []
     for src in sources:
         row = [src]
-        for s in stages:
-            entry = _results(run, s).get("per_source", {}).get(src, {})
+        for _, res in evals:
+            entry = res.get("per_source", {}).get(src, {})
             row += [entry.get("perplexity"), entry.get("tokens")]
         rows.append(row)
-    columns = ["source"] + [c for s in stages for c in (f"{_label(run, s)} ppl", "tokens")]
+    columns = ["source"] + [c for label, _ in evals for c in (f"{label} ppl", "tokens")]
     return Table("Perplexity per held-out source (lower is better)", columns, rows,
                  "exp(token-weighted mean next-token cross-entropy); padding ignored, non-finite losses excluded and counted.")
 
 
 def yesno_table(run: Path, record: dict) -> Table | None:
-    stages = [s for s in _stages_of(record, "eval", "yesno") if _results(run, s)]
-    if not stages:
-        return None
     rows = []
-    for s in stages:
-        res = _results(run, s)
+    for label, res in _eval_results(run, record, "yesno"):
         for mode, m in res.get("metrics", {}).items():
             groups = [("all", m)] + [(g, sub) for g, sub in (m.get("by_source") or {}).items()]
             for group, g in groups:
                 ci = g.get("accuracy_ci95") or [None, None]
-                rows.append([_label(run, s), mode, group, g.get("n"), g.get("accuracy"),
-                             f"[{_fmt(ci[0])}, {_fmt(ci[1])}]", g.get("macro_f1"), g.get("f1_yes"), g.get("f1_no"),
-                             g.get("unparsed", 0)])
+                rows.append([label, mode, group, g.get("n"), g.get("accuracy"), f"[{_fmt(ci[0])}, {_fmt(ci[1])}]",
+                             g.get("macro_f1"), g.get("f1_yes"), g.get("f1_no"), g.get("unparsed", 0)])
+    if not rows:
+        return None
     return Table("Yes/no QA (test split, scored once)",
                  ["model", "prediction", "source", "n", "accuracy", "95 % Wilson CI", "macro-F1", "yes-F1", "no-F1",
                   "unparsed"], rows,
@@ -120,28 +116,25 @@ def yesno_table(run: Path, record: dict) -> Table | None:
 
 
 def rouge_table(run: Path, record: dict) -> Table | None:
-    stages = [s for s in _stages_of(record, "eval", "clinical") if _results(run, s)]
-    if not stages:
-        return None
     rows = []
-    for s in stages:
-        res = _results(run, s)
+    for label, res in _eval_results(run, record, "clinical"):
         r = res.get("metrics", {}).get("rouge", {})
-        rows.append([_label(run, s), res.get("task"), r.get("n"), r.get("rouge1"), r.get("rouge2"), r.get("rougeL"),
+        rows.append([label, res.get("task"), r.get("n"), r.get("rouge1"), r.get("rouge2"), r.get("rougeL"),
                      r.get("empty_predictions", 0)])
+    if not rows:
+        return None
     return Table("Clinical generation (ROUGE F-measure, stemming, averaged)",
                  ["model", "task", "n", "ROUGE-1", "ROUGE-2", "ROUGE-L", "empty generations"], rows,
                  "Greedy decoding; empty generations score 0 and stay in the average.")
 
 
 def factoid_table(run: Path, record: dict) -> Table | None:
-    stages = [s for s in _stages_of(record, "eval", "factoid") if _results(run, s)]
-    if not stages:
-        return None
     rows = []
-    for s in stages:
-        f = _results(run, s).get("metrics", {}).get("factoid", {})
-        rows.append([_label(run, s), f.get("n"), f.get("strict_accuracy"), f.get("lenient_accuracy"), f.get("mrr")])
+    for label, res in _eval_results(run, record, "factoid"):
+        f = res.get("metrics", {}).get("factoid", {})
+        rows.append([label, f.get("n"), f.get("strict_accuracy"), f.get("lenient_accuracy"), f.get("mrr")])
+    if not rows:
+        return None
     return Table("Factoid QA", ["model", "n", "strict accuracy", "lenient accuracy", "MRR"], rows)
 
 

@@ -14,8 +14,8 @@ from biomamba.config import ConfigError
 
 def main(argv: list[str]) -> int:
     from biomamba.data.tokenizer import load_tokenizer
-    from biomamba.model.checkpoint import (export_hf, export_state_spaces, load_model, read_checkpoint,
-                                           resolve_checkpoint_dir, save_model)
+    from biomamba.model.checkpoint import (export_hf, export_state_spaces, load_model,
+                                           read_checkpoint_config, save_model)
 
     parser = argparse.ArgumentParser(prog="biomamba convert", description=__doc__)
     parser.add_argument("src", help="checkpoint directory (state-spaces, Hugging Face or native) or hub id")
@@ -26,8 +26,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     import torch
 
-    src_dir = resolve_checkpoint_dir(args.src)
-    _, _, layout = read_checkpoint(src_dir)
+    _, layout, src_dir = read_checkpoint_config(args.src)
     dtype = None if args.dtype == "keep" else getattr(torch, args.dtype)
     model = load_model(src_dir, dtype=dtype, backend="torch")
     tok_path = args.tokenizer or (src_dir if (src_dir / "tokenizer.json").is_file() else None)

@@ -50,10 +50,10 @@ class PplVerbConfig(PerplexityConfig):
 def _load_lm(name: str, cfg: Any):
     """Ours (any checkpoint layout) or, failing that, a transformers causal LM with its tokenizer."""
     from biomamba.eval.lm import from_mamba, from_transformers
-    from biomamba.model.checkpoint import CheckpointError, read_checkpoint, resolve_checkpoint_dir
+    from biomamba.model.checkpoint import CheckpointError, read_checkpoint_config
 
     try:
-        read_checkpoint(resolve_checkpoint_dir(name))
+        read_checkpoint_config(name)  # config files only: is it a Mamba checkpoint?
         ours = True
     except CheckpointError:
         ours = False

@@ -253,6 +253,15 @@ def is_wikitext_title(line: str) -> bool:
     return bool(_WIKI_TITLE.match(line.rstrip("\r\n")))
 
 
+def _utf8_lines(path: Path) -> Iterator[tuple[int, "str | Skip"]]:
+    """(line number, decoded line), or a Skip in place of a line that is not valid UTF-8."""
+    for number, raw in _lines(path):
+        try:
+            yield number, raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            yield number, Skip(number, "invalid_utf8", f"line {number}", f"not valid UTF-8 ({exc.reason})", True)
+
+
 def read_wikitext(path: str | Path) -> Iterator[Event]:
     """WikiText raw (``wiki.*.raw``): one document per article, split at `` = Title = `` lines.
 
@@ -263,12 +272,10 @@ def read_wikitext(path: str | Path) -> Iterator[Event]:
     buf: list[str] = []
     start = 1
     any_line = False
-    for number, raw in _lines(path):
+    for number, line in _utf8_lines(path):
         any_line = True
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            yield Skip(number, "invalid_utf8", f"line {number}", f"not valid UTF-8 ({exc.reason})", True)
+        if isinstance(line, Skip):
+            yield line
             continue
         if is_wikitext_title(line) and buf:
             yield Doc(start, normalize_text("\n".join(buf)))
@@ -291,12 +298,10 @@ def read_text(path: str | Path, unit: str = "file") -> Iterator[Event]:
     buf: list[str] = []
     start = 1
     any_line = False
-    for number, raw in _lines(path):
+    for number, line in _utf8_lines(path):
         any_line = True
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            yield Skip(number, "invalid_utf8", f"line {number}", f"not valid UTF-8 ({exc.reason})", True)
+        if isinstance(line, Skip):
+            yield line
             continue
         if unit == "line":
             if line.strip():

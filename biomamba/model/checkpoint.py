@@ -197,25 +197,31 @@ def resolve_checkpoint_dir(name_or_path: str | Path) -> Path:
     return Path(local)
 
 
-def read_checkpoint(name_or_path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], str]:
-    """(config, native-named tensors, layout) of any supported checkpoint."""
+def read_checkpoint_config(name_or_path: str | Path) -> tuple[ModelConfig, str, Path]:
+    """(config, layout, directory) of any supported checkpoint: config files only, no weights."""
     directory = resolve_checkpoint_dir(name_or_path)
     if (directory / NATIVE_CONFIG).is_file():
         raw = _read_json(directory / NATIVE_CONFIG)
         if raw.get("format_version", 0) > FORMAT_VERSION:
             raise CheckpointError(f"{directory}: written by a newer biomamba (format {raw['format_version']})")
-        cfg = from_dict(ModelConfig, raw["model"])
-        return cfg, _read_weights(directory), "native"
+        return from_dict(ModelConfig, raw["model"]), "native", directory
     if not (directory / "config.json").is_file():
         raise CheckpointError(f"{directory}: no {NATIVE_CONFIG} or config.json: not a model checkpoint")
     raw = _read_json(directory / "config.json")
     if "model_type" in raw:
-        cfg = config_from_hf(raw, str(directory))
-        tensors = {_hf_to_native(k): v for k, v in _read_weights(directory).items()}
-        return cfg, tensors, "hf"
+        return config_from_hf(raw, str(directory)), "hf", directory
     if "d_model" in raw:
-        return config_from_state_spaces(raw, str(directory)), _read_weights(directory), "state-spaces"
+        return config_from_state_spaces(raw, str(directory)), "state-spaces", directory
     raise CheckpointError(f"{directory}/config.json: neither a Hugging Face nor a state-spaces config")
+
+
+def read_checkpoint(name_or_path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], str]:
+    """(config, native-named tensors, layout) of any supported checkpoint."""
+    cfg, layout, directory = read_checkpoint_config(name_or_path)
+    tensors = _read_weights(directory)
+    if layout == "hf":
+        tensors = {_hf_to_native(k): v for k, v in tensors.items()}
+    return cfg, tensors, layout
 
 
 def load_model(name_or_path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
