@@ -341,7 +341,9 @@ def case_fwd(kind: str, size: str, bsz: int, seqlen: int, backend: str = "torch"
 
 def case_gen(kind: str, size: str, bsz: int, prompt: int, new: int, backend: str = "torch",
              cuda_graph: bool = True) -> dict:
-    """Greedy decoding ms/token. Ours: prefill, then `step` per token (CUDA graph of one step)."""
+    """Greedy decoding, end to end as a user calls it (prefill + ``new`` tokens), ms per new token.
+    Ours: ``biomamba.generate.generate_ids`` (CUDA-graph step unless ``cuda_graph`` is off);
+    the peer: mamba_ssm's ``generate(cg=True)``, timed the same way (as peer_bench.py does)."""
     import torch
     torch.manual_seed(0)
     model = build(kind, size, backend).to(torch.bfloat16).eval()
@@ -350,38 +352,116 @@ def case_gen(kind: str, size: str, bsz: int, prompt: int, new: int, backend: str
         def run():
             return model.generate(x, max_length=prompt + new, cg=True, top_k=1)
     else:
+        from biomamba.generate import SamplingConfig, generate_ids
+        prompts, cfg = x.tolist(), SamplingConfig(max_new_tokens=new)
+
         def run():
-            cache = model.allocate_cache(bsz)
-            logits = model(x, cache=cache)[:, -1]
-            tok = torch.empty(bsz, dtype=torch.long, device="cuda")
-            tok.copy_(logits.argmax(-1))
-            if cuda_graph:
-                static_logits = model.step(tok, cache)  # warm up outside the graph
-                s = torch.cuda.Stream()
-                s.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(s):
-                    model.step(tok, cache)
-                torch.cuda.current_stream().wait_stream(s)
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph):
-                    static_logits = model.step(tok, cache)
-                for _ in range(new):
-                    graph.replay()
-                    tok.copy_(static_logits.argmax(-1))
-            else:
-                for _ in range(new):
-                    tok = model.step(tok, cache).argmax(-1)
-            return tok
+            return generate_ids(model, prompts, cfg, eos_id=None, cuda_graph=cuda_graph)
+    times = []
     with torch.no_grad():
         run()
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-        t = time.perf_counter()
-        run()
-        torch.cuda.synchronize()
-    dt = time.perf_counter() - t
+        for _ in range(3):
+            t = time.perf_counter()
+            run()
+            torch.cuda.synchronize()
+            times.append(time.perf_counter() - t)
+    dt = sorted(times)[1]
     return dict(ms_per_tok=round(dt / new * 1e3, 3), tok_s=round(bsz * new / dt, 1),
                 peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2))
+
+
+# ---- sweeps: tile / warp variants of our kernels, each checked, then timed --------------------
+
+CONV_VARIANTS = [(64, 128, 4), (64, 32, 4), (32, 64, 4), (128, 32, 4), (64, 64, 4), (64, 64, 8), (32, 32, 4),
+                 (16, 128, 4), (128, 64, 8)]
+
+
+def case_sweep_conv() -> None:
+    """causal conv1d + SiLU with seq_idx at the 130M mixer shape: every (BL, BD, warps) for the
+    forward and the backward, error against the torch reference, median ms."""
+    import torch
+
+    import biomamba.kernels.triton as ours
+    from biomamba.kernels import reference as ref
+    from biomamba.kernels.triton import conv
+
+    torch.manual_seed(0)
+    b, l, d = 16, 1024, 1792
+    wide = torch.randn(b, l, 3352, device="cuda", dtype=torch.bfloat16)
+    xv = wide[..., 1536:1536 + d].detach().requires_grad_()
+    w = torch.randn(d, 4, device="cuda", requires_grad=True)
+    bias = torch.randn(d, device="cuda", requires_grad=True)
+    seq = (torch.arange(l, device="cuda") // 300).to(torch.int32)[None].expand(b, l).contiguous()
+    dy = torch.randn(b, l, d, device="cuda", dtype=torch.bfloat16)
+    xr = xv.detach().float().requires_grad_()
+    wr, br = w.detach().clone().requires_grad_(), bias.detach().clone().requires_grad_()
+    yr = ref.causal_conv1d(xr, wr, br, seq_idx=seq)
+    yr.backward(dy.float())
+    default = dict(conv.BLOCKS)
+    for cfg in CONV_VARIANTS:
+        conv.BLOCKS.update(fwd=cfg, bwd=cfg)
+        for t in (xv, w, bias):
+            t.grad = None
+        y = ours.causal_conv1d(xv, w, bias, seq_idx=seq)
+        y.backward(dy)
+        err = {"y": _rel(y, yr), "dx": _rel(xv.grad, xr.grad), "dw": _rel(w.grad, wr.grad), "db": _rel(bias.grad, br.grad)}
+        f = lambda: ours.causal_conv1d(xv, w, bias, seq_idx=seq)  # noqa: E731
+        row = _time_fwd_fwdbwd({"rel_err_vs_torch": err}, {"ours": f}, dy)
+        row["bwd_ms"] = round(row["ours_fwdbwd_ms"] - row["ours_fwd_ms"], 3)
+        emit(f"sweep conv BL{cfg[0]} BD{cfg[1]} w{cfg[2]}", **row)
+    conv.BLOCKS.update(default)
+
+
+SSD_BWD_VARIANTS = [dict(BM=64, BK=64, dx_warps=4, dcdb_warps=8), dict(BM=64, BK=64, dx_warps=4, dcdb_warps=4),
+                    dict(BM=64, BK=64, dx_warps=8, dcdb_warps=8), dict(BM=64, BK=32, dx_warps=4, dcdb_warps=4),
+                    dict(BM=32, BK=32, dx_warps=4, dcdb_warps=4), dict(BM=32, BK=32, dx_warps=2, dcdb_warps=4),
+                    dict(BM=128, BK=64, dx_warps=8, dcdb_warps=8), dict(BM=128, BK=32, dx_warps=8, dcdb_warps=8)]
+
+
+def case_sweep_ssd_bwd() -> None:
+    """SSD backward tiles / warps at the 130M shape: gradients against the first variant (the
+    GPU-tested default), median fwd+bwd ms and the three backward kernels' share."""
+    import torch
+
+    import biomamba.kernels.triton as ours
+    from biomamba.kernels.triton import ssd
+
+    b, l, h, p, n = 16, 1024, 24, 64, 128
+    dev = "cuda"
+    torch.manual_seed(0)
+    x = torch.randn(b, l, h, p, device=dev, dtype=torch.bfloat16, requires_grad=True)
+    dt = (torch.randn(b, l, h, device=dev) * 0.5 - 2).to(torch.bfloat16).requires_grad_()
+    A = (-torch.rand(h, device=dev) * 4 - 0.5).requires_grad_()
+    B = torch.randn(b, l, 1, n, device=dev, dtype=torch.bfloat16, requires_grad=True)
+    C = torch.randn(b, l, 1, n, device=dev, dtype=torch.bfloat16, requires_grad=True)
+    D, bias = torch.randn(h, device=dev, requires_grad=True), torch.randn(h, device=dev, requires_grad=True)
+    seq = (torch.arange(l, device=dev) // 300).to(torch.int32)[None].expand(b, l).contiguous()
+    dy = torch.randn(b, l, h, p, device=dev, dtype=torch.bfloat16)
+    leaves = (x, dt, A, B, C, D, bias)
+    base = None
+    default = dict(ssd.BWD_TILES)
+    for variant in SSD_BWD_VARIANTS:
+        ssd.BWD_TILES.update(variant)
+        for with_seq in (False, True):
+            s_ = seq if with_seq else None
+            for t in leaves:
+                t.grad = None
+            ours.ssd_scan(x, dt, A, B, C, chunk_size=256, D=D, dt_bias=bias, seq_idx=s_)[0].backward(dy)
+            grads = [t.grad.clone() for t in leaves]
+            if base is None or (with_seq and len(base) == 1):
+                base = (base or []) + [grads]
+            ref_grads = base[int(with_seq)]
+            err = {nm: _rel(g, r) for nm, g, r in zip(("dx", "ddt", "dA", "dB", "dC", "dD", "ddt_bias"), grads, ref_grads)}
+
+            def f():
+                ours.ssd_scan(x, dt, A, B, C, chunk_size=256, D=D, dt_bias=bias, seq_idx=s_)[0].backward(dy)
+            kern = [k for k in _profile_top(f, steps=2, top=20) if k["kernel"].startswith("_bwd_")]
+            label = "sweep ssd_bwd " + " ".join(f"{k}{v}" for k, v in variant.items()) + (" seq_idx" if with_seq else "")
+            emit(label, rel_err_vs_first=err, fwdbwd_ms=round(_bench(f), 3),
+                 bwd_kernels_us={k["kernel"]: k["us_per_call"] for k in kern})
+    ssd.BWD_TILES.update(default)
 
 
 CASES = [
@@ -391,6 +471,8 @@ CASES = [
     ("profile train", "case_profile_train", [], {}),
     ("kernels ssd", "case_kernels_ssd", [], {}),
     ("kernels other", "case_kernels_other", [], {}),
+    ("sweep conv", "case_sweep_conv", [], {}),
+    ("sweep ssd_bwd", "case_sweep_ssd_bwd", [], {}),
     ("train ours-triton 130m b16x1024", "case_train", ["ours", "130m", 16, 1024], {"backend": "triton"}),
     ("train ours-torch 130m b16x1024", "case_train", ["ours", "130m", 16, 1024], {"backend": "torch"}),
     ("train hf-mamba2 130m b16x1024", "case_train", ["hf-mamba2", "130m", 16, 1024], {}),
@@ -402,6 +484,7 @@ CASES = [
     ("gen ours-triton 130m b1 p256+256 cg", "case_gen", ["ours", "130m", 1, 256, 256], {"backend": "triton"}),
     ("gen ours-triton 130m b1 p256+256 eager", "case_gen", ["ours", "130m", 1, 256, 256],
      {"backend": "triton", "cuda_graph": False}),
+    ("gen ours-torch 130m b1 p256+256 cg", "case_gen", ["ours", "130m", 1, 256, 256], {"backend": "torch"}),
     ("gen ssm-mamba2 130m b1 p256+256 cg", "case_gen", ["ssm-mamba2", "130m", 1, 256, 256], {}),
     ("gen ours-triton 130m b64 p256+128 cg", "case_gen", ["ours", "130m", 64, 256, 128], {"backend": "triton"}),
     ("gen ssm-mamba2 130m b64 p256+128 cg", "case_gen", ["ssm-mamba2", "130m", 64, 256, 128], {}),

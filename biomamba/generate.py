@@ -63,31 +63,111 @@ def _stack_caches(caches: list[InferenceCache]) -> InferenceCache:
     return InferenceCache(layers, seqlen_offset=max(c.seqlen_offset for c in caches))
 
 
+class StepRunner:
+    """``model.step`` over one fixed batch and cache, greedy choice included when ``greedy``.
+
+    On CUDA (``cuda_graph``) the step is captured once as a CUDA graph and replayed per token:
+    a decode step is ~10 small kernels a layer, and launching them one by one from Python costs
+    more than running them. The first call runs eagerly on a side stream (it compiles the
+    kernels and sizes the workspaces), the second captures; the cache's tensors are updated in
+    place by every replay, so they must not be replaced while the runner lives.
+    """
+
+    def __init__(self, model: MambaLM, cache: InferenceCache, batch: int, greedy: bool, cuda_graph: bool):
+        self.model, self.cache, self.greedy = model, cache, greedy
+        self.vocab = model.config.vocab_size
+        self.cuda_graph = cuda_graph
+        device = model.backbone.embedding.weight.device
+        self.tokens = torch.zeros(batch, dtype=torch.long, device=device)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.calls = 0
+
+    def _eager(self, tokens: Tensor) -> Tensor:
+        logits = self.model.step(tokens, self.cache)
+        logits[:, self.vocab:] = float("-inf")  # ids ≥ vocab are padding rows: never emitted
+        return logits.argmax(dim=-1) if self.greedy else logits
+
+    def __call__(self, tokens: Tensor) -> Tensor:
+        """Next tokens (greedy) or masked logits (b, padded_vocab), from the previous tokens (b,).
+        With a graph the result is a static buffer, overwritten by the next call."""
+        self.calls += 1
+        if not self.cuda_graph:
+            return self._eager(tokens)
+        self.tokens.copy_(tokens)
+        if self.graph is None and self.calls == 1:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                out = self._eager(self.tokens)
+            torch.cuda.current_stream().wait_stream(side)
+            return out
+        if self.graph is None:
+            offset = self.cache.seqlen_offset
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):  # records only: nothing runs until replay
+                self.out = self._eager(self.tokens)
+            self.cache.seqlen_offset = offset
+        self.graph.replay()
+        self.cache.seqlen_offset += 1
+        return self.out
+
+
+def prefill(model: MambaLM, prompts: list[list[int]]) -> tuple[InferenceCache, Tensor]:
+    """Run the prompts into one batch cache; (cache, last-position logits (b, V)), rows in order.
+    Prompts of equal length share one forward pass; others are never padded (padding would
+    enter the recurrent state)."""
+    device = model.backbone.embedding.weight.device
+    by_length: dict[int, list[int]] = {}
+    for row, ids in enumerate(prompts):
+        by_length.setdefault(len(ids), []).append(row)
+    caches, logits, order = [], [], []
+    for rows in by_length.values():
+        cache = model.allocate_cache(len(rows))
+        logits.append(model(torch.tensor([prompts[r] for r in rows], device=device), cache=cache)[:, -1])
+        caches.append(cache)
+        order += rows
+    cache, out = _stack_caches(caches), torch.cat(logits)
+    if order != sorted(order):  # back to the callers' row order
+        inverse = torch.argsort(torch.tensor(order, device=device))
+        for state in cache.layers:
+            state.conv, state.ssm = state.conv[inverse], state.ssm[inverse]
+        out = out[inverse]
+    return cache, out
+
+
 @torch.no_grad()
 def generate_ids(model: MambaLM, prompts: list[list[int]], cfg: SamplingConfig, eos_id: int | None,
                  should_stop: Callable[[int, list[int]], bool] | None = None,
-                 on_token: Callable[[int, int], None] | None = None) -> list[list[int]]:
+                 on_token: Callable[[int, int], None] | None = None,
+                 cuda_graph: bool | None = None, sync_every: int = 16) -> list[list[int]]:
     """New token ids for each prompt (EOS excluded). ``should_stop(row, ids)`` ends a row early
-    (stop strings); ``on_token(row, id)`` streams."""
+    (stop strings); ``on_token(row, id)`` streams.
+
+    ``cuda_graph`` (default: on when the model is on CUDA) replays each step from a CUDA graph
+    (``StepRunner``). Greedy decoding without callbacks keeps the tokens on the device and looks
+    at them every ``sync_every`` steps (to stop once every row has hit EOS), so the host never
+    waits on the GPU per token; the result is the same as looking every step.
+    """
     device = model.backbone.embedding.weight.device
-    vocab = model.config.vocab_size  # ids ≥ vocab are padding rows of the embedding: never emitted
+    vocab = model.config.vocab_size
     generator = torch.Generator(device=device).manual_seed(cfg.seed) if cfg.temperature > 0 else None
     if cfg.max_new_tokens == 0 or not prompts:
         return [[] for _ in prompts]
-    caches, last_logits = [], []
-    for prompt in prompts:
-        ids = prompt if prompt else [eos_id if eos_id is not None else 0]  # an empty prompt starts at EOS
-        cache = model.allocate_cache(1)
-        logits = model(torch.tensor([ids], device=device), cache=cache)[:, -1]
-        caches.append(cache)
-        last_logits.append(logits)
-    cache = _stack_caches(caches)
-    logits = torch.cat(last_logits)
+    if cuda_graph is None:
+        cuda_graph = device.type == "cuda"
+    if cuda_graph and device.type != "cuda":
+        raise ValueError("cuda_graph decoding needs the model on a CUDA device")
+    cache, logits = prefill(model, [p if p else [eos_id if eos_id is not None else 0] for p in prompts])
+    logits[:, vocab:] = float("-inf")
+    greedy = cfg.temperature == 0
+    step = StepRunner(model, cache, len(prompts), greedy=greedy, cuda_graph=cuda_graph)
+    tokens = next_tokens(logits, cfg, generator)
+    per_token = should_stop is not None or on_token is not None
+    if greedy and not per_token:
+        return _greedy_on_device(step, tokens, cfg.max_new_tokens, eos_id, max(1, sync_every))
     outputs: list[list[int]] = [[] for _ in prompts]
-    done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
-    for _ in range(cfg.max_new_tokens):
-        logits[:, vocab:] = float("-inf")
-        tokens = next_tokens(logits, cfg, generator)
+    done = [False] * len(prompts)
+    for i in range(cfg.max_new_tokens):
         for row, token in enumerate(tokens.tolist()):
             if done[row]:
                 continue
@@ -99,9 +179,29 @@ def generate_ids(model: MambaLM, prompts: list[list[int]], cfg: SamplingConfig, 
                 on_token(row, token)
             if should_stop is not None and should_stop(row, outputs[row]):
                 done[row] = True
-        if bool(done.all()):
+        if all(done) or i == cfg.max_new_tokens - 1:
             break
-        logits = model.step(tokens, cache)
+        out = step(tokens)
+        tokens = out.clone() if greedy else next_tokens(out, cfg, generator)
+    return outputs
+
+
+def _greedy_on_device(step: StepRunner, tokens: Tensor, max_new: int, eos_id: int | None,
+                      sync_every: int) -> list[list[int]]:
+    """Greedy steps with the chosen tokens kept on the device; EOS checked every few steps."""
+    history = torch.empty((tokens.shape[0], max_new), dtype=torch.long, device=tokens.device)
+    history[:, 0] = tokens
+    for i in range(1, max_new):
+        if eos_id is not None and i % sync_every == 0 and bool((history[:, :i] == eos_id).any(1).all()):
+            break
+        history[:, i] = step(history[:, i - 1])
+    else:
+        i = max_new
+    outputs = []
+    for row in history[:, :i].tolist():
+        if eos_id is not None and eos_id in row:
+            row = row[:row.index(eos_id)]
+        outputs.append(row)
     return outputs
 
 
@@ -113,18 +213,17 @@ def generate_text(model: MambaLM, tokenizer, prompts: list[str], cfg: SamplingCo
     printed = [""] * len(prompts)
 
     def should_stop(row: int, ids: list[int]) -> bool:
-        return bool(cfg.stop) and any(s in tokenizer.decode(ids) for s in cfg.stop)
+        return any(s in tokenizer.decode(ids) for s in cfg.stop)
 
     def stream(row: int, token: int) -> None:
-        if on_text is None:
-            return
         generated[row].append(token)
         text = tokenizer.decode(generated[row])
         if not text.endswith("\ufffd"):  # wait until a multi-byte character is complete
             on_text(row, text[len(printed[row]):])
             printed[row] = text
 
-    out_ids = generate_ids(model, encoded, cfg, tokenizer.eos_id, should_stop=should_stop, on_token=stream)
+    out_ids = generate_ids(model, encoded, cfg, tokenizer.eos_id, should_stop=should_stop if cfg.stop else None,
+                           on_token=stream if on_text is not None else None)
     results = []
     for ids in out_ids:
         text = tokenizer.decode(ids)

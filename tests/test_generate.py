@@ -48,6 +48,58 @@ def test_batched_generation_equals_one_by_one(exported, neox_tokenizer_path):
     assert batched == alone and all(len(b) == 12 for b in batched)
 
 
+def test_prefill_groups_equal_lengths_and_keeps_row_order(exported):
+    """Equal-length prompts share one forward pass; rows come back in the caller's order with
+    the same states and logits as prefilling each prompt alone."""
+    from biomamba.generate import prefill
+
+    model, _ = exported
+    gen = torch.Generator().manual_seed(torch.seed() % 2**31)
+    lengths = [5, 3, 5, 7, 3, 5]
+    prompts = [torch.randint(0, model.config.vocab_size, (n,), generator=gen).tolist() for n in lengths]
+    with torch.no_grad():
+        cache, logits = prefill(model, prompts)
+        for row, ids in enumerate(prompts):
+            one, one_logits = prefill(model, [ids])
+            torch.testing.assert_close(logits[row], one_logits[0], rtol=1e-5, atol=1e-5)
+            for state, alone in zip(cache.layers, one.layers):
+                torch.testing.assert_close(state.ssm[row], alone.ssm[0], rtol=1e-5, atol=1e-5)
+                torch.testing.assert_close(state.conv[row], alone.conv[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("sync_every", [1, 3, 16])
+def test_greedy_on_device_equals_per_token_loop(exported, sync_every):
+    """Greedy decoding that looks at its tokens every few steps gives what the per-token loop
+    (taken whenever a callback is passed) gives, EOS cuts included."""
+    model, _ = exported
+    prompts = [[510, 1234, 7], [42], [9, 9, 9]]
+    cfg = SamplingConfig(max_new_tokens=11)
+    per_token = generate_ids(model, prompts, cfg, eos_id=None, should_stop=lambda row, ids: False)
+    assert generate_ids(model, prompts, cfg, eos_id=None, sync_every=sync_every) == per_token
+    eos = per_token[1][4]  # a token row 1 emits: rows end at their first occurrence of it
+    looked = generate_ids(model, prompts, cfg, eos_id=eos, should_stop=lambda row, ids: False)
+    assert generate_ids(model, prompts, cfg, eos_id=eos, sync_every=sync_every) == looked
+    assert looked[1] == per_token[1][:per_token[1].index(eos)]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_cuda_graph_decoding_equals_eager(temperature):
+    model = randomize_weights(MambaLM(model_preset("tiny")), seed=5).cuda().eval()
+    prompts = [[510, 1234, 7], [42], [9, 9, 9]]
+    cfg = SamplingConfig(max_new_tokens=24, temperature=temperature, top_k=20, seed=3)
+    eager = generate_ids(model, prompts, cfg, eos_id=None, cuda_graph=False)
+    assert generate_ids(model, prompts, cfg, eos_id=None, cuda_graph=True) == eager
+    assert generate_ids(model, prompts, cfg, eos_id=None, cuda_graph=True,
+                        should_stop=lambda row, ids: False) == eager
+
+
+def test_cuda_graph_refused_off_cuda(exported):
+    model, _ = exported
+    with pytest.raises(ValueError, match="CUDA"):
+        generate_ids(model, [[1, 2]], SamplingConfig(max_new_tokens=2), eos_id=None, cuda_graph=True)
+
+
 def test_sampling_is_seeded_and_filters_work(exported):
     model, _ = exported
     prompts = [[510, 1234], [42]]

@@ -107,8 +107,16 @@ def _conv_bwd_kernel(x_ptr, w_ptr, bias_ptr, seq_ptr, dy_ptr, dx_ptr, dw_ptr, db
              mask=tm[:, None] & cm[None, :])
 
 
-def _blocks(L: int, D: int) -> tuple[int, int]:
-    return min(64, triton.next_power_of_2(max(L, 1))), min(128, triton.next_power_of_2(D))
+# (time block, channel block, warps) per kernel. The backward holds ~6 live tiles (dx, dy, the
+# recomputed pre-activation, a tap, …): at 64 × 128 they spilled registers and the kernel ran
+# 35× off its memory floor (1.4 ms at the 130M shape on an H200, bench/RESULTS.md); narrower
+# channel blocks keep them in registers. A module-level table so a benchmark can sweep it.
+BLOCKS = {"fwd": (64, 128, 4), "bwd": (64, 32, 4)}
+
+
+def _blocks(kind: str, L: int, D: int) -> tuple[int, int, int]:
+    bl, bd, warps = BLOCKS[kind]
+    return min(bl, triton.next_power_of_2(max(L, 1))), min(bd, triton.next_power_of_2(D)), warps
 
 
 def _unit_channel(x: Tensor) -> Tensor:
@@ -120,13 +128,13 @@ def conv_fwd(x: Tensor, weight: Tensor, bias: Tensor | None, seq_idx: Tensor | N
     b, L, D = x.shape
     K = weight.shape[-1]
     y = torch.empty((b, L, D), device=x.device, dtype=x.dtype)
-    BL, BD = _blocks(L, D)
+    BL, BD, warps = _blocks("fwd", L, D)
     seq = seq_idx if seq_idx is not None else x
     _conv_fwd_kernel[(b, triton.cdiv(L, BL), triton.cdiv(D, BD))](
         x, weight, bias if bias is not None else weight, seq, y, L, D, x.stride(0), x.stride(1),
         weight.stride(0), weight.stride(1), seq.stride(0) if seq_idx is not None else 0,
         seq.stride(1) if seq_idx is not None else 0, y.stride(0), y.stride(1),
-        K=K, HAS_BIAS=bias is not None, HAS_SEQ=seq_idx is not None, SILU=silu, BL=BL, BD=BD, num_warps=4)
+        K=K, HAS_BIAS=bias is not None, HAS_SEQ=seq_idx is not None, SILU=silu, BL=BL, BD=BD, num_warps=warps)
     return y
 
 
@@ -135,7 +143,7 @@ def conv_bwd(dy: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None, seq_idx
     x, dy = _unit_channel(x), _unit_channel(dy)
     b, L, D = x.shape
     K = weight.shape[-1]
-    BL, BD = _blocks(L, D)
+    BL, BD, warps = _blocks("bwd", L, D)
     nl = triton.cdiv(L, BL)
     dx = torch.empty((b, L, D), device=x.device, dtype=x.dtype)
     dw_part = torch.empty((b * nl, K, D), device=x.device, dtype=torch.float32)
@@ -146,7 +154,7 @@ def conv_bwd(dy: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None, seq_idx
         x.stride(0), x.stride(1), weight.stride(0), weight.stride(1),
         seq.stride(0) if seq_idx is not None else 0, seq.stride(1) if seq_idx is not None else 0,
         dy.stride(0), dy.stride(1), dx.stride(0), dx.stride(1),
-        K=K, HAS_BIAS=bias is not None, HAS_SEQ=seq_idx is not None, SILU=silu, BL=BL, BD=BD, num_warps=4)
+        K=K, HAS_BIAS=bias is not None, HAS_SEQ=seq_idx is not None, SILU=silu, BL=BL, BD=BD, num_warps=warps)
     dw = dw_part.sum(0).t().to(weight.dtype)  # (D, K)
     db = db_part.sum(0).to(bias.dtype if bias is not None else weight.dtype)
     return dx, dw, db

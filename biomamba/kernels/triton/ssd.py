@@ -480,12 +480,19 @@ def _ip(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
+# Backward tiling (rows a program owns, the inner block, warps of the dx and of the dC/dB
+# kernels). A module-level table so that a benchmark can sweep it on the GPU.
+BWD_TILES = {"BM": 64, "BK": 64, "dx_warps": 4, "dcdb_warps": 8}
+
+
 class _Cfg:
     """Tile sizes: big tiles on the GPU, small ones keep the CPU interpreter quick."""
 
     def __init__(self, T: int, P: int, N: int):
         self.BM = min(64, T)
         self.BK = min(64, T)
+        self.bBM = min(BWD_TILES["BM"], T)
+        self.bBK = min(BWD_TILES["BK"], T)
         self.BP = triton.next_power_of_2(P)
         self.BN = triton.next_power_of_2(N)
         self.BNK = min(64, self.BN)  # n-blocking where n is a reduction dim
@@ -512,21 +519,19 @@ def _prep(x, dt, A, B, C, chunk_size, dt_bias, dt_softplus, dt_lo, dt_hi):
     return b, L, H, P, G, N, T, NC, delta, acs
 
 
-def _head_splits(programs: int, heads_per_group: int) -> int:
+def _head_splits(heads_per_group: int) -> int:
     """How many programs share one group's heads in the dC/dB kernels (their fp32 partial sums
-    are added afterwards): the fewest splits with at most 4 heads a program and at least 512
-    programs, else one head a program. ``BIOMAMBA_SSD_HEADS_PER_PROGRAM`` overrides it (heads
-    a program, dividing the heads per group), for A/B timing."""
+    are added afterwards). Default 1: splitting 24 heads over 6 programs made the 130M-shape
+    fwd+bwd slower on an H200 (2.81 against 2.27 ms, bench/RESULTS.md): the kernels did not get
+    faster and the partial sums cost extra. ``BIOMAMBA_SSD_HEADS_PER_PROGRAM`` (heads a program,
+    dividing the heads per group) turns the split on, for A/B timing at other shapes."""
     env = os.environ.get("BIOMAMBA_SSD_HEADS_PER_PROGRAM")
-    if env:
-        hpp = int(env)
-        if hpp <= 0 or heads_per_group % hpp:
-            raise ValueError(f"BIOMAMBA_SSD_HEADS_PER_PROGRAM={hpp} must divide {heads_per_group} heads per group")
-        return heads_per_group // hpp
-    for hs in range(1, heads_per_group + 1):
-        if heads_per_group % hs == 0 and heads_per_group // hs <= 4 and programs * hs >= 512:
-            return hs
-    return heads_per_group
+    if not env:
+        return 1
+    hpp = int(env)
+    if hpp <= 0 or heads_per_group % hpp:
+        raise ValueError(f"BIOMAMBA_SSD_HEADS_PER_PROGRAM={hpp} must divide {heads_per_group} heads per group")
+    return heads_per_group // hpp
 
 
 def _seq_args(seq_idx: Tensor | None, like: Tensor):
@@ -607,31 +612,34 @@ def ssd_bwd(dy, dfinal, x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus, dt_
     dx = torch.empty((b, L, H, P), device=x.device, dtype=x.dtype)
     vec = lambda: torch.empty((b, H, NC * T), device=x.device, dtype=torch.float32)  # noqa: E731
     ddt_x, dda_col, q, dD_pos, dda_row = vec(), vec(), vec(), vec(), vec()
-    _bwd_dx_kernel[(b * NC * H, T // cfg.BM)](
+    _bwd_dx_kernel[(b * NC * H, T // cfg.bBM)](
         x, B, cb, dy, delta, acs, seq, dz, D if D is not None else A, dx, ddt_x, dda_col, q, dD_pos,
         L, H, G, P, N, NC, x.stride(0), x.stride(1), x.stride(2), B.stride(0), B.stride(1), B.stride(2),
         dy.stride(0), dy.stride(1), dy.stride(2), ssb, ssl, dx.stride(0), dx.stride(1), dx.stride(2),
-        HAS_SEQ=HSQ, HAS_D=D is not None, T=T, BM=cfg.BM, BK=cfg.BK, BP=cfg.BP, BN=cfg.BNK, IP=ip, num_warps=4)
+        HAS_SEQ=HSQ, HAS_D=D is not None, T=T, BM=cfg.bBM, BK=cfg.bBK, BP=cfg.BP, BN=cfg.BNK, IP=ip,
+        num_warps=BWD_TILES["dx_warps"])
     # per group: dC (+ the row part of the log-decay gradient) and dB; the group's heads are split
     # over HS programs (fp32 partial sums over the splits, reduced below) for parallelism
-    HS = _head_splits(b * NC * G * (T // cfg.BM), H // G)
+    HS = _head_splits(H // G)
     if HS == 1:
         dC = torch.empty((1, b, L, G, N), device=x.device, dtype=C.dtype)
         dB = torch.empty((1, b, L, G, N), device=x.device, dtype=B.dtype)
     else:
         dC = torch.empty((HS, b, L, G, N), device=x.device, dtype=torch.float32)
         dB = torch.empty_like(dC)
-    _bwd_dc_kernel[(b * NC * G * HS, T // cfg.BM)](
+    _bwd_dc_kernel[(b * NC * G * HS, T // cfg.bBM)](
         x, C, cb, dy, delta, acs, seq, starts, B, dC, dda_row,
         L, H, G, P, N, NC, x.stride(0), x.stride(1), x.stride(2), B.stride(0), B.stride(1), B.stride(2),
         C.stride(0), C.stride(1), C.stride(2), dy.stride(0), dy.stride(1), dy.stride(2), ssb, ssl,
         dC.stride(1), dC.stride(2), dC.stride(3), dC.stride(0),
-        HAS_SEQ=HSQ, HS=HS, T=T, BM=cfg.BM, BK=cfg.BK, BP=cfg.BP, BN=cfg.BN, IP=ip, num_warps=8)
-    _bwd_db_kernel[(b * NC * G * HS, T // cfg.BM)](
+        HAS_SEQ=HSQ, HS=HS, T=T, BM=cfg.bBM, BK=cfg.bBK, BP=cfg.BP, BN=cfg.BN, IP=ip,
+        num_warps=BWD_TILES["dcdb_warps"])
+    _bwd_db_kernel[(b * NC * G * HS, T // cfg.bBM)](
         x, C, dy, delta, acs, seq, dz, dB,
         L, H, G, P, N, NC, x.stride(0), x.stride(1), x.stride(2), C.stride(0), C.stride(1), C.stride(2),
         dy.stride(0), dy.stride(1), dy.stride(2), ssb, ssl, dB.stride(1), dB.stride(2), dB.stride(3), dB.stride(0),
-        HAS_SEQ=HSQ, HS=HS, T=T, BM=cfg.BM, BK=cfg.BK, BP=cfg.BP, BN=cfg.BN, IP=ip, num_warps=8)
+        HAS_SEQ=HSQ, HS=HS, T=T, BM=cfg.bBM, BK=cfg.bBK, BP=cfg.BP, BN=cfg.BN, IP=ip,
+        num_warps=BWD_TILES["dcdb_warps"])
     dC = dC[0] if HS == 1 else dC.sum(0).to(C.dtype)
     dB = dB[0] if HS == 1 else dB.sum(0).to(B.dtype)
     # log-decay gradient per position → per step (reverse cumsum in the chunk) → Δ, A, dt, dt_bias
