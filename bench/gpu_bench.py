@@ -301,13 +301,18 @@ def case_train(kind: str, size: str, bsz: int, seqlen: int, backend: str = "torc
         step()
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
+    host = 0.0
     t = time.perf_counter()
     for _ in range(steps):
+        h = time.perf_counter()
         loss = step()
+        host += time.perf_counter() - h
     torch.cuda.synchronize()
     dt = (time.perf_counter() - t) / steps
     tok_s = bsz * seqlen / dt
-    return dict(tok_s=round(tok_s), step_ms=round(dt * 1e3, 1), mfu_6N=round(6 * nparams * tok_s / PEAK_FLOPS, 3),
+    # host_ms: time the Python side spends issuing a step; near step_ms means launch-bound
+    return dict(tok_s=round(tok_s), step_ms=round(dt * 1e3, 1), host_ms=round(host / steps * 1e3, 1),
+                mfu_6N=round(6 * nparams * tok_s / PEAK_FLOPS, 3),
                 peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 1), params_m=round(nparams / 1e6, 1),
                 loss=round(float(loss), 3))
 
@@ -400,8 +405,9 @@ def case_sweep_conv() -> None:
     yr = ref.causal_conv1d(xr, wr, br, seq_idx=seq)
     yr.backward(dy.float())
     default = dict(conv.BLOCKS)
-    for cfg in CONV_VARIANTS:
+    for cfg, width4 in [(c, True) for c in CONV_VARIANTS] + [((64, 32, 4), False)]:
         conv.BLOCKS.update(fwd=cfg, bwd=cfg)
+        conv.BWD_WIDTH4 = width4
         for t in (xv, w, bias):
             t.grad = None
         y = ours.causal_conv1d(xv, w, bias, seq_idx=seq)
@@ -410,8 +416,9 @@ def case_sweep_conv() -> None:
         f = lambda: ours.causal_conv1d(xv, w, bias, seq_idx=seq)  # noqa: E731
         row = _time_fwd_fwdbwd({"rel_err_vs_torch": err}, {"ours": f}, dy)
         row["bwd_ms"] = round(row["ours_fwdbwd_ms"] - row["ours_fwd_ms"], 3)
-        emit(f"sweep conv BL{cfg[0]} BD{cfg[1]} w{cfg[2]}", **row)
+        emit(f"sweep conv BL{cfg[0]} BD{cfg[1]} w{cfg[2]}" + ("" if width4 else " generic-bwd"), **row)
     conv.BLOCKS.update(default)
+    conv.BWD_WIDTH4 = True
 
 
 SSD_BWD_VARIANTS = [dict(BM=64, BK=64, dx_warps=4, dcdb_warps=8), dict(BM=64, BK=64, dx_warps=4, dcdb_warps=4),
@@ -474,6 +481,7 @@ CASES = [
     ("sweep conv", "case_sweep_conv", [], {}),
     ("sweep ssd_bwd", "case_sweep_ssd_bwd", [], {}),
     ("train ours-triton 130m b16x1024", "case_train", ["ours", "130m", 16, 1024], {"backend": "triton"}),
+    ("train ours-triton 130m b32x1024", "case_train", ["ours", "130m", 32, 1024], {"backend": "triton"}),
     ("train ours-torch 130m b16x1024", "case_train", ["ours", "130m", 16, 1024], {"backend": "torch"}),
     ("train hf-mamba2 130m b16x1024", "case_train", ["hf-mamba2", "130m", 16, 1024], {}),
     ("train ssm-mamba2 130m b16x1024", "case_train", ["ssm-mamba2", "130m", 16, 1024], {}),

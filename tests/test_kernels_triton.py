@@ -64,12 +64,18 @@ def check_grads(got: list[torch.Tensor], ref: list[torch.Tensor], tol: float, na
         assert e < t, f"d{name}: relative error {e:.2e} ≥ {t:.0e}"
 
 
-@pytest.mark.parametrize("heads_per_program", [None, "half"])
-def test_ssd_scan_without_optionals(heads_per_program, monkeypatch):
+@pytest.mark.parametrize("heads_per_program,tiles", [(None, None), ("half", None), (None, "narrow-inner")])
+def test_ssd_scan_without_optionals(heads_per_program, tiles, monkeypatch):
     """No D, no dt_bias, no initial state, no clamp, final state unused (its gradient is None);
-    the dC/dB kernels with one program per group (the default) and with the heads split over two."""
+    the dC/dB kernels with one program per group (the default) and with the heads split over two;
+    the backward with an inner block half its row block (the GPU default's shape, 64/32)."""
+    from biomamba.kernels.triton import ssd
+
     if heads_per_program == "half":
         monkeypatch.setenv("BIOMAMBA_SSD_HEADS_PER_PROGRAM", str(SSD_SHAPE["h"] // 2))
+    if tiles == "narrow-inner":
+        monkeypatch.setitem(ssd.BWD_TILES, "BM", min(SSD_SHAPE["T"], 64))
+        monkeypatch.setitem(ssd.BWD_TILES, "BK", min(SSD_SHAPE["T"], 64) // 2)
     s = SSD_SHAPE
     b, h, p, n, T, l = s["b"], s["h"], s["p"], s["n"], s["T"], s["lengths"][1]
     x, dt, B, C = torch.randn(b, l, h, p), torch.rand(b, l, h) * 0.2, torch.randn(b, l, 1, n), torch.randn(b, l, 1, n)
@@ -99,14 +105,20 @@ def test_ssd_scan_chains_through_initial_state():
     assert rel(torch.cat([y1, y2], 1), y) < 1e-5 and rel(f2, fin) < 1e-5
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype,kernel", [(torch.float32, "width4"), (torch.bfloat16, "width4"),
+                                          (torch.bfloat16, "generic"), (torch.bfloat16, "width3")])
 @pytest.mark.parametrize("with_seq", [False, True])
 @pytest.mark.parametrize("li", [0, 1])
-def test_causal_conv1d(dtype, with_seq, li):
+def test_causal_conv1d(dtype, with_seq, li, kernel, monkeypatch):
+    """Width 4 runs the width-4 backward; "generic" forces the any-width backward at width 4."""
+    from biomamba.kernels.triton import conv
+
+    monkeypatch.setattr(conv, "BWD_WIDTH4", kernel == "width4")
     b, d, l = CONV_SHAPE["b"], CONV_SHAPE["d"], CONV_SHAPE["lengths"][li]
     gen = torch.Generator().manual_seed(torch.seed() % 2**31)
     wide = torch.randn(b, l, d + 8, generator=gen)  # a strided view, as the mixer passes it
-    w, bias = torch.randn(d, 4, generator=gen) * 0.5, torch.randn(d, generator=gen)
+    width = 3 if kernel == "width3" else 4
+    w, bias = torch.randn(d, width, generator=gen) * 0.5, torch.randn(d, generator=gen)
     seq = seq_ids(b, l, gen) if with_seq else None
     got = leaves(wide, dtype=dtype) + leaves(w, bias)
     ref = leaves(wide.to(dtype).float()) + leaves(w, bias)
@@ -152,6 +164,26 @@ def test_rmsnorm(dtype):
     (y * dy).sum().backward()
     (y_r * dy).sum().backward()
     check_grads(got, ref, 2 * TOL[dtype], ["x", "weight"])
+
+
+@pytest.mark.parametrize("res_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("w_dtype", [torch.float32, torch.bfloat16])
+def test_add_rmsnorm(res_dtype, w_dtype):
+    """The decode step's fused residual add + norm: the sum bit-equal to torch's, the norm close."""
+    rows, d = NORM_SHAPE["rows"], NORM_SHAPE["d"] // 2
+    x = torch.randn(*rows, d, device=DEV).to(torch.bfloat16)
+    res = (3 * torch.randn(*rows, d, device=DEV)).to(res_dtype)
+    w = (1 + 0.2 * torch.randn(d, device=DEV)).to(w_dtype)
+    with torch.no_grad():
+        y, total = K.add_rmsnorm(x, res, w, 1e-5)
+        y_r, total_r = R.add_rmsnorm(x, res, w, 1e-5)
+    assert total.dtype == total_r.dtype
+    if CUDA or res_dtype == torch.float32:
+        assert torch.equal(total, total_r)
+    else:  # Triton's interpreter truncates fp32 → bf16 (the GPU rounds to nearest even): one ulp
+        assert ((total.float() - total_r.float()).abs() <= total_r.float().abs() * 2**-7).all()
+    tol = TOL[torch.bfloat16 if torch.bfloat16 in (res_dtype, w_dtype) else torch.float32]
+    assert y.dtype == y_r.dtype == w_dtype and rel(y, y_r) < tol
 
 
 @pytest.mark.parametrize("state_dtype", [torch.float32, torch.bfloat16])

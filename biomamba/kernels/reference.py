@@ -161,6 +161,13 @@ def rmsnorm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     return weight * xf.to(dtype)
 
 
+def add_rmsnorm(x: Tensor, residual: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """A pre-norm block's join: (rmsnorm(residual + x), residual + x). The sum keeps the promoted
+    dtype of the two (fp32 with an fp32 residual stream); the norm reads it in weight's dtype."""
+    total = residual + x
+    return rmsnorm(total.to(weight.dtype), weight, eps), total
+
+
 def ssd_step(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, *,
              D: Tensor | None = None, dt_bias: Tensor | None = None, dt_softplus: bool = True,
              dt_limit: tuple[float, float] = (0.0, INF)) -> Tensor:

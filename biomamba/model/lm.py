@@ -43,9 +43,6 @@ class Block(nn.Module):
         residual = x.float() if self.residual_in_fp32 else x
         return residual + self.mixer(self.norm(x.to(self.norm.weight.dtype)), seq_idx=seq_idx, state=state)
 
-    def step(self, x: Tensor, state) -> Tensor:
-        residual = x.float() if self.residual_in_fp32 else x
-        return residual + self.mixer.step(self.norm(x.to(self.norm.weight.dtype)), state)
 
 
 class Backbone(nn.Module):
@@ -158,11 +155,17 @@ class MambaLM(nn.Module):
         return self.lm_head(self._step_hidden(token_ids, cache))
 
     def _step_hidden(self, token_ids: Tensor, cache: InferenceCache) -> Tensor:
+        """The same blocks as ``hidden``, one token, with each residual add fused into the next
+        norm (``add_rmsnorm``): a decode step is launch-bound, and this saves two kernels a layer."""
+        layers, K = self.backbone.layers, self.kernels
         x = self.backbone.embedding(token_ids)
-        for layer, state in zip(self.backbone.layers, cache.layers):
-            x = layer.step(x, state)
+        residual = x.float() if self.config.residual_in_fp32 else x
+        h = layers[0].norm(x.to(layers[0].norm.weight.dtype))
+        norms = [layer.norm for layer in layers[1:]] + [self.backbone.norm_f]
+        for layer, state, next_norm in zip(layers, cache.layers, norms):
+            h, residual = K.add_rmsnorm(layer.mixer.step(h, state), residual, next_norm.weight, next_norm.eps)
         cache.seqlen_offset += 1
-        return self.backbone.norm_f(x.to(self.backbone.norm_f.weight.dtype))
+        return h
 
     def _continue(self, input_ids: Tensor, cache: InferenceCache) -> Tensor:
         """Feed several tokens into a non-empty cache one step at a time (hidden states of each)."""

@@ -105,10 +105,19 @@ class Mamba2Mixer(nn.Module):
         z, xBC, dt = self._split(self.in_proj(u))
         xBC = K.conv_step(state.conv, xBC, self.conv1d.weight.squeeze(1), self.conv1d.bias, activation="silu")
         x, B, C = xBC.split([di, g * n, g * n], dim=-1)
-        y = K.ssd_step(state.ssm, x.reshape(b, h, p), dt, -torch.exp(self.A_log.float()), B.reshape(b, g, n),
+        y = K.ssd_step(state.ssm, x.reshape(b, h, p), dt, self._decay_rates(), B.reshape(b, g, n),
                        C.reshape(b, g, n), D=self.D, dt_bias=self.dt_bias, dt_softplus=True, dt_limit=cfg.dt_limit)
         y = K.gated_rmsnorm(y.reshape(b, di), z, self.norm.weight, cfg.norm_eps, di // g)
         return self.out_proj(y)
+
+    def _decay_rates(self) -> Tensor:
+        """A = −exp(A_log) in fp32 for decoding, cached until A_log changes (its version counter
+        moves on every in-place update): recomputing it costs a decode step three kernels a layer."""
+        key = (self.A_log.data_ptr(), self.A_log._version)
+        if getattr(self, "_decay_key", None) != key:
+            self._decay = -torch.exp(self.A_log.detach().float())
+            self._decay_key = key
+        return self._decay
 
     def new_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> Mamba2State:
         cfg = self.cfg

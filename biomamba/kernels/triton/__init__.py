@@ -1,5 +1,5 @@
 """The Triton fast path: every op of the kernel seam but ``selective_scan`` (Mamba-1), which
-falls back to the torch reference.
+falls back to the torch reference (and ``add_rmsnorm``, a decoding op, forward only).
 
 Same signatures and semantics as ``biomamba.kernels.reference``; forward and backward in
 Triton, registered as ``torch.ops.biomamba.*`` custom ops with fake implementations (so
@@ -54,6 +54,15 @@ def gated_rmsnorm(x: Tensor, z: Tensor | None, weight: Tensor, eps: float, group
 
 def rmsnorm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     return _ops.rmsnorm_fwd(x, None, weight, float(eps), x.shape[-1])[0]
+
+
+def add_rmsnorm(x: Tensor, residual: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """Forward only (decoding): with gradients wanted it falls back to the reference."""
+    if torch.is_grad_enabled() and (x.requires_grad or residual.requires_grad or weight.requires_grad):
+        from biomamba.kernels import reference
+
+        return reference.add_rmsnorm(x, residual, weight, eps)
+    return _ops.add_rmsnorm_fwd(x, residual, weight, float(eps))
 
 
 def ssd_scan(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, *, chunk_size: int,

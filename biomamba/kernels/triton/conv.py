@@ -107,11 +107,119 @@ def _conv_bwd_kernel(x_ptr, w_ptr, bias_ptr, seq_ptr, dy_ptr, dx_ptr, dw_ptr, db
              mask=tm[:, None] & cm[None, :])
 
 
+@triton.jit
+def _shifted(x_ptr, pb, t, o: tl.constexpr, c, cm, L, sxb, sxl):
+    """x[t + o] as fp32 (BL, BD), zero outside [0, L)."""
+    u = t + o
+    m = (u >= 0) & (u < L)
+    return tl.load(x_ptr + pb * sxb + u[:, None] * sxl + c[None, :], mask=m[:, None] & cm[None, :],
+                   other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _doc_at(seq_ptr, pb, t, o: tl.constexpr, L, ssb, ssl):
+    u = t + o
+    return tl.load(seq_ptr + pb * ssb + u * ssl, mask=(u >= 0) & (u < L), other=-1)
+
+
+@triton.jit
+def _if_same(v, doc_v, doc_ref, HAS_SEQ: tl.constexpr):
+    """v where its position is in the same document as the reference position, else 0."""
+    if HAS_SEQ:
+        return tl.where((doc_v == doc_ref)[:, None], v, 0.0)
+    else:
+        return v
+
+
+@triton.jit
+def _conv4_bwd_kernel(x_ptr, w_ptr, bias_ptr, seq_ptr, dy_ptr, dx_ptr, dw_ptr, db_ptr, L, D,
+                      sxb, sxl, swd, swk, ssb, ssl, sdyb, sdyl, sdxb, sdxl,
+                      HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr, SILU: tl.constexpr,
+                      BL: tl.constexpr, BD: tl.constexpr):
+    """The backward for width 4 (every Mamba checkpoint): the seven shifted tiles x[t−3 … t+3]
+    are loaded once and every recomputed pre-activation a[t+j] and weight-gradient term is
+    formed from them, instead of 4 taps reloaded per j (24 tile loads → 11)."""
+    pb = tl.program_id(0)
+    pl = tl.program_id(1)
+    t = pl * BL + tl.arange(0, BL)
+    c = tl.program_id(2) * BD + tl.arange(0, BD)
+    cm = c < D
+    tm = t < L
+    # the output at u reads x[u − s] through tap 3 − s
+    w0 = tl.load(w_ptr + c * swd + 0 * swk, mask=cm, other=0.0).to(tl.float32)[None, :]
+    w1 = tl.load(w_ptr + c * swd + 1 * swk, mask=cm, other=0.0).to(tl.float32)[None, :]
+    w2 = tl.load(w_ptr + c * swd + 2 * swk, mask=cm, other=0.0).to(tl.float32)[None, :]
+    w3 = tl.load(w_ptr + c * swd + 3 * swk, mask=cm, other=0.0).to(tl.float32)[None, :]
+    xm3 = _shifted(x_ptr, pb, t, -3, c, cm, L, sxb, sxl)
+    xm2 = _shifted(x_ptr, pb, t, -2, c, cm, L, sxb, sxl)
+    xm1 = _shifted(x_ptr, pb, t, -1, c, cm, L, sxb, sxl)
+    x0 = _shifted(x_ptr, pb, t, 0, c, cm, L, sxb, sxl)
+    xp1 = _shifted(x_ptr, pb, t, 1, c, cm, L, sxb, sxl)
+    xp2 = _shifted(x_ptr, pb, t, 2, c, cm, L, sxb, sxl)
+    xp3 = _shifted(x_ptr, pb, t, 3, c, cm, L, sxb, sxl)
+    if HAS_SEQ:  # document ids at the seven positions
+        dm3 = _doc_at(seq_ptr, pb, t, -3, L, ssb, ssl)
+        dm2 = _doc_at(seq_ptr, pb, t, -2, L, ssb, ssl)
+        dm1 = _doc_at(seq_ptr, pb, t, -1, L, ssb, ssl)
+        d0 = _doc_at(seq_ptr, pb, t, 0, L, ssb, ssl)
+        dp1 = _doc_at(seq_ptr, pb, t, 1, L, ssb, ssl)
+        dp2 = _doc_at(seq_ptr, pb, t, 2, L, ssb, ssl)
+        dp3 = _doc_at(seq_ptr, pb, t, 3, L, ssb, ssl)
+    else:  # placeholders, never read
+        dm3 = t
+        dm2 = t
+        dm1 = t
+        d0 = t
+        dp1 = t
+        dp2 = t
+        dp3 = t
+    b = tl.zeros((1, BD), dtype=tl.float32)
+    if HAS_BIAS:
+        b += tl.load(bias_ptr + c, mask=cm, other=0.0).to(tl.float32)[None, :]
+    # taps of the output at t (also the weight-gradient terms), then at t+1, t+2, t+3
+    t1 = _if_same(xm1, dm1, d0, HAS_SEQ)
+    t2 = _if_same(xm2, dm2, d0, HAS_SEQ)
+    t3 = _if_same(xm3, dm3, d0, HAS_SEQ)
+    a0 = b + w3 * x0 + w2 * t1 + w1 * t2 + w0 * t3
+    a1 = b + w3 * xp1 + w2 * _if_same(x0, d0, dp1, HAS_SEQ) + w1 * _if_same(xm1, dm1, dp1, HAS_SEQ) \
+        + w0 * _if_same(xm2, dm2, dp1, HAS_SEQ)
+    a2 = b + w3 * xp2 + w2 * _if_same(xp1, dp1, dp2, HAS_SEQ) + w1 * _if_same(x0, d0, dp2, HAS_SEQ) \
+        + w0 * _if_same(xm1, dm1, dp2, HAS_SEQ)
+    a3 = b + w3 * xp3 + w2 * _if_same(xp2, dp2, dp3, HAS_SEQ) + w1 * _if_same(xp1, dp1, dp3, HAS_SEQ) \
+        + w0 * _if_same(x0, d0, dp3, HAS_SEQ)
+    da0 = _shifted(dy_ptr, pb, t, 0, c, cm, L, sdyb, sdyl)
+    da1 = _shifted(dy_ptr, pb, t, 1, c, cm, L, sdyb, sdyl)
+    da2 = _shifted(dy_ptr, pb, t, 2, c, cm, L, sdyb, sdyl)
+    da3 = _shifted(dy_ptr, pb, t, 3, c, cm, L, sdyb, sdyl)
+    if SILU:
+        s0 = tl.sigmoid(a0)
+        s1 = tl.sigmoid(a1)
+        s2 = tl.sigmoid(a2)
+        s3 = tl.sigmoid(a3)
+        da0 = da0 * s0 * (1.0 + a0 * (1.0 - s0))
+        da1 = da1 * s1 * (1.0 + a1 * (1.0 - s1))
+        da2 = da2 * s2 * (1.0 + a2 * (1.0 - s2))
+        da3 = da3 * s3 * (1.0 + a3 * (1.0 - s3))
+    dx = w3 * da0 + w2 * _if_same(da1, dp1, d0, HAS_SEQ) + w1 * _if_same(da2, dp2, d0, HAS_SEQ) \
+        + w0 * _if_same(da3, dp3, d0, HAS_SEQ)
+    tl.store(dx_ptr + pb * sdxb + t[:, None] * sdxl + c[None, :], dx.to(dx_ptr.dtype.element_ty),
+             mask=tm[:, None] & cm[None, :])
+    part = (pb * tl.num_programs(1) + pl) * 4
+    tl.store(dw_ptr + (part + 3) * D + c, tl.sum(da0 * x0, 0), mask=cm)
+    tl.store(dw_ptr + (part + 2) * D + c, tl.sum(da0 * t1, 0), mask=cm)
+    tl.store(dw_ptr + (part + 1) * D + c, tl.sum(da0 * t2, 0), mask=cm)
+    tl.store(dw_ptr + (part + 0) * D + c, tl.sum(da0 * t3, 0), mask=cm)
+    if HAS_BIAS:
+        tl.store(db_ptr + (pb * tl.num_programs(1) + pl) * D + c, tl.sum(da0, 0), mask=cm)
+
+
 # (time block, channel block, warps) per kernel. The backward holds ~6 live tiles (dx, dy, the
 # recomputed pre-activation, a tap, …): at 64 × 128 they spilled registers and the kernel ran
 # 35× off its memory floor (1.4 ms at the 130M shape on an H200, bench/RESULTS.md); narrower
 # channel blocks keep them in registers. A module-level table so a benchmark can sweep it.
-BLOCKS = {"fwd": (64, 128, 4), "bwd": (64, 32, 4)}
+# The forward's best in the same sweep was 16 × 128.
+BLOCKS = {"fwd": (16, 128, 4), "bwd": (32, 32, 4)}
+BWD_WIDTH4 = True  # the width-4 backward (False: the generic one, for A/B timing)
 
 
 def _blocks(kind: str, L: int, D: int) -> tuple[int, int, int]:
@@ -149,12 +257,15 @@ def conv_bwd(dy: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None, seq_idx
     dw_part = torch.empty((b * nl, K, D), device=x.device, dtype=torch.float32)
     db_part = torch.zeros((b * nl, D), device=x.device, dtype=torch.float32)
     seq = seq_idx if seq_idx is not None else x
-    _conv_bwd_kernel[(b, nl, triton.cdiv(D, BD))](
-        x, weight, bias if bias is not None else weight, seq, dy, dx, dw_part, db_part, L, D,
-        x.stride(0), x.stride(1), weight.stride(0), weight.stride(1),
-        seq.stride(0) if seq_idx is not None else 0, seq.stride(1) if seq_idx is not None else 0,
-        dy.stride(0), dy.stride(1), dx.stride(0), dx.stride(1),
-        K=K, HAS_BIAS=bias is not None, HAS_SEQ=seq_idx is not None, SILU=silu, BL=BL, BD=BD, num_warps=warps)
+    args = (x, weight, bias if bias is not None else weight, seq, dy, dx, dw_part, db_part, L, D,
+            x.stride(0), x.stride(1), weight.stride(0), weight.stride(1),
+            seq.stride(0) if seq_idx is not None else 0, seq.stride(1) if seq_idx is not None else 0,
+            dy.stride(0), dy.stride(1), dx.stride(0), dx.stride(1))
+    flags = dict(HAS_BIAS=bias is not None, HAS_SEQ=seq_idx is not None, SILU=silu, BL=BL, BD=BD, num_warps=warps)
+    if K == 4 and BWD_WIDTH4:
+        _conv4_bwd_kernel[(b, nl, triton.cdiv(D, BD))](*args, **flags)
+    else:
+        _conv_bwd_kernel[(b, nl, triton.cdiv(D, BD))](*args, K=K, **flags)
     dw = dw_part.sum(0).t().to(weight.dtype)  # (D, K)
     db = db_part.sum(0).to(bias.dtype if bias is not None else weight.dtype)
     return dx, dw, db

@@ -99,6 +99,16 @@ def _norm_backward(ctx, dy, _drstd):
 rmsnorm_fwd.register_autograd(_norm_backward, setup_context=_norm_setup)
 
 
+@torch.library.custom_op(f"{lib}::add_rmsnorm_fwd", mutates_args=())
+def add_rmsnorm_fwd(x: Tensor, residual: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    return _norm.add_norm_fwd(x, residual, weight, eps)
+
+
+@add_rmsnorm_fwd.register_fake
+def _(x, residual, weight, eps):
+    return x.new_empty(x.shape, dtype=weight.dtype), x.new_empty(x.shape, dtype=torch.promote_types(x.dtype, residual.dtype))
+
+
 # ---- SSD scan ----------------------------------------------------------------------------------
 
 @torch.library.custom_op(f"{lib}::ssd_scan_fwd", mutates_args=())
