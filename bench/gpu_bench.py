@@ -52,6 +52,21 @@ def _rel(a, b) -> float:
 
 # ---- kernels -----------------------------------------------------------------------------------
 
+def _ssd_inputs(b: int, l: int, h: int, p: int, n: int, g: int = 1):
+    """Random bf16 SSD inputs as the mixer passes them (x, dt, A, B, C, D, dt_bias) and a dy."""
+    import torch
+    dev = "cuda"
+    x = torch.randn(b, l, h, p, device=dev, dtype=torch.bfloat16, requires_grad=True)
+    dt = (torch.randn(b, l, h, device=dev) * 0.5 - 2).to(torch.bfloat16).requires_grad_()
+    A = (-torch.rand(h, device=dev) * 4 - 0.5).requires_grad_()
+    B = torch.randn(b, l, g, n, device=dev, dtype=torch.bfloat16, requires_grad=True)
+    C = torch.randn(b, l, g, n, device=dev, dtype=torch.bfloat16, requires_grad=True)
+    D = torch.randn(h, device=dev, requires_grad=True)
+    bias = (torch.randn(h, device=dev) * 0.3).requires_grad_()
+    dy = torch.randn(b, l, h, p, device=dev, dtype=torch.bfloat16)
+    return x, dt, A, B, C, D, bias, dy
+
+
 def case_kernels_ssd() -> None:
     import torch
     from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
@@ -64,17 +79,10 @@ def case_kernels_ssd() -> None:
                                       "130m b1x65536": (1, 65536, 24, 64, 128, 1)}.items():
         torch.manual_seed(0)
         dev = "cuda"
-        x = torch.randn(b, l, h, p, device=dev, dtype=torch.bfloat16, requires_grad=True)
-        dt = (torch.randn(b, l, h, device=dev) * 0.5 - 2).to(torch.bfloat16).requires_grad_()
-        A = (-torch.rand(h, device=dev) * 4 - 0.5).requires_grad_()
-        B = torch.randn(b, l, g, n, device=dev, dtype=torch.bfloat16, requires_grad=True)
-        C = torch.randn(b, l, g, n, device=dev, dtype=torch.bfloat16, requires_grad=True)
-        D = torch.randn(h, device=dev, requires_grad=True)
-        bias = (torch.randn(h, device=dev) * 0.3).requires_grad_()
+        x, dt, A, B, C, D, bias, dy = _ssd_inputs(b, l, h, p, n, g)
         seq = None
         if "seq_idx" in label:
             seq = (torch.arange(l, device=dev) // 300).to(torch.int32)[None].expand(b, l).contiguous()
-        dy = torch.randn(b, l, h, p, device=dev, dtype=torch.bfloat16)
         fns = {
             "ours": lambda: ours.ssd_scan(x, dt, A, B, C, chunk_size=256, D=D, dt_bias=bias, seq_idx=seq)[0],
             "mamba_ssm": lambda: mamba_chunk_scan_combined(x, dt, A, B, C, 256, D=D, dt_bias=bias, seq_idx=seq,
@@ -184,8 +192,11 @@ def case_kernels_other() -> None:
         emit(f"kernel ssd_step b{bsz}", **row)
 
 
-def _profile_top(fn, steps: int = 3, top: int = 14) -> list:
-    """CUDA time per kernel name over ``steps`` calls of fn (after one warm-up), largest first."""
+def _profile_top(fn, steps: int = 3, top: int = 14, totals: dict | None = None) -> list:
+    """CUDA time per kernel name over ``steps`` calls of fn (after one warm-up), largest first.
+    With ``totals``, it also gets the kernels' summed time and the synchronised wall time per
+    call (without the profiler): their ratio is the GPU's busy share, which says whether the
+    call is bound by the GPU or by the host issuing it."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
@@ -201,30 +212,28 @@ def _profile_top(fn, steps: int = 3, top: int = 14) -> list:
         if t:
             rows.append((ev.key[:60], round(t / steps, 1), ev.count // steps))
     rows.sort(key=lambda r: -r[1])
+    if totals is not None:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            fn()
+        torch.cuda.synchronize()
+        wall = (time.perf_counter() - t0) / steps * 1e3
+        busy = sum(t for _, t, _ in rows) / 1e3
+        totals.update(wall_ms=round(wall, 2), kernel_ms=round(busy, 2), gpu_busy=round(busy / wall, 3))
     return [{"kernel": k, "us_per_call": t, "launches": c} for k, t, c in rows[:top]]
 
 
 def case_profile_ssd(heads_per_program: str = "") -> None:
     """Where the SSD fwd+bwd time goes, kernel by kernel (130M shape)."""
-    import torch
-
     if heads_per_program:
         os.environ["BIOMAMBA_SSD_HEADS_PER_PROGRAM"] = heads_per_program
     import biomamba.kernels.triton as ours
 
-    b, l, h, p, n = 16, 1024, 24, 64, 128
-    dev = "cuda"
-    x = torch.randn(b, l, h, p, device=dev, dtype=torch.bfloat16, requires_grad=True)
-    dt = (torch.randn(b, l, h, device=dev) * 0.5 - 2).to(torch.bfloat16).requires_grad_()
-    A = (-torch.rand(h, device=dev) * 4 - 0.5).requires_grad_()
-    B = torch.randn(b, l, 1, n, device=dev, dtype=torch.bfloat16, requires_grad=True)
-    C = torch.randn(b, l, 1, n, device=dev, dtype=torch.bfloat16, requires_grad=True)
-    D, bias = torch.randn(h, device=dev, requires_grad=True), torch.randn(h, device=dev, requires_grad=True)
-    dy = torch.randn(b, l, h, p, device=dev, dtype=torch.bfloat16)
+    x, dt, A, B, C, D, bias, dy = _ssd_inputs(16, 1024, 24, 64, 128)
 
     def f():
         ours.ssd_scan(x, dt, A, B, C, chunk_size=256, D=D, dt_bias=bias)[0].backward(dy)
-    emit(f"profile ssd 130m heads_per_program={heads_per_program or 'auto'}",
+    emit(f"profile ssd 130m heads_per_program={heads_per_program or 'default'}",
          fwdbwd_ms=round(_bench(f), 3), kernels=_profile_top(f))
 
 
@@ -243,7 +252,9 @@ def case_profile_train(size: str = "130m", bsz: int = 16, seqlen: int = 1024) ->
         (loss / count).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-    emit(f"profile train ours-triton {size} b{bsz}x{seqlen}", kernels=_profile_top(step, steps=2, top=20))
+    totals: dict = {}
+    kernels = _profile_top(step, steps=2, top=20, totals=totals)
+    emit(f"profile train ours-triton {size} b{bsz}x{seqlen}", **totals, kernels=kernels)
 
 
 # ---- models ---------------------------------------------------------------------------------------
@@ -301,18 +312,13 @@ def case_train(kind: str, size: str, bsz: int, seqlen: int, backend: str = "torc
         step()
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
-    host = 0.0
     t = time.perf_counter()
     for _ in range(steps):
-        h = time.perf_counter()
         loss = step()
-        host += time.perf_counter() - h
     torch.cuda.synchronize()
     dt = (time.perf_counter() - t) / steps
     tok_s = bsz * seqlen / dt
-    # host_ms: time the Python side spends issuing a step; near step_ms means launch-bound
-    return dict(tok_s=round(tok_s), step_ms=round(dt * 1e3, 1), host_ms=round(host / steps * 1e3, 1),
-                mfu_6N=round(6 * nparams * tok_s / PEAK_FLOPS, 3),
+    return dict(tok_s=round(tok_s), step_ms=round(dt * 1e3, 1), mfu_6N=round(6 * nparams * tok_s / PEAK_FLOPS, 3),
                 peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 1), params_m=round(nparams / 1e6, 1),
                 loss=round(float(loss), 3))
 
@@ -435,17 +441,10 @@ def case_sweep_ssd_bwd() -> None:
     import biomamba.kernels.triton as ours
     from biomamba.kernels.triton import ssd
 
-    b, l, h, p, n = 16, 1024, 24, 64, 128
-    dev = "cuda"
+    b, l = 16, 1024
     torch.manual_seed(0)
-    x = torch.randn(b, l, h, p, device=dev, dtype=torch.bfloat16, requires_grad=True)
-    dt = (torch.randn(b, l, h, device=dev) * 0.5 - 2).to(torch.bfloat16).requires_grad_()
-    A = (-torch.rand(h, device=dev) * 4 - 0.5).requires_grad_()
-    B = torch.randn(b, l, 1, n, device=dev, dtype=torch.bfloat16, requires_grad=True)
-    C = torch.randn(b, l, 1, n, device=dev, dtype=torch.bfloat16, requires_grad=True)
-    D, bias = torch.randn(h, device=dev, requires_grad=True), torch.randn(h, device=dev, requires_grad=True)
-    seq = (torch.arange(l, device=dev) // 300).to(torch.int32)[None].expand(b, l).contiguous()
-    dy = torch.randn(b, l, h, p, device=dev, dtype=torch.bfloat16)
+    x, dt, A, B, C, D, bias, dy = _ssd_inputs(b, l, 24, 64, 128)
+    seq = (torch.arange(l, device="cuda") // 300).to(torch.int32)[None].expand(b, l).contiguous()
     leaves = (x, dt, A, B, C, D, bias)
     base = None
     default = dict(ssd.BWD_TILES)
@@ -473,8 +472,8 @@ def case_sweep_ssd_bwd() -> None:
 
 CASES = [
     # (label, function, args, kwargs)
-    ("profile ssd auto", "case_profile_ssd", [], {}),
-    ("profile ssd one-program-per-group", "case_profile_ssd", ["24"], {}),
+    ("profile ssd default", "case_profile_ssd", [], {}),
+    ("profile ssd 4-heads-a-program", "case_profile_ssd", ["4"], {}),
     ("profile train", "case_profile_train", [], {}),
     ("kernels ssd", "case_kernels_ssd", [], {}),
     ("kernels other", "case_kernels_other", [], {}),

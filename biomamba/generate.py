@@ -123,7 +123,8 @@ def prefill(model: MambaLM, prompts: list[list[int]]) -> tuple[InferenceCache, T
     caches, logits, order = [], [], []
     for rows in by_length.values():
         cache = model.allocate_cache(len(rows))
-        logits.append(model(torch.tensor([prompts[r] for r in rows], device=device), cache=cache)[:, -1])
+        hidden = model.hidden(torch.tensor([prompts[r] for r in rows], device=device), cache=cache)
+        logits.append(model.lm_head(hidden[:, -1]))  # the head on the last position only
         caches.append(cache)
         order += rows
     cache, out = _stack_caches(caches), torch.cat(logits)

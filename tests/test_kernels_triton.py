@@ -166,6 +166,29 @@ def test_rmsnorm(dtype):
     check_grads(got, ref, 2 * TOL[dtype], ["x", "weight"])
 
 
+@pytest.mark.parametrize("gated", [True, False])
+def test_norms_store_the_autocast_dtype_their_matmul_reads(gated):
+    """Under bf16 autocast the norms return bf16 (the reference returns fp32, which the next
+    matmul casts to bf16): a Linear after either sees the same values, and the gradients agree."""
+    rows, d = NORM_SHAPE["rows"], NORM_SHAPE["d"]
+    x, z, w = torch.randn(*rows, d), torch.randn(*rows, d), 1 + 0.2 * torch.randn(d)
+    lin = torch.nn.Linear(d, 7).to(DEV)
+    got, ref = leaves(x, z, dtype=torch.bfloat16) + leaves(w), leaves(x, z, dtype=torch.bfloat16) + leaves(w)
+    outs = []
+    for ks, (xx, zz, ww) in ((K, got), (R, ref)):
+        with torch.autocast(DEV, dtype=torch.bfloat16):
+            y = ks.gated_rmsnorm(xx, zz if gated else None, ww, 1e-5, d)
+            out = lin(y)
+        outs.append((y, out))
+        out.float().square().sum().backward()
+    (y, out), (y_r, out_r) = outs
+    assert y.dtype == torch.bfloat16 and y_r.dtype == torch.float32
+    assert rel(y, y_r.to(torch.bfloat16)) < TOL[torch.bfloat16] and rel(out, out_r) < TOL[torch.bfloat16]
+    names = ["x", "z", "weight"]
+    keep = [i for i in range(3) if gated or i != 1]
+    check_grads([got[i] for i in keep], [ref[i] for i in keep], 2 * TOL[torch.bfloat16], [names[i] for i in keep])
+
+
 @pytest.mark.parametrize("res_dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("w_dtype", [torch.float32, torch.bfloat16])
 def test_add_rmsnorm(res_dtype, w_dtype):
@@ -248,8 +271,11 @@ def test_custom_ops_are_traceable():
     xc = torch.randn(b, l, 8, device=DEV, requires_grad=True)
     w = torch.randn(8, 4, device=DEV, requires_grad=True)
     torch.library.opcheck(ops.causal_conv1d_fwd.default, (xc, w, None, seq, True), test_utils=utils)
-    torch.library.opcheck(ops.rmsnorm_fwd.default, (xc, xc.detach() + 1, torch.ones(8, device=DEV), 1e-5, 4),
-                          test_utils=utils)
+    for out_dtype in (torch.float32, torch.bfloat16):
+        torch.library.opcheck(ops.rmsnorm_fwd.default,
+                              (xc, xc.detach() + 1, torch.ones(8, device=DEV), 1e-5, 4, out_dtype), test_utils=utils)
+    torch.library.opcheck(ops.add_rmsnorm_fwd.default, (xc.detach(), xc.detach() + 1, torch.ones(8, device=DEV), 1e-5),
+                          test_utils=("test_schema", "test_faketensor"))
 
     def mixer_like(x, dt, B, C, xc, w):
         y, _ = K.ssd_scan(x, dt, A, B, C, chunk_size=T, seq_idx=seq)

@@ -2,8 +2,10 @@
 
 Channels last: x (b, l, d) with any batch/time strides and unit channel stride. One program
 owns a (time block × channel block) tile; the k taps are read as k shifted loads of the same
-tile (they hit L1/L2). The backward recomputes the pre-activation for the k positions each
-input feeds, so nothing but the inputs is saved.
+tile. The backward recomputes the pre-activation for the k positions each input feeds, so
+nothing but the inputs is saved. Measured time grows with the number of shifted tile loads
+(each costs about a pass over memory), so the width-4 backward (every Mamba checkpoint's
+width) loads each of its seven shifted tiles once; other widths use the generic backward.
 """
 
 from __future__ import annotations
@@ -213,12 +215,11 @@ def _conv4_bwd_kernel(x_ptr, w_ptr, bias_ptr, seq_ptr, dy_ptr, dx_ptr, dw_ptr, d
         tl.store(db_ptr + (pb * tl.num_programs(1) + pl) * D + c, tl.sum(da0, 0), mask=cm)
 
 
-# (time block, channel block, warps) per kernel. The backward holds ~6 live tiles (dx, dy, the
-# recomputed pre-activation, a tap, …): at 64 × 128 they spilled registers and the kernel ran
-# 35× off its memory floor (1.4 ms at the 130M shape on an H200, bench/RESULTS.md); narrower
-# channel blocks keep them in registers. A module-level table so a benchmark can sweep it.
-# The forward's best in the same sweep was 16 × 128.
-BLOCKS = {"fwd": (16, 128, 4), "bwd": (32, 32, 4)}
+# (time block, channel block, warps) per kernel, from a sweep at the 130M shape on an H200
+# (bench/RESULTS.md): the backward holds many live tiles and spilled at 64 × 128 (1.68 ms generic,
+# 5.6 ms width-4); at 64 × 32 the width-4 backward takes 0.55 ms. The forward's best was 16 × 128.
+# A module-level table so that a benchmark can sweep it.
+BLOCKS = {"fwd": (16, 128, 4), "bwd": (64, 32, 4)}
 BWD_WIDTH4 = True  # the width-4 backward (False: the generic one, for A/B timing)
 
 

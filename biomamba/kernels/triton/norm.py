@@ -4,7 +4,8 @@ Rows are flattened leading dimensions; program (row block, group) owns BM rows Ã
 channels, so a group of any size (not only powers of two) is one masked tile. The weight
 gradient is written as one partial row per program and summed afterwards (deterministic).
 Semantics follow ``reference.gated_rmsnorm``: the normalised value is rounded to the input
-dtype before the weight multiplies it, the output has the promoted dtype of x and weight.
+dtype before the weight multiplies it; the output is stored in the dtype the caller asks for
+(the promoted dtype of x and weight, or the autocast dtype: see ``biomamba.kernels.triton``).
 """
 
 from __future__ import annotations
@@ -117,12 +118,13 @@ def _bm(G: int) -> int:
     return max(1, min(16, 4096 // triton.next_power_of_2(G)))
 
 
-def norm_fwd(x: Tensor, z: Tensor | None, weight: Tensor, eps: float, group_size: int) -> tuple[Tensor, Tensor]:
+def norm_fwd(x: Tensor, z: Tensor | None, weight: Tensor, eps: float, group_size: int,
+             out_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     d = x.shape[-1]
     x2 = _rows(x, d)
     z2 = _rows(z, d) if z is not None else x2
     M, NG, G = x2.shape[0], d // group_size, group_size
-    y = torch.empty(x.shape, device=x.device, dtype=torch.promote_types(x.dtype, weight.dtype))
+    y = torch.empty(x.shape, device=x.device, dtype=out_dtype)
     rstd = torch.empty((M, NG), device=x.device, dtype=torch.float32)
     BG, BM = triton.next_power_of_2(G), _bm(G)
     _norm_fwd_kernel[(triton.cdiv(M, BM), NG)](

@@ -61,15 +61,15 @@ causal_conv1d_fwd.register_autograd(_conv_backward, setup_context=_conv_setup)
 # ---- (gated) RMSNorm --------------------------------------------------------------------------
 
 @torch.library.custom_op(f"{lib}::rmsnorm_fwd", mutates_args=())
-def rmsnorm_fwd(x: Tensor, z: Optional[Tensor], weight: Tensor, eps: float, group_size: int) -> tuple[Tensor, Tensor]:
-    return _norm.norm_fwd(x, z, weight, eps, group_size)
+def rmsnorm_fwd(x: Tensor, z: Optional[Tensor], weight: Tensor, eps: float, group_size: int,
+                out_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    return _norm.norm_fwd(x, z, weight, eps, group_size, out_dtype)
 
 
 @rmsnorm_fwd.register_fake
-def _(x, z, weight, eps, group_size):
+def _(x, z, weight, eps, group_size, out_dtype):
     rows = x.numel() // x.shape[-1]
-    return (x.new_empty(x.shape, dtype=torch.promote_types(x.dtype, weight.dtype)),
-            x.new_empty((rows, x.shape[-1] // group_size), dtype=torch.float32))
+    return (x.new_empty(x.shape, dtype=out_dtype), x.new_empty((rows, x.shape[-1] // group_size), dtype=torch.float32))
 
 
 @torch.library.custom_op(f"{lib}::rmsnorm_bwd", mutates_args=())
@@ -85,7 +85,7 @@ def _(dy, x, z, weight, rstd, group_size):
 
 
 def _norm_setup(ctx, inputs, output):
-    x, z, weight, eps, group_size = inputs
+    x, z, weight, eps, group_size, out_dtype = inputs
     ctx.save_for_backward(x, z, weight, output[1])
     ctx.group_size = group_size
 
@@ -93,7 +93,7 @@ def _norm_setup(ctx, inputs, output):
 def _norm_backward(ctx, dy, _drstd):
     x, z, weight, rstd = ctx.saved_tensors
     dx, dz, dw = rmsnorm_bwd(dy, x, z, weight, rstd, ctx.group_size)
-    return dx, (dz if z is not None else None), dw, None, None
+    return dx, (dz if z is not None else None), dw, None, None, None
 
 
 rmsnorm_fwd.register_autograd(_norm_backward, setup_context=_norm_setup)
