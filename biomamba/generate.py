@@ -241,8 +241,9 @@ def beam_search(model: MambaLM, prompt: list[int], num_beams: int, max_new_token
 
     score = Σ log p(token) / len^length_penalty (the Hugging Face convention; 0 = plain sum).
     A beam ends at EOS (not included) or when ``should_stop(ids)`` says so. The prompt is
-    prefilled once; the recurrent states are copied per beam and reordered at every step, so
-    memory stays constant in the length, as in greedy decoding.
+    prefilled once; the recurrent states are copied per beam and reordered in place at every
+    step, so memory stays constant in the length, as in greedy decoding, and on CUDA each step
+    is a CUDA-graph replay (``StepRunner``).
     """
     if num_beams < 1:
         raise ValueError("num_beams must be ≥ 1")
@@ -252,6 +253,7 @@ def beam_search(model: MambaLM, prompt: list[int], num_beams: int, max_new_token
     logits = model(torch.tensor([prompt or [eos_id if eos_id is not None else 0]], device=device), cache=cache)[:, -1]
     cache = _stack_caches([cache] * num_beams)
     logits = logits.expand(num_beams, -1)
+    step = StepRunner(model, cache, num_beams, greedy=False, cuda_graph=device.type == "cuda")
     beams: list[list[int]] = [[] for _ in range(num_beams)]
     sums = torch.full((num_beams,), float("-inf"), device=device)
     sums[0] = 0.0  # all beams start identical: keep one, or the top-k would be k copies of it
@@ -295,7 +297,7 @@ def beam_search(model: MambaLM, prompt: list[int], num_beams: int, max_new_token
             state.ssm.copy_(state.ssm.index_select(0, index))
         beams = [beams[o] + [t] for o, t in zip(keep_from, keep_tok)]
         sums = torch.tensor(keep_sum, device=device)
-        logits = model.step(torch.tensor(keep_tok, device=device), cache)
+        logits = step(torch.tensor(keep_tok, device=device))
     finished += [(ids, normalised(ids, s)) for ids, s in zip(beams, sums.tolist()) if s != float("-inf")]
     unique: dict[tuple[int, ...], float] = {}
     for ids, score in finished:

@@ -94,6 +94,17 @@ def test_cuda_graph_decoding_equals_eager(temperature):
                         should_stop=lambda row, ids: False) == eager
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_beam_search_on_cuda_graphs_equals_cpu():
+    from biomamba.generate import beam_search
+
+    model = randomize_weights(MambaLM(model_preset("tiny")), seed=5).eval()
+    on_cpu = beam_search(model, [510, 1234, 7], num_beams=4, max_new_tokens=10, eos_id=None)
+    on_gpu = beam_search(model.cuda(), [510, 1234, 7], num_beams=4, max_new_tokens=10, eos_id=None)
+    assert [ids for ids, _ in on_gpu] == [ids for ids, _ in on_cpu]
+    assert all(abs(a - b) < 1e-3 for (_, a), (_, b) in zip(on_gpu, on_cpu))
+
+
 def test_cuda_graph_refused_off_cuda(exported):
     model, _ = exported
     with pytest.raises(ValueError, match="CUDA"):
