@@ -44,7 +44,6 @@ class Block(nn.Module):
         return residual + self.mixer(self.norm(x.to(self.norm.weight.dtype)), seq_idx=seq_idx, state=state)
 
 
-
 class Backbone(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
