@@ -430,7 +430,11 @@ def case_sweep_conv() -> None:
 SSD_BWD_VARIANTS = [dict(BM=64, BK=64, dx_warps=4, dcdb_warps=8), dict(BM=64, BK=64, dx_warps=4, dcdb_warps=4),
                     dict(BM=64, BK=64, dx_warps=8, dcdb_warps=8), dict(BM=64, BK=32, dx_warps=4, dcdb_warps=4),
                     dict(BM=32, BK=32, dx_warps=4, dcdb_warps=4), dict(BM=32, BK=32, dx_warps=2, dcdb_warps=4),
-                    dict(BM=128, BK=64, dx_warps=8, dcdb_warps=8), dict(BM=128, BK=32, dx_warps=8, dcdb_warps=8)]
+                    dict(BM=128, BK=64, dx_warps=8, dcdb_warps=8), dict(BM=128, BK=32, dx_warps=8, dcdb_warps=8),
+                    dict(BM=64, BK=32, dx_warps=4, dcdb_warps=4, stages=1),
+                    dict(BM=64, BK=32, dx_warps=4, dcdb_warps=4, stages=2),
+                    dict(BM=64, BK=32, dx_warps=4, dcdb_warps=4, stages=4),
+                    dict(BM=64, BK=16, dx_warps=4, dcdb_warps=4), dict(BM=64, BK=32, dx_warps=2, dcdb_warps=4)]
 
 
 def case_sweep_ssd_bwd() -> None:
@@ -449,6 +453,7 @@ def case_sweep_ssd_bwd() -> None:
     base = None
     default = dict(ssd.BWD_TILES)
     for variant in SSD_BWD_VARIANTS:
+        ssd.BWD_TILES.update(default)
         ssd.BWD_TILES.update(variant)
         for with_seq in (False, True):
             s_ = seq if with_seq else None
@@ -470,6 +475,42 @@ def case_sweep_ssd_bwd() -> None:
     ssd.BWD_TILES.update(default)
 
 
+SSD_FWD_VARIANTS = [dict(out_BM=64, out_BK=64, out_warps=4, outer_warps=4),
+                    dict(out_BM=64, out_BK=32, out_warps=4, outer_warps=4),
+                    dict(out_BM=64, out_BK=64, out_warps=8, outer_warps=8),
+                    dict(out_BM=128, out_BK=64, out_warps=8, outer_warps=4),
+                    dict(out_BM=32, out_BK=32, out_warps=4, outer_warps=4),
+                    dict(out_BM=64, out_BK=64, out_warps=4, outer_warps=4, stages=2),
+                    dict(out_BM=64, out_BK=64, out_warps=4, outer_warps=4, stages=4)]
+
+
+def case_sweep_ssd_fwd() -> None:
+    """SSD forward tiles / warps at the 130M shape: y against the first variant, the forward
+    kernels' CUDA time (µs) and the forward median."""
+    import torch
+
+    import biomamba.kernels.triton as ours
+    from biomamba.kernels.triton import ssd
+
+    torch.manual_seed(0)
+    x, dt, A, B, C, D, bias, _ = _ssd_inputs(16, 1024, 24, 64, 128)
+    default = dict(ssd.FWD_TILES)
+    first = None
+    for variant in SSD_FWD_VARIANTS:
+        ssd.FWD_TILES.update(default)
+        ssd.FWD_TILES.update(variant)
+
+        def f():
+            with torch.no_grad():
+                return ours.ssd_scan(x, dt, A, B, C, chunk_size=256, D=D, dt_bias=bias)[0]
+        y = f()
+        first = y if first is None else first
+        kern = [k for k in _profile_top(f, steps=3, top=20) if k["kernel"].startswith("_")]
+        emit("sweep ssd_fwd " + " ".join(f"{k}{v}" for k, v in variant.items()), rel_err_vs_first=_rel(y, first),
+             fwd_ms=round(_bench(f), 3), kernels_us={k["kernel"]: k["us_per_call"] for k in kern})
+    ssd.FWD_TILES.update(default)
+
+
 CASES = [
     # (label, function, args, kwargs)
     ("profile ssd default", "case_profile_ssd", [], {}),
@@ -479,6 +520,7 @@ CASES = [
     ("kernels other", "case_kernels_other", [], {}),
     ("sweep conv", "case_sweep_conv", [], {}),
     ("sweep ssd_bwd", "case_sweep_ssd_bwd", [], {}),
+    ("sweep ssd_fwd", "case_sweep_ssd_fwd", [], {}),
     ("train ours-triton 130m b16x1024", "case_train", ["ours", "130m", 16, 1024], {"backend": "triton"}),
     ("train ours-triton 130m b32x1024", "case_train", ["ours", "130m", 32, 1024], {"backend": "triton"}),
     ("train ours-torch 130m b16x1024", "case_train", ["ours", "130m", 16, 1024], {"backend": "torch"}),

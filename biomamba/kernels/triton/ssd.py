@@ -484,7 +484,15 @@ def _ip(dtype: torch.dtype) -> str:
 # kernels). A module-level table so that a benchmark can sweep it on the GPU: of 8 variants at
 # the 130M shape on an H200 this one gave the three kernels 1.07 ms against 1.45 for 64/64/4/8
 # (1.21 against 1.67 with seq_idx; bench/RESULTS.md). BK must not exceed BM.
-BWD_TILES = {"BM": 64, "BK": 32, "dx_warps": 4, "dcdb_warps": 4}
+BWD_TILES = {"BM": 64, "BK": 32, "dx_warps": 4, "dcdb_warps": 4, "stages": None}
+# Forward tiling of the output kernel (rows, inner block, warps) and the warps of the chunk
+# outer-product kernel; "stages" (None: Triton's default) is the software-pipelining depth.
+# Not swept on a GPU yet (bench/gpu_bench.py `sweep ssd_fwd`).
+FWD_TILES = {"out_BM": 64, "out_BK": 64, "out_warps": 4, "outer_warps": 4, "stages": None}
+
+
+def _stages(table: dict) -> dict:
+    return {} if table["stages"] is None else {"num_stages": table["stages"]}
 
 
 class _Cfg:
@@ -495,6 +503,8 @@ class _Cfg:
         self.BK = min(64, T)
         self.bBM = min(BWD_TILES["BM"], T)
         self.bBK = min(BWD_TILES["BK"], self.bBM)
+        self.oBM = min(FWD_TILES["out_BM"], T)
+        self.oBK = min(FWD_TILES["out_BK"], self.oBM)
         self.BP = triton.next_power_of_2(P)
         self.BN = triton.next_power_of_2(N)
         self.BNK = min(64, self.BN)  # n-blocking where n is a reduction dim
@@ -555,7 +565,8 @@ def _chunk_prefix(x, B, C, delta, acs, seq_idx, initial_state, dims, cfg):
     _chunk_outer_kernel[(b * NC * H, triton.cdiv(P, cfg.BPo), triton.cdiv(N, cfg.BNK))](
         x, B, delta, acs, seq, z, L, H, G, P, N, NC, x.stride(0), x.stride(1), x.stride(2),
         B.stride(0), B.stride(1), B.stride(2), ssb, ssl,
-        MODE=0, HAS_SEQ=seq_idx is not None, T=T, BP=cfg.BPo, BN=cfg.BNK, BK=cfg.BK, IP=ip, num_warps=4)
+        MODE=0, HAS_SEQ=seq_idx is not None, T=T, BP=cfg.BPo, BN=cfg.BNK, BK=cfg.BK, IP=ip,
+        num_warps=FWD_TILES["outer_warps"], **_stages(FWD_TILES))
     starts = torch.empty_like(z)
     final = torch.empty((b, H, P, N), device=x.device, dtype=torch.float32)
     PN = P * N
@@ -574,12 +585,12 @@ def ssd_fwd(x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus, dt_lo, dt_hi, s
     cb, starts, final = _chunk_prefix(x, B, C, delta, acs, seq_idx, initial_state, dims, cfg)
     seq, ssb, ssl = _seq_args(seq_idx, x)
     y = torch.empty((b, L, H, P), device=x.device, dtype=x.dtype)
-    _out_kernel[(b * NC * H, T // cfg.BM, triton.cdiv(P, cfg.BPo))](
+    _out_kernel[(b * NC * H, T // cfg.oBM, triton.cdiv(P, cfg.BPo))](
         x, B, C, cb, delta, acs, seq, starts, D if D is not None else A, y,
         L, H, G, P, N, NC, x.stride(0), x.stride(1), x.stride(2), C.stride(0), C.stride(1), C.stride(2),
         ssb, ssl, y.stride(0), y.stride(1), y.stride(2),
-        HAS_SEQ=seq_idx is not None, HAS_D=D is not None, T=T, BM=cfg.BM, BK=cfg.BK, BP=cfg.BPo, BN=cfg.BNK,
-        IP=_ip(x.dtype), num_warps=4)
+        HAS_SEQ=seq_idx is not None, HAS_D=D is not None, T=T, BM=cfg.oBM, BK=cfg.oBK, BP=cfg.BPo, BN=cfg.BNK,
+        IP=_ip(x.dtype), num_warps=FWD_TILES["out_warps"], **_stages(FWD_TILES))
     return y, final
 
 
@@ -600,7 +611,8 @@ def ssd_bwd(dy, dfinal, x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus, dt_
     _chunk_outer_kernel[(b * NC * H, triton.cdiv(P, cfg.BPo), triton.cdiv(N, cfg.BNK))](
         dy, C, delta, acs, seq, E, L, H, G, P, N, NC, dy.stride(0), dy.stride(1), dy.stride(2),
         C.stride(0), C.stride(1), C.stride(2), ssb, ssl,
-        MODE=1, HAS_SEQ=HSQ, T=T, BP=cfg.BPo, BN=cfg.BNK, BK=cfg.BK, IP=ip, num_warps=4)
+        MODE=1, HAS_SEQ=HSQ, T=T, BP=cfg.BPo, BN=cfg.BNK, BK=cfg.BK, IP=ip,
+        num_warps=FWD_TILES["outer_warps"], **_stages(FWD_TILES))
     PN = P * N
     nblk = triton.cdiv(PN, cfg.BS)
     dz = torch.empty_like(E)
@@ -619,7 +631,7 @@ def ssd_bwd(dy, dfinal, x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus, dt_
         L, H, G, P, N, NC, x.stride(0), x.stride(1), x.stride(2), B.stride(0), B.stride(1), B.stride(2),
         dy.stride(0), dy.stride(1), dy.stride(2), ssb, ssl, dx.stride(0), dx.stride(1), dx.stride(2),
         HAS_SEQ=HSQ, HAS_D=D is not None, T=T, BM=cfg.bBM, BK=cfg.bBK, BP=cfg.BP, BN=cfg.BNK, IP=ip,
-        num_warps=BWD_TILES["dx_warps"])
+        num_warps=BWD_TILES["dx_warps"], **_stages(BWD_TILES))
     # per group: dC (+ the row part of the log-decay gradient) and dB; the group's heads are split
     # over HS programs (fp32 partial sums over the splits, reduced below) for parallelism
     HS = _head_splits(H // G)
@@ -635,13 +647,13 @@ def ssd_bwd(dy, dfinal, x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus, dt_
         C.stride(0), C.stride(1), C.stride(2), dy.stride(0), dy.stride(1), dy.stride(2), ssb, ssl,
         dC.stride(1), dC.stride(2), dC.stride(3), dC.stride(0),
         HAS_SEQ=HSQ, HS=HS, T=T, BM=cfg.bBM, BK=cfg.bBK, BP=cfg.BP, BN=cfg.BN, IP=ip,
-        num_warps=BWD_TILES["dcdb_warps"])
+        num_warps=BWD_TILES["dcdb_warps"], **_stages(BWD_TILES))
     _bwd_db_kernel[(b * NC * G * HS, T // cfg.bBM)](
         x, C, dy, delta, acs, seq, dz, dB,
         L, H, G, P, N, NC, x.stride(0), x.stride(1), x.stride(2), C.stride(0), C.stride(1), C.stride(2),
         dy.stride(0), dy.stride(1), dy.stride(2), ssb, ssl, dB.stride(1), dB.stride(2), dB.stride(3), dB.stride(0),
         HAS_SEQ=HSQ, HS=HS, T=T, BM=cfg.bBM, BK=cfg.bBK, BP=cfg.BP, BN=cfg.BN, IP=ip,
-        num_warps=BWD_TILES["dcdb_warps"])
+        num_warps=BWD_TILES["dcdb_warps"], **_stages(BWD_TILES))
     dC = dC[0] if HS == 1 else dC.sum(0).to(C.dtype)
     dB = dB[0] if HS == 1 else dB.sum(0).to(B.dtype)
     # log-decay gradient per position → per step (reverse cumsum in the chunk) → Δ, A, dt, dt_bias
