@@ -2,10 +2,12 @@
 # One GPU call: install the peer wheels, run the kernel tests at real shapes, then the benchmark
 # cases named in the arguments (ours and the peer, same machine, same run). Logs land in $OUT.
 # Usage (device machine, repo root): bash bench/gpu_run.sh [--no-tests] [CASE_SUBSTRING ...]
+# Carry .gpu-wheels (a copy of ../shared/gpu/wheels) and, if present, .tcache-parts.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=$PWD/.tcache TRITON_CACHE_AUTOTUNING=1
-[ -f .tcache.tgz ] && tar xzf .tcache.tgz
+# a Triton cache (autotune results included) from an earlier call, carried as .tcache-parts/
+ls .tcache-parts/tcache.tgz.part* >/dev/null 2>&1 && cat .tcache-parts/tcache.tgz.part* | tar xzf -
 python3 -m pip install -q --no-index --no-deps --no-compile --target .peer-site .gpu-wheels/*.whl \
   && touch .peer-site/selective_scan_cuda.py || exit 1
 export PYTHONPATH=$PWD/.peer-site:$PWD
@@ -22,4 +24,6 @@ if [ "${1:-}" = "--no-tests" ]; then shift; else
 fi
 CASE_TIMEOUT=${CASE_TIMEOUT:-240} timeout ${BENCH_TIMEOUT:-420} python3 bench/gpu_bench.py "$@" 2>&1 \
   | grep -v '^RESULT ' | tee "$OUT/bench.log" | tail -40
-tar czf "$OUT/tcache.tgz" .tcache 2>/dev/null; ls -la "$OUT"
+# in parts under the 16 MiB a returned file may have; copy them into .tcache-parts/ (git-ignored)
+# and carry that folder next time: the peer's autotuning then costs nothing
+tar czf - .tcache 2>/dev/null | split -b 15m - "$OUT/tcache.tgz.part"; ls -la "$OUT"
