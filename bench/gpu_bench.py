@@ -281,7 +281,11 @@ def build(kind: str, size: str, backend: str = "torch"):
 
 
 def case_train(kind: str, size: str, bsz: int, seqlen: int, backend: str = "torch", compile_: bool = False,
-               steps: int = 8) -> dict:
+               steps: int = 8, compile_mode: str | None = None, graphed: bool = False) -> dict:
+    """Training steps on random tokens. ``compile_`` wraps the loss in torch.compile (``compile_mode``
+    e.g. "reduce-overhead" for its CUDA graphs); ``graphed`` (ours) captures forward and backward
+    with ``torch.cuda.make_graphed_callables`` (the optimizer step stays eager): both take the
+    host's per-op cost out of the step, to see how host-bound the eager step is."""
     import torch
     torch.manual_seed(0)
     model = build(kind, size, backend)
@@ -300,7 +304,21 @@ def case_train(kind: str, size: str, bsz: int, seqlen: int, backend: str = "torc
             logits = out.logits if hasattr(out, "logits") else out[0]
             return torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)).float(),
                                                      x[:, 1:].reshape(-1))
-    loss_fn = torch.compile(fwd_loss) if compile_ else fwd_loss
+    loss_fn = torch.compile(fwd_loss, mode=compile_mode) if compile_ else fwd_loss
+    if graphed:
+        class LossOf(torch.nn.Module):
+            def __init__(self, m):
+                super().__init__()
+                self.m = m
+
+            def forward(self, ids, targets):
+                with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
+                    loss, count = self.m.loss(ids, targets)
+                return loss / count
+        graphed_loss = torch.cuda.make_graphed_callables(LossOf(model), (x, labels))
+
+        def loss_fn():
+            return graphed_loss(x, labels)
 
     def step():
         loss = loss_fn()
@@ -528,6 +546,10 @@ CASES = [
     ("train ssm-mamba2 130m b16x1024", "case_train", ["ssm-mamba2", "130m", 16, 1024], {}),
     ("train ours-triton-compile 130m b16x1024", "case_train", ["ours", "130m", 16, 1024],
      {"backend": "triton", "compile_": True}),
+    ("train ours-triton-compile-ro 130m b16x1024", "case_train", ["ours", "130m", 16, 1024],
+     {"backend": "triton", "compile_": True, "compile_mode": "reduce-overhead"}),
+    ("train ours-triton-graphed 130m b16x1024", "case_train", ["ours", "130m", 16, 1024],
+     {"backend": "triton", "graphed": True}),
     ("fwd ours-triton 130m b8x16384", "case_fwd", ["ours", "130m", 8, 16384], {"backend": "triton"}),
     ("fwd hf-mamba2 130m b8x16384", "case_fwd", ["hf-mamba2", "130m", 8, 16384], {}),
     ("gen ours-triton 130m b1 p256+256 cg", "case_gen", ["ours", "130m", 1, 256, 256], {"backend": "triton"}),
