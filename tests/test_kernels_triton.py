@@ -90,6 +90,31 @@ def test_ssd_scan_without_optionals(heads_per_program, tiles, monkeypatch):
     check_grads(got, ref, 2e-4, ["x", "dt", "A", "B", "C"])
 
 
+@pytest.mark.parametrize("softplus", [True, False])
+def test_ssd_scan_clamped_dt(softplus):
+    """Δ clamped into [lo, hi] with steps on both sides of it (their dt gets no gradient), with and
+    without softplus: the chain rule through clamp, softplus and bias in the backward's tail."""
+    s = SSD_SHAPE
+    b, h, p, n, T, l = s["b"], s["h"], s["p"], s["n"], s["T"], s["lengths"][1]
+    gen = torch.Generator().manual_seed(torch.seed() % 2**31)
+    x, B, C = torch.randn(b, l, h, p, generator=gen), torch.randn(b, l, 1, n, generator=gen), torch.randn(b, l, 1, n, generator=gen)
+    dt = torch.randn(b, l, h, generator=gen) * 2 + (0.0 if softplus else 0.8)
+    A, bias = -torch.rand(h, generator=gen) - 0.5, torch.randn(h, generator=gen) * 0.3
+    lo, hi = 0.05, 1.5
+    got, ref = leaves(x, dt, A, B, C, bias), leaves(x, dt, A, B, C, bias)
+    kw = dict(chunk_size=T, dt_softplus=softplus, dt_limit=(lo, hi))
+    y, _ = K.ssd_scan(*got[:5], dt_bias=got[5], **kw)
+    y_r, _ = R.ssd_scan(*ref[:5], dt_bias=ref[5], **kw)
+    v = dt + bias
+    step = torch.nn.functional.softplus(v) if softplus else v
+    assert (step < lo).any() and (step > hi).any(), "the draw should clamp on both sides"
+    assert rel(y, y_r) < 1e-4
+    dy = torch.randn_like(y)
+    (y * dy).sum().backward()
+    (y_r * dy).sum().backward()
+    check_grads(got, ref, 2e-4, ["x", "dt", "A", "B", "C", "dt_bias"])
+
+
 def test_ssd_scan_chains_through_initial_state():
     """Two halves chained through the final/initial state equal one scan over the whole."""
     s = SSD_SHAPE

@@ -13,7 +13,7 @@ group (shared by the heads of a group), (3) Z_c, (4) the sequential pass over ch
 every S_c and the final state, (5) the outputs. The backward recomputes (1)–(4) and runs the
 same structure in reverse: dS_c (a pass over chunks backwards), then dx/dΔ per head, dC and
 dB per group (looping over the group's heads, so no per-head buffers of B/C size), and the
-gradients of the log-decays, which reduce to per-position vectors finished in torch
+gradients of the log-decays, which reduce to per-position vectors finished by one more kernel
 (a reverse cumulative sum per chunk and the chain rule through softplus/clamp/bias).
 """
 
@@ -468,6 +468,58 @@ def _bwd_db_kernel(x_ptr, C_ptr, dy_ptr, delta_ptr, acs_ptr, seq_ptr, dz_ptr, db
              mask=sm[:, None] & nm[None, :])
 
 
+# ---- backward: the per-position tail (log-decay → Δ → dt, dt_bias, A, D) ----------------------
+
+@triton.jit
+def _bwd_tail_kernel(row_ptr, col_ptr, q_ptr, dgam_ptr, ddtx_ptr, delta_ptr, ddpos_ptr, dt_ptr, bias_ptr, A_ptr,
+                     ddt_ptr, dA_ptr, dbias_ptr, dD_ptr, L, H, NC, NBLK, sdtb, sdtl, dt_lo, dt_hi,
+                     HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr, SOFTPLUS: tl.constexpr, CLAMP: tl.constexpr,
+                     T: tl.constexpr, BH: tl.constexpr, BB: tl.constexpr):
+    """One (batch, chunk, head block): the log-decay gradient per position (row + column parts, the
+    chunk's end terms on its last position) summed from the end of the chunk (a reverse cumsum:
+    the tile is read back to front and summed forward), then dΔ = dΔ_x + ddA·A, chained through
+    clamp and softplus to dt; the per-head sums dA, dt_bias, D are written per program."""
+    pb = tl.program_id(0)
+    pc = tl.program_id(1)
+    hh = tl.program_id(2) * BH + tl.arange(0, BH)
+    hm = hh < H
+    r = T - 1 - tl.arange(0, T)  # positions in the chunk, last first
+    off = (pb * H + hh[None, :]) * (NC * T) + pc * T + r[:, None]
+    m = hm[None, :]
+    dda = tl.load(row_ptr + off, mask=m, other=0.0) + tl.load(col_ptr + off, mask=m, other=0.0)
+    # the chunk's end terms: Σ_t q_t and the state pass's Σ over its blocks, on the last position
+    end = tl.sum(tl.load(q_ptr + off, mask=m, other=0.0), 0)
+    blk = tl.arange(0, BB)
+    end += tl.sum(tl.load(dgam_ptr + ((pb * H + hh[None, :]) * NC + pc) * NBLK + blk[:, None],
+                          mask=hm[None, :] & (blk[:, None] < NBLK), other=0.0), 0)
+    dda = tl.where((r == T - 1)[:, None], dda + end[None, :], dda)
+    ddA = tl.cumsum(dda, axis=0)
+    delta = tl.load(delta_ptr + off, mask=m, other=0.0)
+    A = tl.load(A_ptr + hh, mask=hm, other=0.0).to(tl.float32)
+    g = tl.load(ddtx_ptr + off, mask=m, other=0.0) + ddA * A[None, :]
+    part = (pb * NC + pc) * H + hh
+    tl.store(dA_ptr + part, tl.sum(ddA * delta, 0), mask=hm)
+    if HAS_D:
+        tl.store(dD_ptr + part, tl.sum(tl.load(ddpos_ptr + off, mask=m, other=0.0), 0), mask=hm)
+    lpos = pc * T + r
+    lm = (lpos < L)[:, None] & hm[None, :]
+    v = tl.load(dt_ptr + pb * sdtb + lpos[:, None] * sdtl + hh[None, :], mask=lm, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        v += tl.load(bias_ptr + hh, mask=hm, other=0.0).to(tl.float32)[None, :]
+    if CLAMP:
+        if SOFTPLUS:
+            sp = tl.where(v > 20.0, v, tl.log(1.0 + tl.exp(v)))
+        else:
+            sp = v
+        g = tl.where((sp >= dt_lo) & (sp <= dt_hi), g, 0.0)
+    if SOFTPLUS:
+        g = g * tl.sigmoid(v)
+    g = tl.where(lm, g, 0.0)
+    tl.store(ddt_ptr + (pb * L + lpos[:, None]) * H + hh[None, :], g.to(ddt_ptr.dtype.element_ty), mask=lm)
+    if HAS_BIAS:
+        tl.store(dbias_ptr + part, tl.sum(g, 0), mask=hm)
+
+
 # ---- host side ------------------------------------------------------------------------------
 
 def _last_unit(t: Tensor) -> Tensor:
@@ -596,7 +648,7 @@ def ssd_fwd(x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus, dt_lo, dt_hi, s
 
 def ssd_bwd(dy, dfinal, x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus, dt_lo, dt_hi, seq_idx,
             initial_state):
-    x, B, C, dy = _last_unit(x), _last_unit(B), _last_unit(C), _last_unit(dy)
+    x, B, C, dy, dt = _last_unit(x), _last_unit(B), _last_unit(C), _last_unit(dy), _last_unit(dt)
     if dy.dtype != x.dtype:
         dy = dy.to(x.dtype)
     b, L, H, P, G, N, T, NC, delta, acs = _prep(x, dt, A, B, C, chunk_size, dt_bias, dt_softplus, dt_lo, dt_hi)
@@ -656,31 +708,21 @@ def ssd_bwd(dy, dfinal, x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus, dt_
         num_warps=BWD_TILES["dcdb_warps"], **_stages(BWD_TILES))
     dC = dC[0] if HS == 1 else dC.sum(0).to(C.dtype)
     dB = dB[0] if HS == 1 else dB.sum(0).to(B.dtype)
-    # log-decay gradient per position → per step (reverse cumsum in the chunk) → Δ, A, dt, dt_bias
-    dda = (dda_row + dda_col).view(b, H, NC, T)
-    dda[..., -1] += q.view(b, H, NC, T).sum(-1) + dgam.sum(-1)
-    ddA = dda.flip(-1).cumsum(-1).flip(-1).view(b, H, NC * T)
-    Af = A.float()
-    ddelta = ddt_x + ddA * Af[None, :, None]
-    dA = (ddA * delta).sum((0, 2))
-    ddelta = ddelta[:, :, :L].transpose(1, 2)  # (b, L, H)
-    ddt, ddt_bias = _dt_chain(ddelta, dt, dt_bias, dt_softplus, dt_lo, dt_hi)
-    dD = dD_pos.sum((0, 2)) if D is not None else None
-    return dx, ddt, dA.to(A.dtype), dB, dC, dD, ddt_bias, dinit
-
-
-def _dt_chain(ddelta, dt, dt_bias, dt_softplus, dt_lo, dt_hi):
-    v = dt.float()
-    if dt_bias is not None:
-        v = v + dt_bias.float()
-    g = ddelta
-    if not (dt_lo == 0.0 and math.isinf(dt_hi)):
-        sp = torch.nn.functional.softplus(v) if dt_softplus else v
-        g = g * ((sp >= dt_lo) & (sp <= dt_hi))
-    if dt_softplus:
-        g = g * torch.sigmoid(v)
-    ddt_bias = g.sum((0, 1)).to(dt_bias.dtype) if dt_bias is not None else None
-    return g.to(dt.dtype), ddt_bias
+    # log-decay gradient per position → per step (reverse cumsum in the chunk) → Δ, A, dt, dt_bias,
+    # in one kernel; the per-head sums come back per (batch, chunk) and are added here
+    ddt = torch.empty((b, L, H), device=x.device, dtype=dt.dtype)
+    part = lambda: torch.empty((b * NC, H), device=x.device, dtype=torch.float32)  # noqa: E731
+    dA_part, dbias_part, dD_part = part(), part(), part()
+    BH = min(16, triton.next_power_of_2(H))
+    _bwd_tail_kernel[(b, NC, triton.cdiv(H, BH))](
+        dda_row, dda_col, q, dgam, ddt_x, delta, dD_pos, dt, dt_bias if dt_bias is not None else A, A,
+        ddt, dA_part, dbias_part, dD_part, L, H, NC, nblk, dt.stride(0), dt.stride(1),
+        float(dt_lo), float(min(dt_hi, 3.0e38)), HAS_BIAS=dt_bias is not None, HAS_D=D is not None,
+        SOFTPLUS=dt_softplus, CLAMP=not (dt_lo == 0.0 and math.isinf(dt_hi)), T=T, BH=BH,
+        BB=triton.next_power_of_2(nblk), num_warps=4)
+    ddt_bias = dbias_part.sum(0).to(dt_bias.dtype) if dt_bias is not None else None
+    dD = dD_part.sum(0) if D is not None else None
+    return dx, ddt, dA_part.sum(0).to(A.dtype), dB, dC, dD, ddt_bias, dinit
 
 
 # ---- decode step ----------------------------------------------------------------------------
