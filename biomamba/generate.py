@@ -80,7 +80,7 @@ class StepRunner:
         device = model.backbone.embedding.weight.device
         self.tokens = torch.zeros(batch, dtype=torch.long, device=device)
         self.graph: torch.cuda.CUDAGraph | None = None
-        self.calls = 0
+        self.warmed = False
 
     def _eager(self, tokens: Tensor) -> Tensor:
         logits = self.model.step(tokens, self.cache)
@@ -90,11 +90,11 @@ class StepRunner:
     def __call__(self, tokens: Tensor) -> Tensor:
         """Next tokens (greedy) or masked logits (b, padded_vocab), from the previous tokens (b,).
         With a graph the result is a static buffer, overwritten by the next call."""
-        self.calls += 1
         if not self.cuda_graph:
             return self._eager(tokens)
         self.tokens.copy_(tokens)
-        if self.graph is None and self.calls == 1:
+        if not self.warmed:
+            self.warmed = True
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):

@@ -61,6 +61,7 @@ class Mamba2Mixer(nn.Module):
         self.norm = GatedRMSNorm(di)
         self.out_proj = nn.Linear(di, cfg.d_model, bias=cfg.proj_bias)
         self.kernels = get_kernels("torch")
+        self._decay_key: tuple[int, int] | None = None  # what ``_decay_rates`` last computed from
 
     def _split(self, zxbcdt: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         di = self.cfg.d_inner
@@ -114,7 +115,7 @@ class Mamba2Mixer(nn.Module):
         """A = −exp(A_log) in fp32 for decoding, cached until A_log changes (its version counter
         moves on every in-place update): recomputing it costs a decode step three kernels a layer."""
         key = (self.A_log.data_ptr(), self.A_log._version)
-        if getattr(self, "_decay_key", None) != key:
+        if self._decay_key != key:
             self._decay = -torch.exp(self.A_log.detach().float())
             self._decay_key = key
         return self._decay

@@ -17,6 +17,14 @@ from torch import Tensor
 
 
 @triton.jit
+def _rms_scaled(xf, w, G, eps, IN_DTYPE: tl.constexpr):
+    """(xf · rstd rounded to the input dtype) · w over rows of G channels, and rstd (fp32)."""
+    rstd = 1.0 / tl.sqrt(tl.sum(xf * xf, 1) / G + eps)
+    n = (xf * rstd[:, None]).to(IN_DTYPE).to(tl.float32)
+    return n * w[None, :], rstd
+
+
+@triton.jit
 def _norm_fwd_kernel(x_ptr, z_ptr, w_ptr, y_ptr, rstd_ptr, M, G, NG, eps, sxm, szm, sym,
                      HAS_Z: tl.constexpr, BM: tl.constexpr, BG: tl.constexpr):
     rows = tl.program_id(0) * BM + tl.arange(0, BM)
@@ -31,10 +39,9 @@ def _norm_fwd_kernel(x_ptr, z_ptr, w_ptr, y_ptr, rstd_ptr, M, G, NG, eps, sxm, s
     if HAS_Z:
         z = tl.load(z_ptr + rows[:, None] * szm + ch[None, :], mask=m, other=0.0).to(tl.float32)
         xf = xf * z * tl.sigmoid(z)
-    rstd = 1.0 / tl.sqrt(tl.sum(xf * xf, 1) / G + eps)
-    n = (xf * rstd[:, None]).to(x.dtype).to(tl.float32)
     w = tl.load(w_ptr + ch, mask=cm, other=0.0).to(tl.float32)
-    tl.store(y_ptr + rows[:, None] * sym + ch[None, :], (n * w[None, :]).to(y_ptr.dtype.element_ty), mask=m)
+    y, rstd = _rms_scaled(xf, w, G, eps, x.dtype)
+    tl.store(y_ptr + rows[:, None] * sym + ch[None, :], y.to(y_ptr.dtype.element_ty), mask=m)
     tl.store(rstd_ptr + rows * NG + g, rstd, mask=rm)
 
 
@@ -88,12 +95,9 @@ def _add_norm_fwd_kernel(x_ptr, r_ptr, w_ptr, y_ptr, s_ptr, M, D, eps, sxm, srm,
         + tl.load(x_ptr + rows[:, None] * sxm + cols[None, :], mask=m, other=0.0).to(tl.float32)
     total = total.to(s_ptr.dtype.element_ty)
     tl.store(s_ptr + rows[:, None] * D + cols[None, :], total, mask=m)
-    xn = total.to(w_ptr.dtype.element_ty)
-    xf = xn.to(tl.float32)
-    rstd = 1.0 / tl.sqrt(tl.sum(xf * xf, 1) / D + eps)
-    n = (xf * rstd[:, None]).to(xn.dtype).to(tl.float32)
     w = tl.load(w_ptr + cols, mask=cols < D, other=0.0).to(tl.float32)
-    tl.store(y_ptr + rows[:, None] * D + cols[None, :], (n * w[None, :]).to(y_ptr.dtype.element_ty), mask=m)
+    y, _ = _rms_scaled(total.to(w_ptr.dtype.element_ty).to(tl.float32), w, D, eps, w_ptr.dtype.element_ty)
+    tl.store(y_ptr + rows[:, None] * D + cols[None, :], y.to(y_ptr.dtype.element_ty), mask=m)
 
 
 def add_norm_fwd(x: Tensor, residual: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:

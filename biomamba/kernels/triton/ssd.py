@@ -38,6 +38,12 @@ def _dot(a, b, IP: tl.constexpr):
         return tl.dot(a, b, input_precision=IP)
 
 
+@triton.jit
+def _softplus(v):
+    """log(1 + e^v), and v itself above 20 (torch's threshold), in fp32."""
+    return tl.where(v > 20.0, v, tl.log(1.0 + tl.exp(v)))
+
+
 # ---- (1) Δ and the chunk-local cumulative log-decay ------------------------------------------
 
 @triton.jit
@@ -55,7 +61,7 @@ def _dt_kernel(dt_ptr, bias_ptr, A_ptr, delta_ptr, acs_ptr, L, H, NC, sdtb, sdtl
     if HAS_BIAS:
         v += tl.load(bias_ptr + hh, mask=hm, other=0.0).to(tl.float32)[None, :]
     if SOFTPLUS:
-        v = tl.where(v > 20.0, v, tl.log(1.0 + tl.exp(v)))
+        v = _softplus(v)
     if CLAMP:
         v = tl.minimum(tl.maximum(v, dt_lo), dt_hi)
     v = tl.where(tm[:, None], v, 0.0)  # padded steps neither decay nor feed the state
@@ -508,7 +514,7 @@ def _bwd_tail_kernel(row_ptr, col_ptr, q_ptr, dgam_ptr, ddtx_ptr, delta_ptr, ddp
         v += tl.load(bias_ptr + hh, mask=hm, other=0.0).to(tl.float32)[None, :]
     if CLAMP:
         if SOFTPLUS:
-            sp = tl.where(v > 20.0, v, tl.log(1.0 + tl.exp(v)))
+            sp = _softplus(v)
         else:
             sp = v
         g = tl.where((sp >= dt_lo) & (sp <= dt_hi), g, 0.0)
@@ -521,6 +527,12 @@ def _bwd_tail_kernel(row_ptr, col_ptr, q_ptr, dgam_ptr, ddtx_ptr, delta_ptr, ddp
 
 
 # ---- host side ------------------------------------------------------------------------------
+
+def _dt_limits(dt_lo: float, dt_hi: float) -> dict:
+    """The Δ clamp as kernel arguments: whether to clamp at all, and finite bounds."""
+    return dict(dt_lo=float(dt_lo), dt_hi=float(min(dt_hi, 3.0e38)),
+                CLAMP=not (dt_lo == 0.0 and math.isinf(dt_hi)))
+
 
 def _last_unit(t: Tensor) -> Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
@@ -575,11 +587,9 @@ def _prep(x, dt, A, B, C, chunk_size, dt_bias, dt_softplus, dt_lo, dt_hi):
     delta = torch.empty((b, H, NC * T), device=x.device, dtype=torch.float32)
     acs = torch.empty_like(delta)
     BH = min(16, triton.next_power_of_2(H))
-    clamp = not (dt_lo == 0.0 and math.isinf(dt_hi))
     _dt_kernel[(b, NC, triton.cdiv(H, BH))](
         dt, dt_bias if dt_bias is not None else dt, A, delta, acs, L, H, NC, dt.stride(0), dt.stride(1),
-        float(dt_lo), float(min(dt_hi, 3.0e38)), HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus, CLAMP=clamp,
-        T=T, BH=BH, num_warps=4)
+        HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus, T=T, BH=BH, num_warps=4, **_dt_limits(dt_lo, dt_hi))
     return b, L, H, P, G, N, T, NC, delta, acs
 
 
@@ -717,9 +727,8 @@ def ssd_bwd(dy, dfinal, x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus, dt_
     _bwd_tail_kernel[(b, NC, triton.cdiv(H, BH))](
         dda_row, dda_col, q, dgam, ddt_x, delta, dD_pos, dt, dt_bias if dt_bias is not None else A, A,
         ddt, dA_part, dbias_part, dD_part, L, H, NC, nblk, dt.stride(0), dt.stride(1),
-        float(dt_lo), float(min(dt_hi, 3.0e38)), HAS_BIAS=dt_bias is not None, HAS_D=D is not None,
-        SOFTPLUS=dt_softplus, CLAMP=not (dt_lo == 0.0 and math.isinf(dt_hi)), T=T, BH=BH,
-        BB=triton.next_power_of_2(nblk), num_warps=4)
+        HAS_BIAS=dt_bias is not None, HAS_D=D is not None, SOFTPLUS=dt_softplus, T=T, BH=BH,
+        BB=triton.next_power_of_2(nblk), num_warps=4, **_dt_limits(dt_lo, dt_hi))
     ddt_bias = dbias_part.sum(0).to(dt_bias.dtype) if dt_bias is not None else None
     dD = dD_part.sum(0) if D is not None else None
     return dx, ddt, dA_part.sum(0).to(A.dtype), dB, dC, dD, ddt_bias, dinit
@@ -743,7 +752,7 @@ def _step_kernel(state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr,
     if HAS_BIAS:
         v += tl.load(bias_ptr + h).to(tl.float32)
     if SOFTPLUS:
-        v = tl.where(v > 20.0, v, tl.log(1.0 + tl.exp(v)))
+        v = _softplus(v)
     if CLAMP:
         v = tl.minimum(tl.maximum(v, dt_lo), dt_hi)
     decay = tl.exp(v * tl.load(A_ptr + h).to(tl.float32))
@@ -768,12 +777,10 @@ def ssd_step_(state, x, dt, A, B, C, D, dt_bias, dt_softplus, dt_lo, dt_hi):
     y = torch.empty((b, H, P), device=x.device, dtype=x.dtype)
     BN = triton.next_power_of_2(N)
     BP = max(1, min(triton.next_power_of_2(P), 4096 // BN))
-    clamp = not (dt_lo == 0.0 and math.isinf(dt_hi))
     _step_kernel[(b, H, triton.cdiv(P, BP))](
         state, x, dt, A, B, C, D if D is not None else A, dt_bias if dt_bias is not None else A, y, H, G, P, N,
         state.stride(0), state.stride(1), state.stride(2), x.stride(0), x.stride(1), dt.stride(0),
         B.stride(0), B.stride(1), C.stride(0), C.stride(1), y.stride(0), y.stride(1),
-        float(dt_lo), float(min(dt_hi, 3.0e38)),
-        HAS_D=D is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus, CLAMP=clamp, BP=BP, BN=BN,
-        num_warps=4)
+        HAS_D=D is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus, BP=BP, BN=BN,
+        num_warps=4, **_dt_limits(dt_lo, dt_hi))
     return y
