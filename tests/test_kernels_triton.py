@@ -301,6 +301,26 @@ def test_custom_ops_are_traceable():
                               (xc, xc.detach() + 1, torch.ones(8, device=DEV), 1e-5, 4, out_dtype), test_utils=utils)
     torch.library.opcheck(ops.add_rmsnorm_fwd.default, (xc.detach(), xc.detach() + 1, torch.ones(8, device=DEV), 1e-5),
                           test_utils=("test_schema", "test_faketensor"))
+    # the backward ops too: Inductor asserts that each real output has the strides its fake promised
+    # (a transposed conv weight gradient failed torch.compile's Inductor backend on the GPU)
+    plain = ("test_schema", "test_faketensor")
+    d = lambda t: t.detach()  # noqa: E731
+    dyc = torch.randn_like(xc)
+    for bias in (None, torch.randn(8, device=DEV)):
+        torch.library.opcheck(ops.causal_conv1d_bwd.default, (dyc, d(xc), d(w), bias, seq, True), test_utils=plain)
+    z, nw = d(xc) + 1, torch.ones(8, device=DEV)
+    _, rstd = ops.rmsnorm_fwd(d(xc), z, nw, 1e-5, 4, torch.float32)
+    torch.library.opcheck(ops.rmsnorm_bwd.default, (dyc, d(xc), z, nw, rstd, 4), test_utils=plain)
+    D, bias_h = torch.randn(h, device=DEV), torch.randn(h, device=DEV)
+    init = torch.randn(b, h, p, n, device=DEV)
+    y, final = ops.ssd_scan_fwd(d(x), d(dt), A, d(B), d(C), T, D, bias_h, True, 0.0, float("inf"), seq, init)
+    torch.library.opcheck(ops.ssd_scan_bwd.default, (torch.randn_like(y), torch.randn_like(final), d(x), d(dt), A,
+                                                     d(B), d(C), T, D, bias_h, True, 0.0, float("inf"), seq, init),
+                          test_utils=plain)
+    hid, head = torch.randn(2 * l, 8, device=DEV), torch.randn(40, 8, device=DEV)
+    tgt = torch.randint(0, 40, (2 * l,), device=DEV)
+    torch.library.opcheck(ops.linear_cross_entropy_fwd.default, (hid, head, tgt, -100, 16, True, True),
+                          test_utils=plain)
 
     def mixer_like(x, dt, B, C, xc, w):
         y, _ = K.ssd_scan(x, dt, A, B, C, chunk_size=T, seq_idx=seq)

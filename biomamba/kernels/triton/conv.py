@@ -267,7 +267,8 @@ def conv_bwd(dy: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None, seq_idx
         _conv4_bwd_kernel[(b, nl, triton.cdiv(D, BD))](*args, **flags)
     else:
         _conv_bwd_kernel[(b, nl, triton.cdiv(D, BD))](*args, K=K, **flags)
-    dw = dw_part.sum(0).t().to(weight.dtype)  # (D, K)
+    # (D, K) contiguous, as the op's fake implementation promises (Inductor asserts the strides)
+    dw = dw_part.sum(0).t().to(weight.dtype).contiguous()
     db = db_part.sum(0).to(bias.dtype if bias is not None else weight.dtype)
     return dx, dw, db
 
