@@ -123,6 +123,7 @@ def main() -> int:
             "case": f"train recipe mamba2-{args.size} random-init" + (f" preset {args.preset}" if args.preset else ""), "device": torch.cuda.get_device_name(0)
             if torch.cuda.is_available() else "cpu", "world_size": info.world_size, "strategy": trainer.strategy,
             "backend": trainer.model.backend_name, "precision": trainer.precision, "steps": args.steps,
+            "cuda_graph": summary.get("cuda_graph"), "eager_micro_steps": summary.get("eager_micro_steps"),
             "global_batch": args.global_batch, "micro_batch": trainer.micro, "accumulation": trainer.accum,
             "seq_len": args.seq_len, "parameters": trainer.n_params, "tokens_per_s": tps,
             "tokens_per_s_per_device": tps / info.world_size if tps else None, "mfu": mfu,
@@ -142,7 +143,8 @@ def main() -> int:
         mem = f", peak {result['peak_memory_gb']:.1f} GB" if result["peak_memory_gb"] else ""
         print(f"| {time.strftime('%Y-%m-%d')} | {result['device']} ×{info.world_size} | `python bench/bench_train.py "
               f"{' '.join(sys.argv[1:])}` | {tp}{mf}{mem}; {trainer.strategy}, {trainer.micro}×{trainer.accum}"
-              f"×{info.world_size} seqs of {args.seq_len}, backend {result['backend']} | see ../shared/gpu/README.md |")
+              f"×{info.world_size} seqs of {args.seq_len}, backend {result['backend']}"
+              f"{', CUDA-graph micro-steps' if result['cuda_graph'] else ', eager'} | see ../shared/gpu/README.md |")
     info.close()
     return 0
 

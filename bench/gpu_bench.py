@@ -283,9 +283,9 @@ def build(kind: str, size: str, backend: str = "torch"):
 def case_train(kind: str, size: str, bsz: int, seqlen: int, backend: str = "torch", compile_: bool = False,
                steps: int = 8, compile_mode: str | None = None, graphed: bool = False) -> dict:
     """Training steps on random tokens. ``compile_`` wraps the loss in torch.compile (``compile_mode``
-    e.g. "reduce-overhead" for its CUDA graphs); ``graphed`` (ours) captures forward and backward
-    with ``torch.cuda.make_graphed_callables`` (the optimizer step stays eager): both take the
-    host's per-op cost out of the step, to see how host-bound the eager step is."""
+    e.g. "reduce-overhead" for its CUDA graphs); ``graphed`` (ours) replays forward + backward from
+    the trainer's CUDA graph (the optimizer step stays eager). Peak memory is the steady state's;
+    for ``graphed`` it counts from the capture, where the graph's memory is allocated."""
     import torch
     torch.manual_seed(0)
     model = build(kind, size, backend)
@@ -305,31 +305,34 @@ def case_train(kind: str, size: str, bsz: int, seqlen: int, backend: str = "torc
             return torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)).float(),
                                                      x[:, 1:].reshape(-1))
     loss_fn = torch.compile(fwd_loss, mode=compile_mode) if compile_ else fwd_loss
-    if graphed:
-        class LossOf(torch.nn.Module):
-            def __init__(self, m):
-                super().__init__()
-                self.m = m
+    if graphed:  # the trainer's CUDA-graph micro-step (biomamba.train.cuda_graph)
+        from biomamba.train.cuda_graph import MicroStepGraphs
+        from biomamba.train.objective import CausalLMObjective, LossModule
 
-            def forward(self, ids, targets):
-                with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
-                    loss, count = self.m.loss(ids, targets)
-                return loss / count
-        graphed_loss = torch.cuda.make_graphed_callables(LossOf(model), (x, labels))
-
-        def loss_fn():
-            return graphed_loss(x, labels)
+        graphs = MicroStepGraphs(LossModule(model, CausalLMObjective()), list(model.parameters()),
+                                 torch.device("cuda"), torch.bfloat16)
+        batch = {"input_ids": x, "seq_idx": None, "targets": labels}
+        inv_count = 1.0 / int((labels != -100).sum())
+        torch.cuda.reset_peak_memory_stats()  # the capture allocates the graph's activations: count them
+        graphs.prepare([batch])
 
     def step():
-        loss = loss_fn()
-        loss.backward()
+        if graphed:
+            loss = graphs.run(batch, inv_count) * inv_count
+        else:
+            loss = loss_fn()
+            loss.backward()
         opt.step()
-        opt.zero_grad(set_to_none=True)
+        if graphed:
+            graphs.zero_grads()
+        else:
+            opt.zero_grad(set_to_none=True)
         return loss
     for _ in range(3):
         step()
     torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
+    if not graphed:  # steady state; a graph's memory was allocated (and counted) at capture
+        torch.cuda.reset_peak_memory_stats()
     t = time.perf_counter()
     for _ in range(steps):
         loss = step()
@@ -339,6 +342,22 @@ def case_train(kind: str, size: str, bsz: int, seqlen: int, backend: str = "torc
     return dict(tok_s=round(tok_s), step_ms=round(dt * 1e3, 1), mfu_6N=round(6 * nparams * tok_s / PEAK_FLOPS, 3),
                 peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 1), params_m=round(nparams / 1e6, 1),
                 loss=round(float(loss), 3))
+
+
+def case_recipe(size: str, steps: int, global_batch: int, cuda_graph: str) -> dict:
+    """The real trainer (bench/bench_train.py: the size's recipe on random init, packed documents),
+    with the micro-step replayed from CUDA graphs or eager (``cuda_graph`` true / false)."""
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        target = os.path.join(tmp, "result.json")
+        subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), "bench_train.py"), "--size", size,
+                        "--steps", str(steps), "--global-batch", str(global_batch), "--warmup", "10",
+                        "--json", target, "--", f"--train.cuda_graph={cuda_graph}"], check=True,
+                       stdout=subprocess.DEVNULL)
+        with open(target) as f:
+            r = json.load(f)
+    return {k: r[k] for k in ("tokens_per_s", "mfu", "peak_memory_gb", "cuda_graph", "eager_micro_steps",
+                              "micro_batch", "accumulation", "loss_first", "loss_last", "wall_s")}
 
 
 def case_fwd(kind: str, size: str, bsz: int, seqlen: int, backend: str = "torch", steps: int = 5) -> dict:
@@ -550,6 +569,10 @@ CASES = [
      {"backend": "triton", "compile_": True, "compile_mode": "reduce-overhead"}),
     ("train ours-triton-graphed 130m b16x1024", "case_train", ["ours", "130m", 16, 1024],
      {"backend": "triton", "graphed": True}),
+    ("recipe 130m graphs", "case_recipe", ["130m", 100, 32, "true"], {}),
+    ("recipe 130m eager", "case_recipe", ["130m", 100, 32, "false"], {}),
+    ("recipe 1.3b graphs", "case_recipe", ["1.3b", 30, 16, "true"], {}),
+    ("recipe 1.3b eager", "case_recipe", ["1.3b", 30, 16, "false"], {}),
     ("fwd ours-triton 130m b8x16384", "case_fwd", ["ours", "130m", 8, 16384], {"backend": "triton"}),
     ("fwd hf-mamba2 130m b8x16384", "case_fwd", ["hf-mamba2", "130m", 8, 16384], {}),
     ("gen ours-triton 130m b1 p256+256 cg", "case_gen", ["ours", "130m", 1, 256, 256], {"backend": "triton"}),
@@ -561,6 +584,8 @@ CASES = [
     ("gen ssm-mamba2 130m b64 p256+128 cg", "case_gen", ["ssm-mamba2", "130m", 64, 256, 128], {}),
     ("train ours-triton 1.3b b8x1024", "case_train", ["ours", "1.3b", 8, 1024], {"backend": "triton"}),
     ("train hf-mamba2 1.3b b8x1024", "case_train", ["hf-mamba2", "1.3b", 8, 1024], {}),
+    ("train ours-triton-graphed 1.3b b8x1024", "case_train", ["ours", "1.3b", 8, 1024],
+     {"backend": "triton", "graphed": True}),
     ("gen ours-triton 1.3b b1 p256+256 cg", "case_gen", ["ours", "1.3b", 1, 256, 256], {"backend": "triton"}),
     ("gen ssm-mamba2 1.3b b1 p256+256 cg", "case_gen", ["ssm-mamba2", "1.3b", 1, 256, 256], {}),
 ]

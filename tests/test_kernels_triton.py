@@ -28,6 +28,10 @@ DEV = "cuda" if CUDA else "cpu"
 SSD_SHAPE = dict(b=2, h=24, p=64, n=128, T=256, lengths=(512, 777)) if CUDA else \
     dict(b=2, h=4, p=8, n=16, T=16, lengths=(32, 37))
 CONV_SHAPE = dict(b=2, d=1792, lengths=(1024, 1000)) if CUDA else dict(b=2, d=24, lengths=(16, 21))
+# the looping conv backward's (sub-block, channels, warps, segment): on the CPU, small enough that
+# a segment is several sub-blocks and a row several segments, the last one partial, and 24
+# channels a block and a half
+CONV_LOOP_BLOCKS = (16, 128, 4, 256) if CUDA else (4, 16, 1, 8)
 NORM_SHAPE = dict(rows=(4, 512), d=1536) if CUDA else dict(rows=(3, 5), d=24)
 TOL = {torch.float32: 1e-4, torch.bfloat16: 1.5e-2}
 
@@ -131,14 +135,17 @@ def test_ssd_scan_chains_through_initial_state():
 
 
 @pytest.mark.parametrize("dtype,kernel", [(torch.float32, "width4"), (torch.bfloat16, "width4"),
+                                          (torch.float32, "width4_loop"), (torch.bfloat16, "width4_loop"),
                                           (torch.bfloat16, "generic"), (torch.bfloat16, "width3")])
+@pytest.mark.parametrize("form", ["bias+silu", "no-bias", "no-silu"])
 @pytest.mark.parametrize("with_seq", [False, True])
 @pytest.mark.parametrize("li", [0, 1])
-def test_causal_conv1d(dtype, with_seq, li, kernel, monkeypatch):
-    """Width 4 runs the width-4 backward; "generic" forces the any-width backward at width 4."""
+def test_causal_conv1d(dtype, form, with_seq, li, kernel, monkeypatch):
+    """Width 4 runs the BWD_KERNEL backward named; "width3" runs the generic one at width 3."""
     from biomamba.kernels.triton import conv
 
-    monkeypatch.setattr(conv, "BWD_WIDTH4", kernel == "width4")
+    monkeypatch.setattr(conv, "BWD_KERNEL", "width4" if kernel == "width3" else kernel)
+    monkeypatch.setitem(conv.BLOCKS, "bwd_loop", CONV_LOOP_BLOCKS)
     b, d, l = CONV_SHAPE["b"], CONV_SHAPE["d"], CONV_SHAPE["lengths"][li]
     gen = torch.Generator().manual_seed(torch.seed() % 2**31)
     wide = torch.randn(b, l, d + 8, generator=gen)  # a strided view, as the mixer passes it
@@ -147,8 +154,10 @@ def test_causal_conv1d(dtype, with_seq, li, kernel, monkeypatch):
     seq = seq_ids(b, l, gen) if with_seq else None
     got = leaves(wide, dtype=dtype) + leaves(w, bias)
     ref = leaves(wide.to(dtype).float()) + leaves(w, bias)
-    y = K.causal_conv1d(got[0][..., 3:3 + d], got[1], got[2], seq_idx=seq)
-    y_r = R.causal_conv1d(ref[0][..., 3:3 + d], ref[1], ref[2], seq_idx=seq)
+    kw = dict(seq_idx=seq, activation=None if form == "no-silu" else "silu")
+    use_bias = form != "no-bias"
+    y = K.causal_conv1d(got[0][..., 3:3 + d], got[1], got[2] if use_bias else None, **kw)
+    y_r = R.causal_conv1d(ref[0][..., 3:3 + d], ref[1], ref[2] if use_bias else None, **kw)
     tol = TOL[dtype]
     assert y.dtype == dtype and rel(y, y_r) < tol
     dy = torch.randn_like(y_r)

@@ -238,3 +238,16 @@ def test_cli_requires_out_and_accepts_resume_forms(tmp_path, monkeypatch):
     for flag, expected in (("--resume", True), ("--resume=auto", "auto"), ("--resume=false", False)):
         pretrain.main(["--config", str(CONFIGS / "tiny.yaml"), "--out", str(tmp_path), flag, "--optim.lr=1e-3"])
         assert seen["cfg"].resume == expected and seen["cfg"].optim.lr == 1e-3
+
+
+def test_cuda_graph_setting(tmp_path_factory, tmp_path):
+    """train.cuda_graph: auto trains eagerly where graphs cannot run (here: the CPU); true
+    refuses with the reason; anything but true/false/auto is a config error naming the key.
+    (Graph replay itself is tested on the GPU: test_train_cuda_graph.py.)"""
+    data = demo_data(tmp_path_factory)
+    trainer = _trainer(recipe(data, train={"cuda_graph": "auto", "max_steps": 1}), tmp_path / "auto")
+    assert trainer.graphs is None
+    with pytest.raises(ValueError, match="cuda_graph is true but cannot be used: the device is cpu"):
+        _trainer(recipe(data, train={"cuda_graph": True}), tmp_path / "on")
+    with pytest.raises((ConfigError, ValueError), match="cuda_graph"):
+        _trainer(recipe(data, train={"cuda_graph": "sometimes"}), tmp_path / "bad")

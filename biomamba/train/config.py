@@ -35,6 +35,10 @@ class LoopConfig:
     tensorboard: bool = True
     # dense bf16 peak of one device in TFLOP/s for MFU; null = looked up from the device name
     peak_tflops: float | None = None
+    # replay each micro-step (forward + backward) from a CUDA graph: the eager step of a small
+    # model is host-bound. auto: on for one CUDA device without activation checkpointing;
+    # true: required (an error where it cannot run); false: eager
+    cuda_graph: bool | str = "auto"
 
     def __post_init__(self) -> None:
         for key in ("epochs", "global_batch_size", "per_device_train_batch_size", "log_every",
@@ -43,6 +47,8 @@ class LoopConfig:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
         if self.max_steps < 0:
             raise ValueError(f"max_steps must be >= 0, got {self.max_steps}")
+        if isinstance(self.cuda_graph, str) and self.cuda_graph != "auto":
+            raise ValueError(f"cuda_graph must be true, false or auto, got {self.cuda_graph!r}")
 
 
 @dataclass

@@ -32,6 +32,7 @@ from biomamba.config import to_dict
 from biomamba.train.checkpoint import (CheckpointError, CheckpointManager, TrainingState, resolve_resume,
                                        seed_everything, set_rng_state)
 from biomamba.train.config import TrainRecipe
+from biomamba.train.cuda_graph import MicroStepGraphs
 from biomamba.train.distributed import DistInfo, apply_activation_checkpointing, grad_sync, wrap_model
 from biomamba.train.ema import EMA
 from biomamba.train.metrics import MetricsLogger, flops_per_token, format_duration, peak_flops, progress_line
@@ -146,6 +147,7 @@ class Trainer:
                                          weight_decay=o.weight_decay, llrd=o.llrd,
                                          tied_embedding_lr=o.tied_embedding_lr)
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        self.graphs = self._micro_step_graphs()
         self.ema = EMA(list(self.model.named_parameters()), recipe.ema.decay) if recipe.ema.enabled else None
         s = recipe.schedule
         floor = s.min_lr if s.min_lr is not None else s.floor * o.lr
@@ -172,6 +174,25 @@ class Trainer:
         self.last_val: dict[str, float] = {}
         self._iter = None
 
+    def _micro_step_graphs(self) -> MicroStepGraphs | None:
+        """CUDA graphs for the micro-step where ``train.cuda_graph`` asks for them and they can run."""
+        want = self.loop.cuda_graph
+        if want is False:
+            return None
+        why_not = None
+        if self.info.device.type != "cuda":
+            why_not = f"the device is {self.info.device.type}, not CUDA"
+        elif self.strategy != "single":
+            why_not = f"strategy {self.strategy}: gradient sync hooks run outside a captured graph"
+        elif self.loop.activation_checkpointing:
+            why_not = "activation checkpointing is on"
+        if why_not is None:
+            dtype = torch.bfloat16 if self.precision == "bf16" else None
+            return MicroStepGraphs(self.loss_module, self.params, self.info.device, dtype, log=self.log)
+        if want is True:
+            raise ValueError(f"train.cuda_graph is true but cannot be used: {why_not} (set it to auto or false)")
+        return None
+
     # ---- helpers ------------------------------------------------------------------------
     def log(self, text: str) -> None:
         if self.info.is_main:
@@ -182,10 +203,15 @@ class Trainer:
             return torch.autocast(self.info.device.type, dtype=torch.bfloat16)
         return nullcontext()
 
+    def _pinned(self, prepared: dict[str, torch.Tensor | None]) -> dict[str, torch.Tensor | None]:
+        """Host tensors in page-locked memory (so that copies to the GPU do not block the host)."""
+        if self.info.device.type != "cuda":
+            return prepared
+        return {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in prepared.items()}
+
     def _to_device(self, prepared: dict[str, torch.Tensor | None]) -> dict[str, torch.Tensor | None]:
-        cuda = self.info.device.type == "cuda"
-        return {k: (v.pin_memory().to(self.info.device, non_blocking=True) if cuda else v.to(self.info.device))
-                if isinstance(v, torch.Tensor) else v for k, v in prepared.items()}
+        return {k: v.to(self.info.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+                for k, v in self._pinned(prepared).items()}
 
     def _next_indices(self) -> list[int]:
         if self._iter is None:
@@ -276,12 +302,24 @@ class Trainer:
         scale = self.info.world_size / max(n_scored, 1.0)  # wrappers average over ranks; undo it
         self.wrapped.train()
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.info.device)
+        if self.graphs is not None:
+            try:
+                self.graphs.prepare(micro_batches)
+            except Exception as err:  # noqa: BLE001 - auto means: use graphs where they work
+                if self.loop.cuda_graph is True:
+                    raise
+                self.log(f"WARNING: capturing the micro-step as a CUDA graph failed ({type(err).__name__}: {err}); "
+                         f"training eagerly (train.cuda_graph=false hides this)")
+                self.graphs.zero_grads()
+                self.graphs = None
         for k, batch in enumerate(micro_batches):
-            batch = self._to_device(batch)
-            with grad_sync(self.wrapped, self.strategy, sync=k == self.accum - 1):
-                with self._autocast():
-                    ls, _ = self.wrapped(batch["input_ids"], batch["seq_idx"], batch["targets"])
-                (ls * scale).backward()
+            ls = self.graphs.run(self._pinned(batch), scale) if self.graphs is not None else None
+            if ls is None:
+                batch = self._to_device(batch)
+                with grad_sync(self.wrapped, self.strategy, sync=k == self.accum - 1):
+                    with self._autocast():
+                        ls, _ = self.wrapped(batch["input_ids"], batch["seq_idx"], batch["targets"])
+                    (ls * scale).backward()
             loss_sum += ls.detach().double()
         loss = float(self.info.all_reduce_sum(loss_sum)) / max(n_scored, 1.0)
         clip = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else math.inf
@@ -300,7 +338,10 @@ class Trainer:
             self.nonfinite_in_a_row += 1
             self.log(f"step {self.step + 1}: non-finite loss {loss} / grad norm {grad_norm}: update skipped "
                      f"({self.nonfinite_in_a_row} in a row, {self.skipped} in all)")
-        self.optimizer.zero_grad(set_to_none=True)
+        if self.graphs is not None:
+            self.graphs.zero_grads()  # in place: the captured backward adds into these buffers
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         self.sampler.advance(self.global_batch)
         if self.step % self.steps_per_epoch == 0:  # the rest of the epoch (< one global batch) is not used
@@ -430,7 +471,7 @@ class Trainer:
             if self.info.is_main and self.metrics.path.exists():
                 self.metrics.path.unlink()
         self.log(f"training {self.n_params / 1e6:.2f} M parameters | {self.strategy} on {self.info.world_size} "
-                 f"rank(s), {self.info.device.type}, {self.precision} | global batch {self.global_batch} = "
+                 f"rank(s), {self.info.device.type}, {self.precision}{', CUDA graphs' if self.graphs else ''} | global batch {self.global_batch} = "
                  f"{self.micro} × {self.accum} accumulation × {self.info.world_size} | {self.steps_per_epoch} "
                  f"steps/epoch, {self.total_steps} steps | schedule {self.schedule.name} peak {self.schedule.peak:g} "
                  f"floor {self.schedule.floor:g} phases {self.schedule.phases}")
@@ -499,6 +540,8 @@ class Trainer:
             "tokens_per_s": self.tokens / self.elapsed if self.elapsed else None,
             "skipped_nonfinite": self.skipped, "world_size": self.info.world_size, "strategy": self.strategy,
             "precision": self.precision, "global_batch_size": self.global_batch, "parameters": self.n_params,
+            "cuda_graph": self.graphs is not None,
+            "eager_micro_steps": self.graphs.eager_micro_steps if self.graphs is not None else None,
             "val": self.last_val, "best": self.best, "exports": exports,
             "model": exports.get("best") or exports.get("final"),
         }

@@ -1,0 +1,102 @@
+"""Micro-steps replayed from CUDA graphs give the eager step's gradients and training run
+(GPU only: CUDA graphs do not exist on the CPU; bench/gpu_run.sh runs this file)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    pytest.skip("CUDA graphs need a CUDA device", allow_module_level=True)
+
+from test_train_support import demo_data, recipe  # noqa: E402
+
+
+def _model(seed: int = 0):
+    from biomamba.model import MambaLM
+    from biomamba.model.config import ModelConfig
+
+    torch.manual_seed(seed)
+    cfg = ModelConfig(d_model=64, n_layer=2, vocab_size=384, d_state=16, headdim=16, chunk_size=16)
+    return MambaLM(cfg).cuda().set_backend("triton")
+
+
+def _batch(b: int, l: int, seed: int) -> dict[str, torch.Tensor]:
+    from biomamba.train.objective import next_token_targets
+
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 384, (b, l), generator=g)
+    seq = torch.cumsum(torch.rand(b, l, generator=g) < 0.05, 1).to(torch.int32)
+    return {"input_ids": ids, "seq_idx": seq, "targets": next_token_targets(ids, seq)}
+
+
+def _grads(model) -> dict[str, torch.Tensor]:
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
+def test_replays_accumulate_like_eager(dtype):
+    """Three micro-batches, two shapes (one beyond max_graphs, so it runs eagerly into the same
+    buffers): the accumulated gradients and loss sums equal the eager ones. A graph whose
+    replay overwrote .grad instead of adding to it (pytorch#181723) fails this."""
+    from biomamba.train.cuda_graph import MicroStepGraphs
+    from biomamba.train.objective import CausalLMObjective, LossModule
+
+    batches = [_batch(2, 48, 1), _batch(2, 48, 2), _batch(3, 40, 3)]
+    scales = [0.5, 0.25, 0.125]
+    results = []
+    for graphed in (False, True):
+        model = _model()
+        module = LossModule(model, CausalLMObjective())
+        params = list(model.parameters())
+        graphs = MicroStepGraphs(module, params, torch.device("cuda"), dtype, max_graphs=1, log=lambda s: None)
+        if graphed:
+            graphs.prepare(batches)
+            assert len(graphs.graphs) == 1
+        losses = []
+        for batch, scale in zip(batches, scales):
+            ls = graphs.run(batch, scale) if graphed else None
+            if ls is None:
+                dev = {k: v.cuda() for k, v in batch.items()}
+                ctx = torch.autocast("cuda", dtype=dtype) if dtype else torch.autocast("cuda", enabled=False)
+                with ctx:
+                    ls, _ = module(dev["input_ids"], dev["seq_idx"], dev["targets"])
+                (ls * scale).backward()
+            losses.append(float(ls))
+        results.append((losses, _grads(model), graphs.eager_micro_steps))
+    (eager_losses, eager_grads, _), (graph_losses, graph_grads, eager_count) = results
+    assert eager_count == 1  # the (3, 40) batch found no graph
+    assert graph_losses == pytest.approx(eager_losses, rel=1e-6)
+    assert eager_grads.keys() == graph_grads.keys()
+    for n in eager_grads:
+        err = ((graph_grads[n] - eager_grads[n]).norm() / eager_grads[n].norm().clamp_min(1e-30)).item()
+        assert err < 1e-5, (n, err)
+
+
+def test_trainer_with_graphs_matches_eager(tmp_path_factory, tmp_path):
+    """The whole trainer (accumulation 2, clipping, EMA, packed documents), graphs on and off:
+    the same losses step by step and the same weights at the end."""
+    from biomamba.data.shards import PackedDataset, read_manifest
+    from biomamba.config import from_dict
+    from biomamba.train.config import PretrainConfig
+    from biomamba.train.distributed import DistInfo
+    from biomamba.train.objective import CausalLMObjective
+    from biomamba.train.pretrain import build_model
+    from biomamba.train.trainer import Trainer
+
+    data = demo_data(tmp_path_factory)
+    runs = []
+    for graph in (False, True):
+        cfg = from_dict(PretrainConfig, recipe(data, train={"max_steps": 4, "cuda_graph": graph, "precision": "bf16"},
+                                               eval={"every": 0, "at_start": False},
+                                               checkpoint={"every": 0, "export": []}))
+        model = build_model(cfg.model, read_manifest(cfg.data), seed=cfg.train.seed)
+        trainer = Trainer(cfg, model, CausalLMObjective(), PackedDataset(cfg.data, "train"), {},
+                          tmp_path / f"run-{graph}", DistInfo(), backend="triton", log=lambda s: None)
+        assert (trainer.graphs is not None) == graph and trainer.accum == 2
+        losses = [trainer.train_step()[0] for _ in range(4)]
+        runs.append((losses, {n: p.detach().clone() for n, p in trainer.model.named_parameters()}))
+    (eager_losses, eager_w), (graph_losses, graph_w) = runs
+    assert graph_losses == pytest.approx(eager_losses, rel=1e-5)
+    for n in eager_w:
+        assert torch.allclose(graph_w[n], eager_w[n], rtol=1e-4, atol=1e-6), n
