@@ -300,12 +300,13 @@ def _conv4_bwd_loop_kernel(x_ptr, w_ptr, bias_ptr, seq_ptr, dy_ptr, dx_ptr, dw_p
         # j = 1, 2, 3: the output at t + j, through tap 3 − j, if in the document of t
         xp1 = _rows(x_ptr, pb, t, 1, c, cm, L, sxb, sxl)
         a = b + w3 * xp1.to(tl.float32) + w2 * _if_same(x0f, d0, dp1, HAS_SEQ) \
-            + w1 * _if_same(xm1.to(tl.float32), dm1, dp1, HAS_SEQ) + w0 * _if_same(xm2.to(tl.float32), dm2, dp1, HAS_SEQ)
+            + w1 * _if_same(xm1.to(tl.float32), dm1, dp1, HAS_SEQ) \
+            + w0 * _if_same(xm2.to(tl.float32), dm2, dp1, HAS_SEQ)
         da = _dact(_shifted(dy_ptr, pb, t, 1, c, cm, L, sdyb, sdyl), a, SILU)
         dx += w2 * _if_same(da, dp1, d0, HAS_SEQ)
         xp2 = _rows(x_ptr, pb, t, 2, c, cm, L, sxb, sxl)
         a = b + w3 * xp2.to(tl.float32) + w2 * _if_same(xp1.to(tl.float32), dp1, dp2, HAS_SEQ) \
-            + w1 * x0f + w0 * _if_same(xm1.to(tl.float32), dm1, dp2, HAS_SEQ)
+            + w1 * _if_same(x0f, d0, dp2, HAS_SEQ) + w0 * _if_same(xm1.to(tl.float32), dm1, dp2, HAS_SEQ)
         da = _dact(_shifted(dy_ptr, pb, t, 2, c, cm, L, sdyb, sdyl), a, SILU)
         dx += w1 * _if_same(da, dp2, d0, HAS_SEQ)
         xp3 = _rows(x_ptr, pb, t, 3, c, cm, L, sxb, sxl)
