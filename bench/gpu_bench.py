@@ -237,6 +237,35 @@ def case_profile_ssd(heads_per_program: str = "") -> None:
          fwdbwd_ms=round(_bench(f), 3), kernels=_profile_top(f))
 
 
+def case_profile_gen(size: str = "130m", bsz: int = 1) -> None:
+    """One decode step, kernel by kernel (run eagerly under the profiler: a kernel's time does not
+    depend on how it was launched), against the CUDA-graph step's wall time: what the graph
+    leaves between kernels is the rest."""
+    import torch
+
+    from biomamba.generate import StepRunner, prefill
+    torch.manual_seed(0)
+    model = build("ours", size, "triton").to(torch.bfloat16).eval()
+    prompts = torch.randint(0, VOCAB - 16, (bsz, 256)).tolist()
+    with torch.no_grad():
+        cache, logits = prefill(model, prompts)
+        tokens = logits.argmax(-1)
+        eager = StepRunner(model, cache, bsz, greedy=True, cuda_graph=False)
+        kernels = _profile_top(lambda: eager(tokens), steps=10, top=1000)
+        graphed = StepRunner(model, cache, bsz, greedy=True, cuda_graph=True)
+        for _ in range(3):
+            graphed(tokens)
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(200):
+            graphed(tokens)
+        torch.cuda.synchronize()
+        step_us = (time.perf_counter() - t) / 200 * 1e6
+    emit(f"profile gen ours-triton {size} b{bsz}", graph_step_us=round(step_us, 1),
+         kernel_us=round(sum(k["us_per_call"] for k in kernels), 1), launches=sum(k["launches"] for k in kernels),
+         kernels=kernels[:12])
+
+
 def case_profile_train(size: str = "130m", bsz: int = 16, seqlen: int = 1024) -> None:
     """Top CUDA kernels of one training step of ours (Triton backend)."""
     import torch
@@ -428,7 +457,8 @@ CONV_VARIANTS = [(64, 128, 4), (64, 32, 4), (32, 64, 4), (128, 32, 4), (64, 64, 
 
 def case_sweep_conv() -> None:
     """causal conv1d + SiLU with seq_idx at the 130M mixer shape: every (BL, BD, warps) for the
-    forward and the backward, error against the torch reference, median ms."""
+    forward and the backward, then the generic and the looping width-4 backward, error against the
+    torch reference, median ms."""
     import torch
 
     import biomamba.kernels.triton as ours
@@ -447,10 +477,15 @@ def case_sweep_conv() -> None:
     wr, br = w.detach().clone().requires_grad_(), bias.detach().clone().requires_grad_()
     yr = ref.causal_conv1d(xr, wr, br, seq_idx=seq)
     yr.backward(dy.float())
-    default = dict(conv.BLOCKS)
-    for cfg, width4 in [(c, True) for c in CONV_VARIANTS] + [((64, 32, 4), False)]:
-        conv.BLOCKS.update(fwd=cfg, bwd=cfg)
-        conv.BWD_WIDTH4 = width4
+    default, default_kernel = dict(conv.BLOCKS), conv.BWD_KERNEL
+    # the looping width-4 backward's (BL, BD, warps, SEG), under the default forward
+    loop_variants = [(16, 64, 4, 256), (32, 64, 4, 256), (16, 128, 4, 256), (32, 128, 8, 256), (16, 128, 4, 1024)]
+    runs = [(c, c, "width4", f"BL{c[0]} BD{c[1]} w{c[2]}") for c in CONV_VARIANTS] \
+        + [((64, 32, 4), (64, 32, 4), "generic", "BL64 BD32 w4 generic-bwd")] \
+        + [(default["fwd"], c, "width4_loop", f"loop-bwd BL{c[0]} BD{c[1]} w{c[2]} SEG{c[3]}") for c in loop_variants]
+    for fwd_cfg, bwd_cfg, kernel, label in runs:
+        conv.BLOCKS.update({"fwd": fwd_cfg, "bwd_loop" if kernel == "width4_loop" else "bwd": bwd_cfg})
+        conv.BWD_KERNEL = kernel
         for t in (xv, w, bias):
             t.grad = None
         y = ours.causal_conv1d(xv, w, bias, seq_idx=seq)
@@ -459,19 +494,21 @@ def case_sweep_conv() -> None:
         f = lambda: ours.causal_conv1d(xv, w, bias, seq_idx=seq)  # noqa: E731
         row = _time_fwd_fwdbwd({"rel_err_vs_torch": err}, {"ours": f}, dy)
         row["bwd_ms"] = round(row["ours_fwdbwd_ms"] - row["ours_fwd_ms"], 3)
-        emit(f"sweep conv BL{cfg[0]} BD{cfg[1]} w{cfg[2]}" + ("" if width4 else " generic-bwd"), **row)
+        emit(f"sweep conv {label}", **row)
     conv.BLOCKS.update(default)
-    conv.BWD_WIDTH4 = True
+    conv.BWD_KERNEL = default_kernel
 
 
-SSD_BWD_VARIANTS = [dict(BM=64, BK=64, dx_warps=4, dcdb_warps=8), dict(BM=64, BK=64, dx_warps=4, dcdb_warps=4),
-                    dict(BM=64, BK=64, dx_warps=8, dcdb_warps=8), dict(BM=64, BK=32, dx_warps=4, dcdb_warps=4),
-                    dict(BM=32, BK=32, dx_warps=4, dcdb_warps=4), dict(BM=32, BK=32, dx_warps=2, dcdb_warps=4),
-                    dict(BM=128, BK=64, dx_warps=8, dcdb_warps=8), dict(BM=128, BK=32, dx_warps=8, dcdb_warps=8),
-                    dict(BM=64, BK=32, dx_warps=4, dcdb_warps=4, stages=1),
-                    dict(BM=64, BK=32, dx_warps=4, dcdb_warps=4, stages=2),
-                    dict(BM=64, BK=32, dx_warps=4, dcdb_warps=4, stages=4),
-                    dict(BM=64, BK=16, dx_warps=4, dcdb_warps=4), dict(BM=64, BK=32, dx_warps=2, dcdb_warps=4)]
+# the first is the reference for the gradients (the per-head dC/dB kernels at the tiles swept
+# best in call F); the rest time the heads-merged dC/dB kernels at several tilings
+SSD_BWD_VARIANTS = [dict(dcdb="per_head", BM=64, BK=32, dx_warps=4, dcdb_warps=4),
+                    dict(dcdb="merged", BM=64, BK=32, dx_warps=4, dcdb_warps=4),
+                    dict(dcdb="merged", BM=64, BK=32, dx_warps=4, dcdb_warps=8),
+                    dict(dcdb="merged", BM=64, BK=64, dx_warps=4, dcdb_warps=4),
+                    dict(dcdb="merged", BM=64, BK=64, dx_warps=4, dcdb_warps=8),
+                    dict(dcdb="merged", BM=128, BK=32, dx_warps=8, dcdb_warps=8),
+                    dict(dcdb="merged", BM=32, BK=32, dx_warps=4, dcdb_warps=4),
+                    dict(dcdb="merged", BM=64, BK=32, dx_warps=4, dcdb_warps=4, stages=2)]
 
 
 def case_sweep_ssd_bwd() -> None:
@@ -553,6 +590,7 @@ CASES = [
     ("profile ssd default", "case_profile_ssd", [], {}),
     ("profile ssd 4-heads-a-program", "case_profile_ssd", ["4"], {}),
     ("profile train", "case_profile_train", [], {}),
+    ("profile gen 130m b1", "case_profile_gen", ["130m", 1], {}),
     ("kernels ssd", "case_kernels_ssd", [], {}),
     ("kernels other", "case_kernels_other", [], {}),
     ("sweep conv", "case_sweep_conv", [], {}),

@@ -68,18 +68,24 @@ def check_grads(got: list[torch.Tensor], ref: list[torch.Tensor], tol: float, na
         assert e < t, f"d{name}: relative error {e:.2e} ≥ {t:.0e}"
 
 
-@pytest.mark.parametrize("heads_per_program,tiles", [(None, None), ("half", None), (None, "narrow-inner")])
+@pytest.mark.parametrize("heads_per_program,tiles", [(None, None), ("per-head", None), ("half", None),
+                                                     (None, "narrow-inner")])
 def test_ssd_scan_without_optionals(heads_per_program, tiles, monkeypatch):
     """No D, no dt_bias, no initial state, no clamp, final state unused (its gradient is None);
-    the dC/dB kernels with one program per group (the default) and with the heads split over two;
-    the backward with an inner block half its row block (the GPU default's shape, 64/32)."""
+    the dC/dB kernels with the heads merged (the default), per head in one program a group, and
+    per head split over two programs; the forward output and backward kernels with an inner block
+    half their row block (the GPU defaults' shape, 64/32)."""
     from biomamba.kernels.triton import ssd
 
+    if heads_per_program:
+        monkeypatch.setitem(ssd.BWD_TILES, "dcdb", "per_head")
     if heads_per_program == "half":
         monkeypatch.setenv("BIOMAMBA_SSD_HEADS_PER_PROGRAM", str(SSD_SHAPE["h"] // 2))
     if tiles == "narrow-inner":
         monkeypatch.setitem(ssd.BWD_TILES, "BM", min(SSD_SHAPE["T"], 64))
         monkeypatch.setitem(ssd.BWD_TILES, "BK", min(SSD_SHAPE["T"], 64) // 2)
+        monkeypatch.setitem(ssd.FWD_TILES, "out_BM", min(SSD_SHAPE["T"], 64))
+        monkeypatch.setitem(ssd.FWD_TILES, "out_BK", min(SSD_SHAPE["T"], 64) // 2)
     s = SSD_SHAPE
     b, h, p, n, T, l = s["b"], s["h"], s["p"], s["n"], s["T"], s["lengths"][1]
     x, dt, B, C = torch.randn(b, l, h, p), torch.rand(b, l, h) * 0.2, torch.randn(b, l, 1, n), torch.randn(b, l, 1, n)
