@@ -18,7 +18,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 python3 -m biomamba.cli env 2>&1 | tail -14
 if [ "${1:-}" = "--no-tests" ]; then shift; else
   t0=$(date +%s)
-  timeout ${TEST_TIMEOUT:-240} python3 -m pytest ${TESTS:-tests/test_train_cuda_graph.py tests/test_kernels_triton.py tests/test_kernels_mamba_ssm.py} -q -p no:cacheprovider -o addopts= -rfs 2>&1 \
+  timeout ${TEST_TIMEOUT:-240} python3 -m pytest ${TESTS:-tests/test_train_cuda_graph.py tests/test_kernels_triton.py tests/test_kernels_mamba_ssm.py} -v -p no:cacheprovider -o addopts= -rfs 2>&1 \
     | tee "$OUT/tests.log" | tail -25
   echo "tests took $(( $(date +%s) - t0 )) s"
 fi
