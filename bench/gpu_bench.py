@@ -223,17 +223,15 @@ def _profile_top(fn, steps: int = 3, top: int = 14, totals: dict | None = None) 
     return [{"kernel": k, "us_per_call": t, "launches": c} for k, t, c in rows[:top]]
 
 
-def case_profile_ssd(heads_per_program: str = "") -> None:
+def case_profile_ssd() -> None:
     """Where the SSD fwd+bwd time goes, kernel by kernel (130M shape)."""
-    if heads_per_program:
-        os.environ["BIOMAMBA_SSD_HEADS_PER_PROGRAM"] = heads_per_program
     import biomamba.kernels.triton as ours
 
     x, dt, A, B, C, D, bias, dy = _ssd_inputs(16, 1024, 24, 64, 128)
 
     def f():
         ours.ssd_scan(x, dt, A, B, C, chunk_size=256, D=D, dt_bias=bias)[0].backward(dy)
-    emit(f"profile ssd 130m heads_per_program={heads_per_program or 'default'}",
+    emit("profile ssd 130m",
          fwdbwd_ms=round(_bench(f), 3), kernels=_profile_top(f))
 
 
@@ -457,8 +455,7 @@ CONV_VARIANTS = [(64, 128, 4), (64, 32, 4), (32, 64, 4), (128, 32, 4), (64, 64, 
 
 def case_sweep_conv() -> None:
     """causal conv1d + SiLU with seq_idx at the 130M mixer shape: every (BL, BD, warps) for the
-    forward and the backward, then the generic and the looping width-4 backward, error against the
-    torch reference, median ms."""
+    forward and the backward, then the generic backward, error against the torch reference, median ms."""
     import torch
 
     import biomamba.kernels.triton as ours
@@ -478,13 +475,10 @@ def case_sweep_conv() -> None:
     yr = ref.causal_conv1d(xr, wr, br, seq_idx=seq)
     yr.backward(dy.float())
     default, default_kernel = dict(conv.BLOCKS), conv.BWD_KERNEL
-    # the looping width-4 backward's (BL, BD, warps, SEG), under the default forward
-    loop_variants = [(16, 64, 4, 256), (32, 64, 4, 256), (16, 128, 4, 256), (32, 128, 8, 256), (16, 128, 4, 1024)]
-    runs = [(c, c, "width4", f"BL{c[0]} BD{c[1]} w{c[2]}") for c in CONV_VARIANTS] \
-        + [((64, 32, 4), (64, 32, 4), "generic", "BL64 BD32 w4 generic-bwd")] \
-        + [(default["fwd"], c, "width4_loop", f"loop-bwd BL{c[0]} BD{c[1]} w{c[2]} SEG{c[3]}") for c in loop_variants]
-    for fwd_cfg, bwd_cfg, kernel, label in runs:
-        conv.BLOCKS.update({"fwd": fwd_cfg, "bwd_loop" if kernel == "width4_loop" else "bwd": bwd_cfg})
+    runs = [(c, "width4", f"BL{c[0]} BD{c[1]} w{c[2]}") for c in CONV_VARIANTS] \
+        + [((64, 32, 4), "generic", "BL64 BD32 w4 generic-bwd")]
+    for cfg, kernel, label in runs:
+        conv.BLOCKS.update(fwd=cfg, bwd=cfg)
         conv.BWD_KERNEL = kernel
         for t in (xv, w, bias):
             t.grad = None
@@ -499,21 +493,16 @@ def case_sweep_conv() -> None:
     conv.BWD_KERNEL = default_kernel
 
 
-# the first is the reference for the gradients (the per-head dC/dB kernels at the tiles swept
-# best in call F); the rest time the heads-merged dC/dB kernels at several tilings
-SSD_BWD_VARIANTS = [dict(dcdb="per_head", BM=64, BK=32, dx_warps=4, dcdb_warps=4),
-                    dict(dcdb="merged", BM=64, BK=32, dx_warps=4, dcdb_warps=4),
-                    dict(dcdb="merged", BM=64, BK=32, dx_warps=4, dcdb_warps=8),
-                    dict(dcdb="merged", BM=64, BK=64, dx_warps=4, dcdb_warps=4),
-                    dict(dcdb="merged", BM=64, BK=64, dx_warps=4, dcdb_warps=8),
-                    dict(dcdb="merged", BM=128, BK=32, dx_warps=8, dcdb_warps=8),
-                    dict(dcdb="merged", BM=32, BK=32, dx_warps=4, dcdb_warps=4),
-                    dict(dcdb="merged", BM=64, BK=32, dx_warps=4, dcdb_warps=4, stages=2)]
+# the first (the default) is the reference for the gradients; dx and dC/dB tiles vary separately
+SSD_BWD_VARIANTS = [dict(BM=64, BK=32, dcdb_BM=64, dcdb_BK=64), dict(BM=64, BK=32, dcdb_BM=64, dcdb_BK=32),
+                    dict(BM=64, BK=32, dcdb_BM=128, dcdb_BK=64, dcdb_warps=8),
+                    dict(BM=64, BK=32, dcdb_BM=64, dcdb_BK=64, dcdb_warps=8),
+                    dict(BM=64, BK=64, dcdb_BM=64, dcdb_BK=64)]
 
 
 def case_sweep_ssd_bwd() -> None:
     """SSD backward tiles / warps at the 130M shape: gradients against the first variant (the
-    GPU-tested default), median fwd+bwd ms and the three backward kernels' share."""
+    default), median fwd+bwd ms and each backward kernel's CUDA time."""
     import torch
 
     import biomamba.kernels.triton as ours
@@ -587,8 +576,7 @@ def case_sweep_ssd_fwd() -> None:
 
 CASES = [
     # (label, function, args, kwargs)
-    ("profile ssd default", "case_profile_ssd", [], {}),
-    ("profile ssd 4-heads-a-program", "case_profile_ssd", ["4"], {}),
+    ("profile ssd", "case_profile_ssd", [], {}),
     ("profile train", "case_profile_train", [], {}),
     ("profile gen 130m b1", "case_profile_gen", ["130m", 1], {}),
     ("kernels ssd", "case_kernels_ssd", [], {}),

@@ -6,8 +6,10 @@
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=$PWD/.tcache TRITON_CACHE_AUTOTUNING=1
-# a Triton cache (autotune results included) from an earlier call, carried as .tcache-parts/
-ls .tcache-parts/tcache.tgz.part* >/dev/null 2>&1 && cat .tcache-parts/tcache.tgz.part* | tar xzf -
+# a Triton cache (autotune results included) from earlier calls, carried as .tcache-parts/: the
+# gzip parts a call returns, or several calls' caches merged and recompressed with xz (smaller)
+if ls .tcache-parts/tcache.txz.part* >/dev/null 2>&1; then cat .tcache-parts/tcache.txz.part* | tar xJf -
+elif ls .tcache-parts/tcache.tgz.part* >/dev/null 2>&1; then cat .tcache-parts/tcache.tgz.part* | tar xzf -; fi
 python3 -m pip install -q --no-index --no-deps --no-compile --target .peer-site .gpu-wheels/*.whl \
   && touch .peer-site/selective_scan_cuda.py || exit 1
 export PYTHONPATH=$PWD/.peer-site:$PWD

@@ -28,10 +28,6 @@ DEV = "cuda" if CUDA else "cpu"
 SSD_SHAPE = dict(b=2, h=24, p=64, n=128, T=256, lengths=(512, 777)) if CUDA else \
     dict(b=2, h=4, p=8, n=16, T=16, lengths=(32, 37))
 CONV_SHAPE = dict(b=2, d=1792, lengths=(1024, 1000)) if CUDA else dict(b=2, d=24, lengths=(16, 21))
-# the looping conv backward's (sub-block, channels, warps, segment): on the CPU, small enough that
-# a segment is several sub-blocks and a row several segments, the last one partial, and 24
-# channels a block and a half
-CONV_LOOP_BLOCKS = (16, 128, 4, 256) if CUDA else (4, 16, 1, 8)
 NORM_SHAPE = dict(rows=(4, 512), d=1536) if CUDA else dict(rows=(3, 5), d=24)
 TOL = {torch.float32: 1e-4, torch.bfloat16: 1.5e-2}
 
@@ -68,24 +64,19 @@ def check_grads(got: list[torch.Tensor], ref: list[torch.Tensor], tol: float, na
         assert e < t, f"d{name}: relative error {e:.2e} ≥ {t:.0e}"
 
 
-@pytest.mark.parametrize("heads_per_program,tiles", [(None, None), ("per-head", None), ("half", None),
-                                                     (None, "narrow-inner")])
-def test_ssd_scan_without_optionals(heads_per_program, tiles, monkeypatch):
+@pytest.mark.parametrize("tiles", [None, "narrow-inner"])
+def test_ssd_scan_without_optionals(tiles, monkeypatch):
     """No D, no dt_bias, no initial state, no clamp, final state unused (its gradient is None);
-    the dC/dB kernels with the heads merged (the default), per head in one program a group, and
-    per head split over two programs; the forward output and backward kernels with an inner block
-    half their row block (the GPU defaults' shape, 64/32)."""
+    also with the forward output and backward kernels' inner block half their row block (the
+    GPU defaults' shape for the output and dx kernels, 64/32)."""
     from biomamba.kernels.triton import ssd
 
-    if heads_per_program:
-        monkeypatch.setitem(ssd.BWD_TILES, "dcdb", "per_head")
-    if heads_per_program == "half":
-        monkeypatch.setenv("BIOMAMBA_SSD_HEADS_PER_PROGRAM", str(SSD_SHAPE["h"] // 2))
     if tiles == "narrow-inner":
-        monkeypatch.setitem(ssd.BWD_TILES, "BM", min(SSD_SHAPE["T"], 64))
-        monkeypatch.setitem(ssd.BWD_TILES, "BK", min(SSD_SHAPE["T"], 64) // 2)
-        monkeypatch.setitem(ssd.FWD_TILES, "out_BM", min(SSD_SHAPE["T"], 64))
-        monkeypatch.setitem(ssd.FWD_TILES, "out_BK", min(SSD_SHAPE["T"], 64) // 2)
+        half = min(SSD_SHAPE["T"], 64)
+        for table, rows, inner in ((ssd.BWD_TILES, "BM", "BK"), (ssd.BWD_TILES, "dcdb_BM", "dcdb_BK"),
+                                   (ssd.FWD_TILES, "out_BM", "out_BK")):
+            monkeypatch.setitem(table, rows, half)
+            monkeypatch.setitem(table, inner, half // 2)
     s = SSD_SHAPE
     b, h, p, n, T, l = s["b"], s["h"], s["p"], s["n"], s["T"], s["lengths"][1]
     x, dt, B, C = torch.randn(b, l, h, p), torch.rand(b, l, h) * 0.2, torch.randn(b, l, 1, n), torch.randn(b, l, 1, n)
@@ -141,7 +132,6 @@ def test_ssd_scan_chains_through_initial_state():
 
 
 @pytest.mark.parametrize("dtype,kernel", [(torch.float32, "width4"), (torch.bfloat16, "width4"),
-                                          (torch.float32, "width4_loop"), (torch.bfloat16, "width4_loop"),
                                           (torch.bfloat16, "generic"), (torch.bfloat16, "width3")])
 @pytest.mark.parametrize("form", ["bias+silu", "no-bias", "no-silu"])
 @pytest.mark.parametrize("with_seq", [False, True])
@@ -151,7 +141,6 @@ def test_causal_conv1d(dtype, form, with_seq, li, kernel, monkeypatch):
     from biomamba.kernels.triton import conv
 
     monkeypatch.setattr(conv, "BWD_KERNEL", "width4" if kernel == "width3" else kernel)
-    monkeypatch.setitem(conv.BLOCKS, "bwd_loop", CONV_LOOP_BLOCKS)
     b, d, l = CONV_SHAPE["b"], CONV_SHAPE["d"], CONV_SHAPE["lengths"][li]
     gen = torch.Generator().manual_seed(torch.seed() % 2**31)
     wide = torch.randn(b, l, d + 8, generator=gen)  # a strided view, as the mixer passes it

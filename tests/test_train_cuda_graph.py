@@ -74,7 +74,10 @@ def test_replays_accumulate_like_eager(dtype):
 
 def test_trainer_with_graphs_matches_eager(tmp_path_factory, tmp_path):
     """The whole trainer (accumulation 2, clipping, EMA, packed documents), graphs on and off:
-    the same losses step by step and the same weights at the end."""
+    the same loss and gradient norm step by step (the norm is what a doubled or overwritten
+    gradient would change; AdamW itself is blind to the gradient's scale), and weights that
+    agree in norm. Elementwise the weights may differ by up to 2·lr where a gradient entry is
+    near zero, as eager and captured matmuls may round differently and AdamW divides by |g|."""
     from biomamba.data.shards import PackedDataset, read_manifest
     from biomamba.config import from_dict
     from biomamba.train.config import PretrainConfig
@@ -95,9 +98,11 @@ def test_trainer_with_graphs_matches_eager(tmp_path_factory, tmp_path):
         trainer = Trainer(cfg, model, CausalLMObjective(), PackedDataset(cfg.data, "train"), {},
                           tmp_path / f"run-{graph}", DistInfo(), backend="triton", log=lambda s: None)
         assert (trainer.graphs is not None) == graph and trainer.accum == 2
-        losses = [trainer.train_step()[0] for _ in range(4)]
-        runs.append((losses, {n: p.detach().clone() for n, p in trainer.model.named_parameters()}))
-    (eager_losses, eager_w), (graph_losses, graph_w) = runs
-    assert graph_losses == pytest.approx(eager_losses, rel=1e-5)
+        steps = [trainer.train_step()[:2] for _ in range(4)]
+        runs.append((steps, {n: p.detach().clone() for n, p in trainer.model.named_parameters()}))
+    (eager_steps, eager_w), (graph_steps, graph_w) = runs
+    for (el, en), (gl, gn) in zip(eager_steps, graph_steps):
+        assert gl == pytest.approx(el, rel=1e-4) and gn == pytest.approx(en, rel=1e-3)
     for n in eager_w:
-        assert torch.allclose(graph_w[n], eager_w[n], rtol=1e-4, atol=1e-6), n
+        err = ((graph_w[n] - eager_w[n]).norm() / eager_w[n].norm().clamp_min(1e-30)).item()
+        assert err < 1e-3, (n, err)

@@ -6,9 +6,8 @@ tile. The backward recomputes the pre-activation for the k positions each input 
 nothing but the inputs is saved. Measured time grows with the number of shifted tile loads
 (each costs about a pass over memory), so the width-4 backward (every Mamba checkpoint's
 width) loads each of its seven shifted tiles once; other widths use the generic backward.
-BWD_KERNEL also offers a looping width-4 backward (one program per time segment, walked in
-short sub-blocks so that few tiles are live at once, one weight-gradient partial per segment),
-for timing against the one-tile-per-program kernel.
+(A width-4 backward that walked a time segment in short sub-blocks, to keep fewer tiles live,
+measured slower at every tiling: 0.72–1.07 against 0.55 ms, bench/RESULTS.md call G.)
 """
 
 from __future__ import annotations
@@ -113,17 +112,12 @@ def _conv_bwd_kernel(x_ptr, w_ptr, bias_ptr, seq_ptr, dy_ptr, dx_ptr, dw_ptr, db
 
 
 @triton.jit
-def _rows(x_ptr, pb, t, o: tl.constexpr, c, cm, L, sxb, sxl):
-    """x[t + o] in its storage dtype (BL, BD), zero outside [0, L)."""
-    u = t + o
-    m = (u >= 0) & (u < L)
-    return tl.load(x_ptr + pb * sxb + u[:, None] * sxl + c[None, :], mask=m[:, None] & cm[None, :], other=0.0)
-
-
-@triton.jit
 def _shifted(x_ptr, pb, t, o: tl.constexpr, c, cm, L, sxb, sxl):
     """x[t + o] as fp32 (BL, BD), zero outside [0, L)."""
-    return _rows(x_ptr, pb, t, o, c, cm, L, sxb, sxl).to(tl.float32)
+    u = t + o
+    m = (u >= 0) & (u < L)
+    return tl.load(x_ptr + pb * sxb + u[:, None] * sxl + c[None, :], mask=m[:, None] & cm[None, :],
+                   other=0.0).to(tl.float32)
 
 
 @triton.jit
@@ -223,122 +217,19 @@ def _conv4_bwd_kernel(x_ptr, w_ptr, bias_ptr, seq_ptr, dy_ptr, dx_ptr, dw_ptr, d
         tl.store(db_ptr + (pb * tl.num_programs(1) + pl) * D + c, tl.sum(da0, 0), mask=cm)
 
 
-@triton.jit
-def _dact(dy, a, SILU: tl.constexpr):
-    """The gradient at the pre-activation a, given the one at the output."""
-    if SILU:
-        sg = tl.sigmoid(a)
-        return dy * sg * (1.0 + a * (1.0 - sg))
-    else:
-        return dy
-
-
-@triton.jit
-def _conv4_bwd_loop_kernel(x_ptr, w_ptr, bias_ptr, seq_ptr, dy_ptr, dx_ptr, dw_ptr, db_ptr, L, D,
-                           sxb, sxl, swd, swk, ssb, ssl, sdyb, sdyl, sdxb, sdxl,
-                           HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr, SILU: tl.constexpr,
-                           BL: tl.constexpr, BD: tl.constexpr, SEG: tl.constexpr):
-    """The width-4 backward of _conv4_bwd_kernel (same loads, same results), but a program walks
-    SEG rows in sub-blocks of BL and finishes each output position j before loading the next
-    tile: about a dx accumulator, a pre-activation and four x tiles are live instead of fifteen
-    tiles, so a wider channel block fits in registers without spilling. The weight gradients
-    stay in registers across the walk: one partial per segment, not per BL rows."""
-    pb = tl.program_id(0)
-    ps = tl.program_id(1)
-    c = tl.program_id(2) * BD + tl.arange(0, BD)
-    cm = c < D
-    # the output at u reads x[u − s] through tap 3 − s
-    w0 = tl.load(w_ptr + c * swd + 0 * swk, mask=cm, other=0.0).to(tl.float32)[None, :]
-    w1 = tl.load(w_ptr + c * swd + 1 * swk, mask=cm, other=0.0).to(tl.float32)[None, :]
-    w2 = tl.load(w_ptr + c * swd + 2 * swk, mask=cm, other=0.0).to(tl.float32)[None, :]
-    w3 = tl.load(w_ptr + c * swd + 3 * swk, mask=cm, other=0.0).to(tl.float32)[None, :]
-    b = tl.zeros((1, BD), dtype=tl.float32)
-    if HAS_BIAS:
-        b += tl.load(bias_ptr + c, mask=cm, other=0.0).to(tl.float32)[None, :]
-    g0 = tl.zeros((BD,), dtype=tl.float32)
-    g1 = tl.zeros((BD,), dtype=tl.float32)
-    g2 = tl.zeros((BD,), dtype=tl.float32)
-    g3 = tl.zeros((BD,), dtype=tl.float32)
-    gb = tl.zeros((BD,), dtype=tl.float32)
-    s0 = ps * SEG
-    for t0 in range(s0, tl.minimum(s0 + SEG, L), BL):
-        t = t0 + tl.arange(0, BL)
-        if HAS_SEQ:
-            dm3 = _doc_at(seq_ptr, pb, t, -3, L, ssb, ssl)
-            dm2 = _doc_at(seq_ptr, pb, t, -2, L, ssb, ssl)
-            dm1 = _doc_at(seq_ptr, pb, t, -1, L, ssb, ssl)
-            d0 = _doc_at(seq_ptr, pb, t, 0, L, ssb, ssl)
-            dp1 = _doc_at(seq_ptr, pb, t, 1, L, ssb, ssl)
-            dp2 = _doc_at(seq_ptr, pb, t, 2, L, ssb, ssl)
-            dp3 = _doc_at(seq_ptr, pb, t, 3, L, ssb, ssl)
-        else:  # placeholders, never read
-            dm3 = t
-            dm2 = t
-            dm1 = t
-            d0 = t
-            dp1 = t
-            dp2 = t
-            dp3 = t
-        # x tiles stay in the storage dtype until used: half the registers for bf16
-        xm3 = _rows(x_ptr, pb, t, -3, c, cm, L, sxb, sxl)
-        xm2 = _rows(x_ptr, pb, t, -2, c, cm, L, sxb, sxl)
-        xm1 = _rows(x_ptr, pb, t, -1, c, cm, L, sxb, sxl)
-        x0 = _rows(x_ptr, pb, t, 0, c, cm, L, sxb, sxl)
-        # j = 0: the output at t, the only one whose da enters the weight gradients
-        t1 = _if_same(xm1.to(tl.float32), dm1, d0, HAS_SEQ)
-        t2 = _if_same(xm2.to(tl.float32), dm2, d0, HAS_SEQ)
-        t3 = _if_same(xm3.to(tl.float32), dm3, d0, HAS_SEQ)
-        x0f = x0.to(tl.float32)
-        da = _dact(_shifted(dy_ptr, pb, t, 0, c, cm, L, sdyb, sdyl), b + w3 * x0f + w2 * t1 + w1 * t2 + w0 * t3,
-                   SILU)
-        g3 += tl.sum(da * x0f, 0)
-        g2 += tl.sum(da * t1, 0)
-        g1 += tl.sum(da * t2, 0)
-        g0 += tl.sum(da * t3, 0)
-        gb += tl.sum(da, 0)
-        dx = w3 * da
-        # j = 1, 2, 3: the output at t + j, through tap 3 − j, if in the document of t
-        xp1 = _rows(x_ptr, pb, t, 1, c, cm, L, sxb, sxl)
-        a = b + w3 * xp1.to(tl.float32) + w2 * _if_same(x0f, d0, dp1, HAS_SEQ) \
-            + w1 * _if_same(xm1.to(tl.float32), dm1, dp1, HAS_SEQ) \
-            + w0 * _if_same(xm2.to(tl.float32), dm2, dp1, HAS_SEQ)
-        da = _dact(_shifted(dy_ptr, pb, t, 1, c, cm, L, sdyb, sdyl), a, SILU)
-        dx += w2 * _if_same(da, dp1, d0, HAS_SEQ)
-        xp2 = _rows(x_ptr, pb, t, 2, c, cm, L, sxb, sxl)
-        a = b + w3 * xp2.to(tl.float32) + w2 * _if_same(xp1.to(tl.float32), dp1, dp2, HAS_SEQ) \
-            + w1 * _if_same(x0f, d0, dp2, HAS_SEQ) + w0 * _if_same(xm1.to(tl.float32), dm1, dp2, HAS_SEQ)
-        da = _dact(_shifted(dy_ptr, pb, t, 2, c, cm, L, sdyb, sdyl), a, SILU)
-        dx += w1 * _if_same(da, dp2, d0, HAS_SEQ)
-        xp3 = _rows(x_ptr, pb, t, 3, c, cm, L, sxb, sxl)
-        a = b + w3 * xp3.to(tl.float32) + w2 * _if_same(xp2.to(tl.float32), dp2, dp3, HAS_SEQ) \
-            + w1 * _if_same(xp1.to(tl.float32), dp1, dp3, HAS_SEQ) + w0 * _if_same(x0f, d0, dp3, HAS_SEQ)
-        da = _dact(_shifted(dy_ptr, pb, t, 3, c, cm, L, sdyb, sdyl), a, SILU)
-        dx += w0 * _if_same(da, dp3, d0, HAS_SEQ)
-        tl.store(dx_ptr + pb * sdxb + t[:, None] * sdxl + c[None, :], dx.to(dx_ptr.dtype.element_ty),
-                 mask=(t < L)[:, None] & cm[None, :])
-    part = (pb * tl.num_programs(1) + ps) * 4
-    tl.store(dw_ptr + (part + 3) * D + c, g3, mask=cm)
-    tl.store(dw_ptr + (part + 2) * D + c, g2, mask=cm)
-    tl.store(dw_ptr + (part + 1) * D + c, g1, mask=cm)
-    tl.store(dw_ptr + (part + 0) * D + c, g0, mask=cm)
-    if HAS_BIAS:
-        tl.store(db_ptr + (pb * tl.num_programs(1) + ps) * D + c, gb, mask=cm)
-
-
 # (time block, channel block, warps) per kernel, from a sweep at the 130M shape on an H200
 # (bench/RESULTS.md): the backward holds many live tiles and spilled at 64 × 128 (1.68 ms generic,
-# 5.6 ms width-4); at 64 × 32 the width-4 backward takes 0.55 ms. The forward's best was 16 × 128.
-# "bwd_loop" (sub-block, channel block, warps, segment rows; the segment a multiple of the
-# sub-block) is a guess, not yet measured. A module-level table so that a benchmark can sweep it.
-BLOCKS = {"fwd": (16, 128, 4), "bwd": (64, 32, 4), "bwd_loop": (16, 128, 4, 256)}
-# the backward at width 4: "width4" (BLOCKS["bwd"]), "width4_loop" (BLOCKS["bwd_loop"]), or
-# "generic" (the any-width one); other widths always run the generic one
+# 5.6 ms width-4); at 64 × 32 the width-4 backward takes 0.55 ms (again in call G, best of 9 tilings).
+# The forward's best was 16 × 128. A module-level table so that a benchmark can sweep it.
+BLOCKS = {"fwd": (16, 128, 4), "bwd": (64, 32, 4)}
+# the backward at width 4: "width4" or "generic" (the any-width one, for A/B timing); other
+# widths always run the generic one
 BWD_KERNEL = "width4"
 
 
-def _blocks(kind: str, L: int, D: int) -> tuple[int, ...]:
-    bl, bd, warps, *rest = BLOCKS[kind]
-    return (min(bl, triton.next_power_of_2(max(L, 1))), min(bd, triton.next_power_of_2(D)), warps, *rest)
+def _blocks(kind: str, L: int, D: int) -> tuple[int, int, int]:
+    bl, bd, warps = BLOCKS[kind]
+    return min(bl, triton.next_power_of_2(max(L, 1))), min(bd, triton.next_power_of_2(D)), warps
 
 
 def _unit_channel(x: Tensor) -> Tensor:
@@ -365,17 +256,10 @@ def conv_bwd(dy: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None, seq_idx
     x, dy = _unit_channel(x), _unit_channel(dy)
     b, L, D = x.shape
     K = weight.shape[-1]
-    if BWD_KERNEL not in ("width4", "width4_loop", "generic"):
-        raise ValueError(f"BWD_KERNEL {BWD_KERNEL!r}: not width4, width4_loop or generic")
-    loop = K == 4 and BWD_KERNEL == "width4_loop"
-    if loop:
-        BL, BD, warps, SEG = _blocks("bwd_loop", L, D)
-        if SEG % BL:
-            raise ValueError(f"BLOCKS['bwd_loop']: segment {SEG} is not whole sub-blocks of {BL} rows")
-        nl = triton.cdiv(L, SEG)  # weight-gradient partials: one per segment
-    else:
-        BL, BD, warps = _blocks("bwd", L, D)
-        nl = triton.cdiv(L, BL)
+    if BWD_KERNEL not in ("width4", "generic"):
+        raise ValueError(f"BWD_KERNEL {BWD_KERNEL!r}: not width4 or generic")
+    BL, BD, warps = _blocks("bwd", L, D)
+    nl = triton.cdiv(L, BL)
     dx = torch.empty((b, L, D), device=x.device, dtype=x.dtype)
     dw_part = torch.empty((b * nl, K, D), device=x.device, dtype=torch.float32)
     db_part = torch.zeros((b * nl, D), device=x.device, dtype=torch.float32)
@@ -385,9 +269,7 @@ def conv_bwd(dy: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None, seq_idx
             seq.stride(0) if seq_idx is not None else 0, seq.stride(1) if seq_idx is not None else 0,
             dy.stride(0), dy.stride(1), dx.stride(0), dx.stride(1))
     flags = dict(HAS_BIAS=bias is not None, HAS_SEQ=seq_idx is not None, SILU=silu, BL=BL, BD=BD, num_warps=warps)
-    if loop:
-        _conv4_bwd_loop_kernel[(b, nl, triton.cdiv(D, BD))](*args, SEG=SEG, **flags)
-    elif K == 4 and BWD_KERNEL == "width4":
+    if K == 4 and BWD_KERNEL == "width4":
         _conv4_bwd_kernel[(b, nl, triton.cdiv(D, BD))](*args, **flags)
     else:
         _conv_bwd_kernel[(b, nl, triton.cdiv(D, BD))](*args, K=K, **flags)

@@ -343,145 +343,15 @@ def _bwd_dx_kernel(x_ptr, B_ptr, cb_ptr, dy_ptr, delta_ptr, acs_ptr, seq_ptr, dz
     tl.store(dd_ptr + vec, tl.sum(xf * dy_s, 1))
 
 
-# ---- backward: dC per group (loops over the group's heads) ----------------------------------
-
-@triton.jit
-def _bwd_dc_kernel(x_ptr, C_ptr, cb_ptr, dy_ptr, delta_ptr, acs_ptr, seq_ptr, starts_ptr, B_ptr,
-                   dc_ptr, dda_ptr,
-                   L, H, G, P, N, NC, sxb, sxl, sxh, sbb, sbl, sbg, scb, scl, scg, sdyb, sdyl, sdyh, ssb, ssl,
-                   sob, sol, sog, soz,
-                   HAS_SEQ: tl.constexpr, HS: tl.constexpr, T: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr,
-                   BP: tl.constexpr, BN: tl.constexpr, IP: tl.constexpr):
-    pid = tl.program_id(0)
-    hs = pid % HS  # which slice of the group's heads
-    g = (pid // HS) % G
-    pc = (pid // (HS * G)) % NC
-    pb = pid // (HS * G * NC)
-    pm = tl.program_id(1)
-    t = pm * BM + tl.arange(0, BM)
-    tg = pc * T + t
-    tm = tg < L
-    p = tl.arange(0, BP)
-    pmask = p < P
-    n = tl.arange(0, BN)
-    nm = n < N
-    if HAS_SEQ:
-        doc_t = tl.load(seq_ptr + pb * ssb + tg * ssl, mask=tm, other=-1)
-        prev_doc = tl.load(seq_ptr + pb * ssb + tl.maximum(pc * T - 1, 0) * ssl)
-    c_t = tl.load(C_ptr + pb * scb + tg[:, None] * scl + g * scg + n[None, :], mask=tm[:, None] & nm[None, :],
-                  other=0.0).to(tl.float32)
-    cbase = cb_ptr + ((pb * NC + pc) * G + g) * T * T
-    hpg = H // G
-    HPS = hpg // HS
-    dc = tl.zeros((BM, BN), dtype=tl.float32)
-    for hi in range(HPS):
-        h = g * hpg + hs * HPS + hi
-        base = (pb * H + h) * (NC * T) + pc * T
-        a_t = tl.load(acs_ptr + base + t)
-        e_t = tl.exp(a_t)
-        if HAS_SEQ:
-            e_t = tl.where(doc_t == prev_doc, e_t, 0.0)
-        dy_t = tl.load(dy_ptr + pb * sdyb + tg[:, None] * sdyl + h * sdyh + p[None, :],
-                       mask=tm[:, None] & pmask[None, :], other=0.0)
-        st = tl.load(starts_ptr + ((pb * NC + pc) * H + h) * P * N + p[:, None] * N + n[None, :],
-                     mask=pmask[:, None] & nm[None, :], other=0.0)
-        dcs = _dot(dy_t, st.to(dy_t.dtype), IP) * e_t[:, None]
-        row = tl.sum(dcs * c_t, 1)
-        dch = dcs
-        for k0 in range(0, (pm + 1) * BM, BK):
-            s = k0 + tl.arange(0, BK)
-            sg = pc * T + s
-            sm = sg < L
-            a_s = tl.load(acs_ptr + base + s)
-            d_s = tl.load(delta_ptr + base + s)
-            keep = (s[None, :] <= t[:, None]) & sm[None, :]
-            if HAS_SEQ:
-                doc_s = tl.load(seq_ptr + pb * ssb + sg * ssl, mask=sm, other=-2)
-                keep = keep & (doc_s[None, :] == doc_t[:, None])
-            x_s = tl.load(x_ptr + pb * sxb + sg[:, None] * sxl + h * sxh + p[None, :],
-                          mask=sm[:, None] & pmask[None, :], other=0.0)
-            dyx = _dot(dy_t, tl.trans(x_s), IP)  # (BM, BK): dy_t · x_s
-            pw = tl.where(keep, dyx * tl.exp(a_t[:, None] - a_s[None, :]) * d_s[None, :], 0.0)
-            cb = tl.load(cbase + t[:, None] * T + s[None, :], mask=s[None, :] <= t[:, None], other=0.0)
-            row += tl.sum(pw * cb, 1)
-            b_s = tl.load(B_ptr + pb * sbb + sg[:, None] * sbl + g * sbg + n[None, :], mask=sm[:, None] & nm[None, :],
-                          other=0.0)
-            dch += _dot(pw.to(b_s.dtype), b_s, IP)
-        dc += dch
-        tl.store(dda_ptr + base + t, row)
-    tl.store(dc_ptr + hs * soz + pb * sob + tg[:, None] * sol + g * sog + n[None, :], dc.to(dc_ptr.dtype.element_ty),
-             mask=tm[:, None] & nm[None, :])
-
-
-# ---- backward: dB per group (loops over the group's heads) ----------------------------------
-
-@triton.jit
-def _bwd_db_kernel(x_ptr, C_ptr, dy_ptr, delta_ptr, acs_ptr, seq_ptr, dz_ptr, db_ptr,
-                   L, H, G, P, N, NC, sxb, sxl, sxh, scb, scl, scg, sdyb, sdyl, sdyh, ssb, ssl,
-                   sob, sol, sog, soz,
-                   HAS_SEQ: tl.constexpr, HS: tl.constexpr, T: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr,
-                   BP: tl.constexpr, BN: tl.constexpr, IP: tl.constexpr):
-    pid = tl.program_id(0)
-    hs = pid % HS  # which slice of the group's heads
-    g = (pid // HS) % G
-    pc = (pid // (HS * G)) % NC
-    pb = pid // (HS * G * NC)
-    pm = tl.program_id(1)
-    s = pm * BM + tl.arange(0, BM)
-    sg = pc * T + s
-    sm = sg < L
-    p = tl.arange(0, BP)
-    pmask = p < P
-    n = tl.arange(0, BN)
-    nm = n < N
-    if HAS_SEQ:
-        doc_s = tl.load(seq_ptr + pb * ssb + sg * ssl, mask=sm, other=-1)
-        end_doc = tl.load(seq_ptr + pb * ssb + (tl.minimum(pc * T + T, L) - 1) * ssl)
-    hpg = H // G
-    HPS = hpg // HS
-    db = tl.zeros((BM, BN), dtype=tl.float32)
-    for hi in range(HPS):
-        h = g * hpg + hs * HPS + hi
-        base = (pb * H + h) * (NC * T) + pc * T
-        a_s = tl.load(acs_ptr + base + s)
-        d_s = tl.load(delta_ptr + base + s)
-        f_s = tl.exp(tl.load(acs_ptr + base + T - 1) - a_s) * d_s
-        if HAS_SEQ:
-            f_s = tl.where(doc_s == end_doc, f_s, 0.0)
-        x_s = tl.load(x_ptr + pb * sxb + sg[:, None] * sxl + h * sxh + p[None, :], mask=sm[:, None] & pmask[None, :],
-                      other=0.0)
-        dz = tl.load(dz_ptr + ((pb * NC + pc) * H + h) * P * N + p[:, None] * N + n[None, :],
-                     mask=pmask[:, None] & nm[None, :], other=0.0)
-        dbh = _dot(x_s, dz.to(x_s.dtype), IP) * f_s[:, None]
-        for k0 in range(pm * BM, T, BK):
-            t = k0 + tl.arange(0, BK)
-            tg = pc * T + t
-            tm = tg < L
-            a_t = tl.load(acs_ptr + base + t)
-            keep = (t[None, :] >= s[:, None]) & tm[None, :]
-            if HAS_SEQ:
-                doc_t = tl.load(seq_ptr + pb * ssb + tg * ssl, mask=tm, other=-2)
-                keep = keep & (doc_t[None, :] == doc_s[:, None])
-            dy_t = tl.load(dy_ptr + pb * sdyb + tg[:, None] * sdyl + h * sdyh + p[None, :],
-                           mask=tm[:, None] & pmask[None, :], other=0.0)
-            xdy = _dot(x_s, tl.trans(dy_t), IP)  # (BM, BK): x_s · dy_t
-            pw = tl.where(keep, xdy * tl.exp(a_t[None, :] - a_s[:, None]) * d_s[:, None], 0.0)
-            c_t = tl.load(C_ptr + pb * scb + tg[:, None] * scl + g * scg + n[None, :], mask=tm[:, None] & nm[None, :],
-                          other=0.0)
-            dbh += _dot(pw.to(c_t.dtype), c_t, IP)
-        db += dbh
-    tl.store(db_ptr + hs * soz + pb * sob + sg[:, None] * sol + g * sog + n[None, :], db.to(db_ptr.dtype.element_ty),
-             mask=sm[:, None] & nm[None, :])
-
-
 # ---- backward: dC and dB per group, the heads merged before the product with B / C --------------
 # B and C are shared by a group's heads, so Σ_h (pw_h · B) = (Σ_h pw_h) · B: the (t, s) weights
 # of all heads are summed first and multiplied by B (or C) once, not once per head. At 24 heads
-# a group this cuts the dC/dB FLOPs about in half. The loop order follows: s-blocks outside,
-# heads inside; the row part of the log-decay gradient (per head) is accumulated in place.
+# a group this halves the dC/dB FLOPs; on an H200 the two kernels went from 426 + 227 µs (one
+# product per head, at their best tiles) to 260 + 204 (call G). The loop order follows: s-blocks
+# outside, heads inside; the row part of the log-decay gradient (per head) is accumulated in place.
 
 @triton.jit
-def _bwd_dc_merged_kernel(x_ptr, C_ptr, cb_ptr, dy_ptr, delta_ptr, acs_ptr, seq_ptr, starts_ptr, B_ptr,
+def _bwd_dc_kernel(x_ptr, C_ptr, cb_ptr, dy_ptr, delta_ptr, acs_ptr, seq_ptr, starts_ptr, B_ptr,
                           dc_ptr, dda_ptr,
                           L, H, G, P, N, NC, sxb, sxl, sxh, sbb, sbl, sbg, scb, scl, scg, sdyb, sdyl, sdyh,
                           ssb, ssl, sob, sol, sog,
@@ -557,7 +427,7 @@ def _bwd_dc_merged_kernel(x_ptr, C_ptr, cb_ptr, dy_ptr, delta_ptr, acs_ptr, seq_
 
 
 @triton.jit
-def _bwd_db_merged_kernel(x_ptr, C_ptr, dy_ptr, delta_ptr, acs_ptr, seq_ptr, dz_ptr, db_ptr,
+def _bwd_db_kernel(x_ptr, C_ptr, dy_ptr, delta_ptr, acs_ptr, seq_ptr, dz_ptr, db_ptr,
                           L, H, G, P, N, NC, sxb, sxl, sxh, scb, scl, scg, sdyb, sdyl, sdyh, ssb, ssl,
                           sob, sol, sog,
                           HAS_SEQ: tl.constexpr, T: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr,
@@ -690,13 +560,11 @@ def _ip(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-# Backward tiling (rows a program owns, the inner block, warps of the dx and of the dC/dB
-# kernels). A module-level table so that a benchmark can sweep it on the GPU: of 8 variants at
-# the 130M shape on an H200 this one gave the three kernels 1.07 ms against 1.45 for 64/64/4/8
-# (1.21 against 1.67 with seq_idx; bench/RESULTS.md); 13 variants in call F confirmed it.
-# BK must not exceed BM. "dcdb": merged (heads summed before the product with B/C; not yet timed
-# on a GPU) or per_head (the kernels timed above).
-BWD_TILES = {"BM": 64, "BK": 32, "dx_warps": 4, "dcdb_warps": 4, "stages": None, "dcdb": "merged"}
+# Backward tiling: rows a program owns and the inner block, of the dx kernel (BM, BK) and of the
+# dC/dB kernels (dcdb_BM, dcdb_BK), and their warps. Module-level so that a benchmark can sweep it
+# on the GPU (bench/RESULTS.md, calls F and G, the 130M shape on an H200): dx is fastest at 64/32
+# (407 µs), dC + dB at 64/64 (260 + 204 µs; 349 + 252 at 64/32). BK must not exceed BM.
+BWD_TILES = {"BM": 64, "BK": 32, "dx_warps": 4, "dcdb_BM": 64, "dcdb_BK": 64, "dcdb_warps": 4, "stages": None}
 # Forward tiling of the output kernel (rows, inner block, warps) and the warps of the chunk
 # outer-product kernel; "stages" (None: Triton's default) is the software-pipelining depth.
 # From a sweep of 7 variants on an H200 (call F, bench/RESULTS.md): the output kernel took
@@ -716,6 +584,8 @@ class _Cfg:
         self.BK = min(64, T)
         self.bBM = min(BWD_TILES["BM"], T)
         self.bBK = min(BWD_TILES["BK"], self.bBM)
+        self.cBM = min(BWD_TILES["dcdb_BM"], T)
+        self.cBK = min(BWD_TILES["dcdb_BK"], self.cBM)
         self.oBM = min(FWD_TILES["out_BM"], T)
         self.oBK = min(FWD_TILES["out_BK"], self.oBM)
         self.BP = triton.next_power_of_2(P)
@@ -740,21 +610,6 @@ def _prep(x, dt, A, B, C, chunk_size, dt_bias, dt_softplus, dt_lo, dt_hi):
         dt, dt_bias if dt_bias is not None else dt, A, delta, acs, L, H, NC, dt.stride(0), dt.stride(1),
         HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus, T=T, BH=BH, num_warps=4, **_dt_limits(dt_lo, dt_hi))
     return b, L, H, P, G, N, T, NC, delta, acs
-
-
-def _head_splits(heads_per_group: int) -> int:
-    """How many programs share one group's heads in the dC/dB kernels (their fp32 partial sums
-    are added afterwards). Default 1: splitting 24 heads over 6 programs made the 130M-shape
-    fwd+bwd slower on an H200 (2.81 against 2.27 ms, bench/RESULTS.md): the kernels did not get
-    faster and the partial sums cost extra. ``BIOMAMBA_SSD_HEADS_PER_PROGRAM`` (heads a program,
-    dividing the heads per group) turns the split on, for A/B timing at other shapes."""
-    env = os.environ.get("BIOMAMBA_SSD_HEADS_PER_PROGRAM")
-    if not env:
-        return 1
-    hpp = int(env)
-    if hpp <= 0 or heads_per_group % hpp:
-        raise ValueError(f"BIOMAMBA_SSD_HEADS_PER_PROGRAM={hpp} must divide {heads_per_group} heads per group")
-    return heads_per_group // hpp
 
 
 def _seq_args(seq_idx: Tensor | None, like: Tensor):
@@ -805,55 +660,23 @@ def ssd_fwd(x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus, dt_lo, dt_hi, s
     return y, final
 
 
-def _dcdb_merged(x, B, C, dy, cb, delta, acs, seq_idx, starts, dz, dda_row, dims, cfg):
+def _dcdb(x, B, C, dy, cb, delta, acs, seq_idx, starts, dz, dda_row, dims, cfg):
     b, L, H, P, G, N, T, NC = dims
     seq, ssb, ssl = _seq_args(seq_idx, x)
     ip = _ip(x.dtype)
     dC = torch.empty((b, L, G, N), device=x.device, dtype=C.dtype)
     dB = torch.empty((b, L, G, N), device=x.device, dtype=B.dtype)
-    flags = dict(HAS_SEQ=seq_idx is not None, T=T, BM=cfg.bBM, BK=cfg.bBK, BP=cfg.BP, BN=cfg.BN, IP=ip,
+    flags = dict(HAS_SEQ=seq_idx is not None, T=T, BM=cfg.cBM, BK=cfg.cBK, BP=cfg.BP, BN=cfg.BN, IP=ip,
                  num_warps=BWD_TILES["dcdb_warps"], **_stages(BWD_TILES))
-    _bwd_dc_merged_kernel[(b * NC * G, T // cfg.bBM)](
+    _bwd_dc_kernel[(b * NC * G, T // cfg.cBM)](
         x, C, cb, dy, delta, acs, seq, starts, B, dC, dda_row,
         L, H, G, P, N, NC, x.stride(0), x.stride(1), x.stride(2), B.stride(0), B.stride(1), B.stride(2),
         C.stride(0), C.stride(1), C.stride(2), dy.stride(0), dy.stride(1), dy.stride(2), ssb, ssl,
         dC.stride(0), dC.stride(1), dC.stride(2), **flags)
-    _bwd_db_merged_kernel[(b * NC * G, T // cfg.bBM)](
+    _bwd_db_kernel[(b * NC * G, T // cfg.cBM)](
         x, C, dy, delta, acs, seq, dz, dB,
         L, H, G, P, N, NC, x.stride(0), x.stride(1), x.stride(2), C.stride(0), C.stride(1), C.stride(2),
         dy.stride(0), dy.stride(1), dy.stride(2), ssb, ssl, dB.stride(0), dB.stride(1), dB.stride(2), **flags)
-    return dC, dB
-
-
-def _dcdb_per_head(x, B, C, dy, cb, delta, acs, seq_idx, starts, dz, dda_row, dims, cfg):
-    """The per-head dC/dB kernels; the group's heads may be split over HS programs (fp32 partial
-    sums over the splits, reduced here)."""
-    b, L, H, P, G, N, T, NC = dims
-    seq, ssb, ssl = _seq_args(seq_idx, x)
-    ip = _ip(x.dtype)
-    HSQ = seq_idx is not None
-    HS = _head_splits(H // G)
-    if HS == 1:
-        dC = torch.empty((1, b, L, G, N), device=x.device, dtype=C.dtype)
-        dB = torch.empty((1, b, L, G, N), device=x.device, dtype=B.dtype)
-    else:
-        dC = torch.empty((HS, b, L, G, N), device=x.device, dtype=torch.float32)
-        dB = torch.empty_like(dC)
-    _bwd_dc_kernel[(b * NC * G * HS, T // cfg.bBM)](
-        x, C, cb, dy, delta, acs, seq, starts, B, dC, dda_row,
-        L, H, G, P, N, NC, x.stride(0), x.stride(1), x.stride(2), B.stride(0), B.stride(1), B.stride(2),
-        C.stride(0), C.stride(1), C.stride(2), dy.stride(0), dy.stride(1), dy.stride(2), ssb, ssl,
-        dC.stride(1), dC.stride(2), dC.stride(3), dC.stride(0),
-        HAS_SEQ=HSQ, HS=HS, T=T, BM=cfg.bBM, BK=cfg.bBK, BP=cfg.BP, BN=cfg.BN, IP=ip,
-        num_warps=BWD_TILES["dcdb_warps"], **_stages(BWD_TILES))
-    _bwd_db_kernel[(b * NC * G * HS, T // cfg.bBM)](
-        x, C, dy, delta, acs, seq, dz, dB,
-        L, H, G, P, N, NC, x.stride(0), x.stride(1), x.stride(2), C.stride(0), C.stride(1), C.stride(2),
-        dy.stride(0), dy.stride(1), dy.stride(2), ssb, ssl, dB.stride(1), dB.stride(2), dB.stride(3), dB.stride(0),
-        HAS_SEQ=HSQ, HS=HS, T=T, BM=cfg.bBM, BK=cfg.bBK, BP=cfg.BP, BN=cfg.BN, IP=ip,
-        num_warps=BWD_TILES["dcdb_warps"], **_stages(BWD_TILES))
-    dC = dC[0] if HS == 1 else dC.sum(0).to(C.dtype)
-    dB = dB[0] if HS == 1 else dB.sum(0).to(B.dtype)
     return dC, dB
 
 
@@ -896,8 +719,7 @@ def ssd_bwd(dy, dfinal, x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus, dt_
         HAS_SEQ=HSQ, HAS_D=D is not None, T=T, BM=cfg.bBM, BK=cfg.bBK, BP=cfg.BP, BN=cfg.BNK, IP=ip,
         num_warps=BWD_TILES["dx_warps"], **_stages(BWD_TILES))
     # per group: dC (+ the row part of the log-decay gradient) and dB
-    dcdb = _dcdb_merged if BWD_TILES["dcdb"] == "merged" else _dcdb_per_head
-    dC, dB = dcdb(x, B, C, dy, cb, delta, acs, seq_idx, starts, dz, dda_row, dims, cfg)
+    dC, dB = _dcdb(x, B, C, dy, cb, delta, acs, seq_idx, starts, dz, dda_row, dims, cfg)
     # log-decay gradient per position → per step (reverse cumsum in the chunk) → Δ, A, dt, dt_bias,
     # in one kernel; the per-head sums come back per (batch, chunk) and are added here
     ddt = torch.empty((b, L, H), device=x.device, dtype=dt.dtype)
