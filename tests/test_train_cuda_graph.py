@@ -61,7 +61,7 @@ def test_replays_accumulate_like_eager(dtype):
                 with ctx:
                     ls, _ = module(dev["input_ids"], dev["seq_idx"], dev["targets"])
                 (ls * scale).backward()
-            losses.append(float(ls))
+            losses.append(float(ls.detach()))
         results.append((losses, _grads(model), graphs.eager_micro_steps))
     (eager_losses, eager_grads, _), (graph_losses, graph_grads, eager_count) = results
     assert eager_count == 1  # the (3, 40) batch found no graph
@@ -96,7 +96,8 @@ def test_trainer_with_graphs_matches_eager(tmp_path_factory, tmp_path):
                                                checkpoint={"every": 0, "export": []}))
         model = build_model(cfg.model, read_manifest(cfg.data), seed=cfg.train.seed)
         trainer = Trainer(cfg, model, CausalLMObjective(), PackedDataset(cfg.data, "train"), {},
-                          tmp_path / f"run-{graph}", DistInfo(), backend="triton", log=lambda s: None)
+                          tmp_path / f"run-{graph}", DistInfo(device=torch.device("cuda")), backend="triton",
+                          log=lambda s: None)
         assert (trainer.graphs is not None) == graph and trainer.accum == 2
         steps = [trainer.train_step()[:2] for _ in range(4)]
         runs.append((steps, {n: p.detach().clone() for n, p in trainer.model.named_parameters()}))
