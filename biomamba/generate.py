@@ -82,6 +82,13 @@ class StepRunner:
         self.graph: torch.cuda.CUDAGraph | None = None
         self.warmed = False
 
+    def load(self, cache: InferenceCache) -> None:
+        """Take over ``cache``'s states (copied into this runner's own, which its graph reads)."""
+        for mine, theirs in zip(self.cache.layers, cache.layers):
+            mine.conv.copy_(theirs.conv)
+            mine.ssm.copy_(theirs.ssm)
+        self.cache.seqlen_offset = cache.seqlen_offset
+
     def _eager(self, tokens: Tensor) -> Tensor:
         logits = self.model.step(tokens, self.cache)
         logits[:, self.vocab:] = float("-inf")  # ids ≥ vocab are padding rows: never emitted
@@ -110,6 +117,33 @@ class StepRunner:
         self.graph.replay()
         self.cache.seqlen_offset += 1
         return self.out
+
+
+MAX_STEP_RUNNERS = 4  # captured decode graphs kept per model (each holds a batch's states)
+
+
+def step_runner(model: MambaLM, cache: InferenceCache, greedy: bool, cuda_graph: bool) -> StepRunner:
+    """A ``StepRunner`` holding ``cache``'s states; step it and read ``runner.cache`` from then on.
+
+    With CUDA graphs the runner (its captured graph and its static states) is kept on the model
+    and reused by later calls of the same batch size, as long as no parameter was replaced or
+    changed in place (training in between), nor the backend: a capture costs an eager step plus
+    a captured one, which at 130M is many decode steps' worth."""
+    batch = cache.layers[0].ssm.shape[0]
+    if not cuda_graph:
+        return StepRunner(model, cache, batch, greedy=greedy, cuda_graph=False)
+    key = (batch, greedy, model.backend_name,
+           tuple((s.conv.dtype, s.ssm.dtype, tuple(s.conv.shape), tuple(s.ssm.shape)) for s in cache.layers),
+           tuple((p.data_ptr(), p._version) for p in model.parameters()))
+    runner = model.step_runners.get(key)
+    if runner is None:
+        if len(model.step_runners) >= MAX_STEP_RUNNERS:
+            model.step_runners.pop(next(iter(model.step_runners)))
+        runner = StepRunner(model, cache, batch, greedy=greedy, cuda_graph=True)
+        model.step_runners[key] = runner
+    else:
+        runner.load(cache)
+    return runner
 
 
 def prefill(model: MambaLM, prompts: list[list[int]]) -> tuple[InferenceCache, Tensor]:
@@ -161,7 +195,7 @@ def generate_ids(model: MambaLM, prompts: list[list[int]], cfg: SamplingConfig, 
     cache, logits = prefill(model, [p if p else [eos_id if eos_id is not None else 0] for p in prompts])
     logits[:, vocab:] = float("-inf")
     greedy = cfg.temperature == 0
-    step = StepRunner(model, cache, len(prompts), greedy=greedy, cuda_graph=cuda_graph)
+    step = step_runner(model, cache, greedy=greedy, cuda_graph=cuda_graph)
     tokens = next_tokens(logits, cfg, generator)
     per_token = should_stop is not None or on_token is not None
     if greedy and not per_token:
@@ -253,7 +287,8 @@ def beam_search(model: MambaLM, prompt: list[int], num_beams: int, max_new_token
     logits = model(torch.tensor([prompt or [eos_id if eos_id is not None else 0]], device=device), cache=cache)[:, -1]
     cache = _stack_caches([cache] * num_beams)
     logits = logits.expand(num_beams, -1)
-    step = StepRunner(model, cache, num_beams, greedy=False, cuda_graph=device.type == "cuda")
+    step = step_runner(model, cache, greedy=False, cuda_graph=device.type == "cuda")
+    cache = step.cache  # the states the steps update (a reused runner's own)
     beams: list[list[int]] = [[] for _ in range(num_beams)]
     sums = torch.full((num_beams,), float("-inf"), device=device)
     sums[0] = 0.0  # all beams start identical: keep one, or the top-k would be k copies of it

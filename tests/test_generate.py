@@ -95,6 +95,52 @@ def test_cuda_graph_decoding_equals_eager(temperature):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_decode_graph_reused_then_recaptured_after_a_weight_change():
+    """A second call of the same batch size replays the first call's graph with the new prompts'
+    states; after an in-place weight change (as training does) the graph is captured again. A
+    stale graph would keep the old A = −exp(A_log) (decoding caches it) and differ from eager."""
+    model = randomize_weights(MambaLM(model_preset("tiny")), seed=5).cuda().eval()
+    cfg = SamplingConfig(max_new_tokens=16)
+    for prompts in ([[510, 7], [42, 3, 8]], [[9, 9], [1, 2]]):
+        assert generate_ids(model, prompts, cfg, None, cuda_graph=True) == \
+            generate_ids(model, prompts, cfg, None, cuda_graph=False)
+    assert len(model.step_runners) == 1
+    with torch.no_grad():
+        for layer in model.backbone.layers:
+            layer.mixer.A_log.add_(1.0)
+    prompts = [[9, 9], [1, 2]]
+    assert generate_ids(model, prompts, cfg, None, cuda_graph=True) == \
+        generate_ids(model, prompts, cfg, None, cuda_graph=False)
+    assert len(model.step_runners) == 2
+
+
+def test_step_runner_kept_per_batch_size_and_weights():
+    """The kept decode runners (their graphs only run on CUDA; the bookkeeping is checked here):
+    reused for the same batch size with the new states copied in, not for another batch size,
+    not after an in-place weight change, and at most MAX_STEP_RUNNERS of them."""
+    from biomamba.generate import MAX_STEP_RUNNERS, prefill, step_runner
+
+    model = randomize_weights(MambaLM(model_preset("tiny")), seed=5).eval()
+    first, _ = prefill(model, [[1, 2, 3], [4, 5, 6]])
+    runner = step_runner(model, first, greedy=True, cuda_graph=True)
+    second, _ = prefill(model, [[7, 8], [9, 10]])
+    assert step_runner(model, second, greedy=True, cuda_graph=True) is runner
+    assert runner.cache.seqlen_offset == second.seqlen_offset == 2
+    for mine, theirs in zip(runner.cache.layers, second.layers):
+        assert torch.equal(mine.ssm, theirs.ssm) and torch.equal(mine.conv, theirs.conv)
+    one, _ = prefill(model, [[1]])
+    assert step_runner(model, one, greedy=True, cuda_graph=True) is not runner
+    assert step_runner(model, second, greedy=False, cuda_graph=True) is not runner
+    with torch.no_grad():
+        model.backbone.norm_f.weight.mul_(2.0)
+    assert step_runner(model, second, greedy=True, cuda_graph=True) is not runner
+    for n in range(2, 2 + MAX_STEP_RUNNERS):
+        step_runner(model, prefill(model, [[1]] * n)[0], greedy=True, cuda_graph=True)
+    assert len(model.step_runners) == MAX_STEP_RUNNERS
+    assert step_runner(model, second, greedy=True, cuda_graph=False) is not runner  # eager: never kept
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
 def test_beam_search_on_cuda_graphs_equals_cpu():
     from biomamba.generate import beam_search
 

@@ -81,6 +81,8 @@ class MambaLM(nn.Module):
             self.lm_head.weight = self.backbone.embedding.weight
         self.backend_name = "torch"
         self.set_backend(backend)
+        # decoding's captured CUDA-graph steps, reused across calls (biomamba.generate.step_runner)
+        self.step_runners: dict = {}
 
     def _init_weights(self) -> None:
         """state-spaces init: embedding N(0, 0.02), zero linear biases, out_proj scaled by 1/√n_layer."""
