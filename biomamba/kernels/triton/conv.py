@@ -17,10 +17,12 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from biomamba.kernels.triton.layout import row_divisor, row_offsets
+
 
 @triton.jit
 def _tap(x_ptr, seq_ptr, pb, u, sq, s: tl.constexpr, c, cm, L, sxb, sxl, ssb, ssl, HAS_SEQ: tl.constexpr,
-         BL: tl.constexpr, BD: tl.constexpr):
+         BL: tl.constexpr, BD: tl.constexpr, XV: tl.constexpr):
     """x[u − s] as fp32 (BL, BD), zero before the start, past the end, or in another document than sq."""
     us = u - s
     m = (us >= 0) & (u < L)
@@ -28,13 +30,14 @@ def _tap(x_ptr, seq_ptr, pb, u, sq, s: tl.constexpr, c, cm, L, sxb, sxl, ssb, ss
         if s > 0:
             sqs = tl.load(seq_ptr + pb * ssb + us * ssl, mask=m, other=-1)
             m = m & (sqs == sq)
-    return tl.load(x_ptr + pb * sxb + us[:, None] * sxl + c[None, :], mask=m[:, None] & cm[None, :],
+    return tl.load(x_ptr + pb * sxb + row_offsets(us, sxl, XV) + c[None, :], mask=m[:, None] & cm[None, :],
                    other=0.0).to(tl.float32)
 
 
 @triton.jit
 def _preact(x_ptr, w_ptr, bias_ptr, seq_ptr, pb, u, c, cm, L, sxb, sxl, swd, swk, ssb, ssl,
-            K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr, BL: tl.constexpr, BD: tl.constexpr):
+            K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr, BL: tl.constexpr, BD: tl.constexpr,
+            XV: tl.constexpr):
     """Pre-activation at positions u (BL,) and channels c (BD,): bias + Σ_s w[k-1-s] x[u-s]."""
     acc = tl.zeros((BL, BD), dtype=tl.float32)
     if HAS_BIAS:
@@ -43,7 +46,7 @@ def _preact(x_ptr, w_ptr, bias_ptr, seq_ptr, pb, u, c, cm, L, sxb, sxl, swd, swk
     if HAS_SEQ:
         sq = tl.load(seq_ptr + pb * ssb + u * ssl, mask=(u >= 0) & (u < L), other=0)
     for s in tl.static_range(K):
-        xv = _tap(x_ptr, seq_ptr, pb, u, sq, s, c, cm, L, sxb, sxl, ssb, ssl, HAS_SEQ, BL, BD)
+        xv = _tap(x_ptr, seq_ptr, pb, u, sq, s, c, cm, L, sxb, sxl, ssb, ssl, HAS_SEQ, BL, BD, XV)
         wv = tl.load(w_ptr + c * swd + (K - 1 - s) * swk, mask=cm, other=0.0).to(tl.float32)
         acc += xv * wv[None, :]
     return acc
@@ -52,16 +55,16 @@ def _preact(x_ptr, w_ptr, bias_ptr, seq_ptr, pb, u, c, cm, L, sxb, sxl, swd, swk
 @triton.jit
 def _conv_fwd_kernel(x_ptr, w_ptr, bias_ptr, seq_ptr, y_ptr, L, D, sxb, sxl, swd, swk, ssb, ssl, syb, syl,
                      K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr, SILU: tl.constexpr,
-                     BL: tl.constexpr, BD: tl.constexpr):
+                     BL: tl.constexpr, BD: tl.constexpr, XV: tl.constexpr, YV: tl.constexpr):
     pb = tl.program_id(0)
     t = tl.program_id(1) * BL + tl.arange(0, BL)
     c = tl.program_id(2) * BD + tl.arange(0, BD)
     cm = c < D
     acc = _preact(x_ptr, w_ptr, bias_ptr, seq_ptr, pb, t, c, cm, L, sxb, sxl, swd, swk, ssb, ssl,
-                  K, HAS_BIAS, HAS_SEQ, BL, BD)
+                  K, HAS_BIAS, HAS_SEQ, BL, BD, XV)
     if SILU:
         acc = acc * tl.sigmoid(acc)
-    tl.store(y_ptr + pb * syb + t[:, None] * syl + c[None, :], acc.to(y_ptr.dtype.element_ty),
+    tl.store(y_ptr + pb * syb + row_offsets(t, syl, YV) + c[None, :], acc.to(y_ptr.dtype.element_ty),
              mask=(t < L)[:, None] & cm[None, :])
 
 
@@ -69,7 +72,7 @@ def _conv_fwd_kernel(x_ptr, w_ptr, bias_ptr, seq_ptr, y_ptr, L, D, sxb, sxl, swd
 def _conv_bwd_kernel(x_ptr, w_ptr, bias_ptr, seq_ptr, dy_ptr, dx_ptr, dw_ptr, db_ptr, L, D,
                      sxb, sxl, swd, swk, ssb, ssl, sdyb, sdyl, sdxb, sdxl,
                      K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr, SILU: tl.constexpr,
-                     BL: tl.constexpr, BD: tl.constexpr):
+                     BL: tl.constexpr, BD: tl.constexpr, XV: tl.constexpr, DV: tl.constexpr):
     pb = tl.program_id(0)
     pl = tl.program_id(1)
     t = pl * BL + tl.arange(0, BL)
@@ -83,11 +86,11 @@ def _conv_bwd_kernel(x_ptr, w_ptr, bias_ptr, seq_ptr, dy_ptr, dx_ptr, dw_ptr, db
     for j in tl.static_range(K):  # the output at u = t + j reads x[t] through tap k-1-j
         u = t + j
         um = u < L
-        dyu = tl.load(dy_ptr + pb * sdyb + u[:, None] * sdyl + c[None, :], mask=um[:, None] & cm[None, :],
+        dyu = tl.load(dy_ptr + pb * sdyb + row_offsets(u, sdyl, DV) + c[None, :], mask=um[:, None] & cm[None, :],
                       other=0.0).to(tl.float32)
         if SILU:
             a = _preact(x_ptr, w_ptr, bias_ptr, seq_ptr, pb, u, c, cm, L, sxb, sxl, swd, swk, ssb, ssl,
-                        K, HAS_BIAS, HAS_SEQ, BL, BD)
+                        K, HAS_BIAS, HAS_SEQ, BL, BD, XV)
             sg = tl.sigmoid(a)
             da = dyu * sg * (1.0 + a * (1.0 - sg))
         else:
@@ -97,7 +100,7 @@ def _conv_bwd_kernel(x_ptr, w_ptr, bias_ptr, seq_ptr, dy_ptr, dx_ptr, dw_ptr, db
             if HAS_BIAS:
                 tl.store(db_ptr + (pb * tl.num_programs(1) + pl) * D + c, tl.sum(da, 0), mask=cm)
             for s in tl.static_range(K):
-                xv = _tap(x_ptr, seq_ptr, pb, t, sq, s, c, cm, L, sxb, sxl, ssb, ssl, HAS_SEQ, BL, BD)
+                xv = _tap(x_ptr, seq_ptr, pb, t, sq, s, c, cm, L, sxb, sxl, ssb, ssl, HAS_SEQ, BL, BD, XV)
                 tl.store(dw_ptr + ((pb * tl.num_programs(1) + pl) * K + (K - 1 - s)) * D + c,
                          tl.sum(da * xv, 0), mask=cm)
         m = um & tm
@@ -112,11 +115,11 @@ def _conv_bwd_kernel(x_ptr, w_ptr, bias_ptr, seq_ptr, dy_ptr, dx_ptr, dw_ptr, db
 
 
 @triton.jit
-def _shifted(x_ptr, pb, t, o: tl.constexpr, c, cm, L, sxb, sxl):
+def _shifted(x_ptr, pb, t, o: tl.constexpr, c, cm, L, sxb, sxl, V: tl.constexpr):
     """x[t + o] as fp32 (BL, BD), zero outside [0, L)."""
     u = t + o
     m = (u >= 0) & (u < L)
-    return tl.load(x_ptr + pb * sxb + u[:, None] * sxl + c[None, :], mask=m[:, None] & cm[None, :],
+    return tl.load(x_ptr + pb * sxb + row_offsets(u, sxl, V) + c[None, :], mask=m[:, None] & cm[None, :],
                    other=0.0).to(tl.float32)
 
 
@@ -139,7 +142,7 @@ def _if_same(v, doc_v, doc_ref, HAS_SEQ: tl.constexpr):
 def _conv4_bwd_kernel(x_ptr, w_ptr, bias_ptr, seq_ptr, dy_ptr, dx_ptr, dw_ptr, db_ptr, L, D,
                       sxb, sxl, swd, swk, ssb, ssl, sdyb, sdyl, sdxb, sdxl,
                       HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr, SILU: tl.constexpr,
-                      BL: tl.constexpr, BD: tl.constexpr):
+                      BL: tl.constexpr, BD: tl.constexpr, XV: tl.constexpr, DV: tl.constexpr):
     """The backward for width 4 (every Mamba checkpoint): the seven shifted tiles x[t−3 … t+3]
     are loaded once and every recomputed pre-activation a[t+j] and weight-gradient term is
     formed from them, instead of 4 taps reloaded per j (24 tile loads → 11)."""
@@ -154,13 +157,13 @@ def _conv4_bwd_kernel(x_ptr, w_ptr, bias_ptr, seq_ptr, dy_ptr, dx_ptr, dw_ptr, d
     w1 = tl.load(w_ptr + c * swd + 1 * swk, mask=cm, other=0.0).to(tl.float32)[None, :]
     w2 = tl.load(w_ptr + c * swd + 2 * swk, mask=cm, other=0.0).to(tl.float32)[None, :]
     w3 = tl.load(w_ptr + c * swd + 3 * swk, mask=cm, other=0.0).to(tl.float32)[None, :]
-    xm3 = _shifted(x_ptr, pb, t, -3, c, cm, L, sxb, sxl)
-    xm2 = _shifted(x_ptr, pb, t, -2, c, cm, L, sxb, sxl)
-    xm1 = _shifted(x_ptr, pb, t, -1, c, cm, L, sxb, sxl)
-    x0 = _shifted(x_ptr, pb, t, 0, c, cm, L, sxb, sxl)
-    xp1 = _shifted(x_ptr, pb, t, 1, c, cm, L, sxb, sxl)
-    xp2 = _shifted(x_ptr, pb, t, 2, c, cm, L, sxb, sxl)
-    xp3 = _shifted(x_ptr, pb, t, 3, c, cm, L, sxb, sxl)
+    xm3 = _shifted(x_ptr, pb, t, -3, c, cm, L, sxb, sxl, XV)
+    xm2 = _shifted(x_ptr, pb, t, -2, c, cm, L, sxb, sxl, XV)
+    xm1 = _shifted(x_ptr, pb, t, -1, c, cm, L, sxb, sxl, XV)
+    x0 = _shifted(x_ptr, pb, t, 0, c, cm, L, sxb, sxl, XV)
+    xp1 = _shifted(x_ptr, pb, t, 1, c, cm, L, sxb, sxl, XV)
+    xp2 = _shifted(x_ptr, pb, t, 2, c, cm, L, sxb, sxl, XV)
+    xp3 = _shifted(x_ptr, pb, t, 3, c, cm, L, sxb, sxl, XV)
     if HAS_SEQ:  # document ids at the seven positions
         dm3 = _doc_at(seq_ptr, pb, t, -3, L, ssb, ssl)
         dm2 = _doc_at(seq_ptr, pb, t, -2, L, ssb, ssl)
@@ -191,10 +194,10 @@ def _conv4_bwd_kernel(x_ptr, w_ptr, bias_ptr, seq_ptr, dy_ptr, dx_ptr, dw_ptr, d
         + w0 * _if_same(xm1, dm1, dp2, HAS_SEQ)
     a3 = b + w3 * xp3 + w2 * _if_same(xp2, dp2, dp3, HAS_SEQ) + w1 * _if_same(xp1, dp1, dp3, HAS_SEQ) \
         + w0 * _if_same(x0, d0, dp3, HAS_SEQ)
-    da0 = _shifted(dy_ptr, pb, t, 0, c, cm, L, sdyb, sdyl)
-    da1 = _shifted(dy_ptr, pb, t, 1, c, cm, L, sdyb, sdyl)
-    da2 = _shifted(dy_ptr, pb, t, 2, c, cm, L, sdyb, sdyl)
-    da3 = _shifted(dy_ptr, pb, t, 3, c, cm, L, sdyb, sdyl)
+    da0 = _shifted(dy_ptr, pb, t, 0, c, cm, L, sdyb, sdyl, DV)
+    da1 = _shifted(dy_ptr, pb, t, 1, c, cm, L, sdyb, sdyl, DV)
+    da2 = _shifted(dy_ptr, pb, t, 2, c, cm, L, sdyb, sdyl, DV)
+    da3 = _shifted(dy_ptr, pb, t, 3, c, cm, L, sdyb, sdyl, DV)
     if SILU:
         s0 = tl.sigmoid(a0)
         s1 = tl.sigmoid(a1)
@@ -247,7 +250,9 @@ def conv_fwd(x: Tensor, weight: Tensor, bias: Tensor | None, seq_idx: Tensor | N
         x, weight, bias if bias is not None else weight, seq, y, L, D, x.stride(0), x.stride(1),
         weight.stride(0), weight.stride(1), seq.stride(0) if seq_idx is not None else 0,
         seq.stride(1) if seq_idx is not None else 0, y.stride(0), y.stride(1),
-        K=K, HAS_BIAS=bias is not None, HAS_SEQ=seq_idx is not None, SILU=silu, BL=BL, BD=BD, num_warps=warps)
+        K=K, HAS_BIAS=bias is not None, HAS_SEQ=seq_idx is not None, SILU=silu, BL=BL, BD=BD,
+        XV=row_divisor(x.stride(0), x.stride(1)), YV=row_divisor(y.stride(0), y.stride(1)),
+        num_warps=warps)
     return y
 
 
@@ -268,7 +273,9 @@ def conv_bwd(dy: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None, seq_idx
             x.stride(0), x.stride(1), weight.stride(0), weight.stride(1),
             seq.stride(0) if seq_idx is not None else 0, seq.stride(1) if seq_idx is not None else 0,
             dy.stride(0), dy.stride(1), dx.stride(0), dx.stride(1))
-    flags = dict(HAS_BIAS=bias is not None, HAS_SEQ=seq_idx is not None, SILU=silu, BL=BL, BD=BD, num_warps=warps)
+    flags = dict(HAS_BIAS=bias is not None, HAS_SEQ=seq_idx is not None, SILU=silu, BL=BL, BD=BD,
+                 XV=row_divisor(x.stride(0), x.stride(1)), DV=row_divisor(dy.stride(0), dy.stride(1)),
+                 num_warps=warps)
     if K == 4 and BWD_KERNEL == "width4":
         _conv4_bwd_kernel[(b, nl, triton.cdiv(D, BD))](*args, **flags)
     else:

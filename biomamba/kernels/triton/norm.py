@@ -15,6 +15,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from biomamba.kernels.triton.layout import row_divisor, row_offsets
+
 
 @triton.jit
 def _rms_scaled(xf, w, G, eps, IN_DTYPE: tl.constexpr):
@@ -26,7 +28,8 @@ def _rms_scaled(xf, w, G, eps, IN_DTYPE: tl.constexpr):
 
 @triton.jit
 def _norm_fwd_kernel(x_ptr, z_ptr, w_ptr, y_ptr, rstd_ptr, M, G, NG, eps, sxm, szm, sym,
-                     HAS_Z: tl.constexpr, BM: tl.constexpr, BG: tl.constexpr):
+                     HAS_Z: tl.constexpr, BM: tl.constexpr, BG: tl.constexpr, XV: tl.constexpr,
+                     ZV: tl.constexpr):
     rows = tl.program_id(0) * BM + tl.arange(0, BM)
     g = tl.program_id(1)
     cols = tl.arange(0, BG)
@@ -34,10 +37,10 @@ def _norm_fwd_kernel(x_ptr, z_ptr, w_ptr, y_ptr, rstd_ptr, M, G, NG, eps, sxm, s
     cm = cols < G
     m = rm[:, None] & cm[None, :]
     ch = g * G + cols
-    x = tl.load(x_ptr + rows[:, None] * sxm + ch[None, :], mask=m, other=0.0)
+    x = tl.load(x_ptr + row_offsets(rows, sxm, XV) + ch[None, :], mask=m, other=0.0)
     xf = x.to(tl.float32)
-    if HAS_Z:
-        z = tl.load(z_ptr + rows[:, None] * szm + ch[None, :], mask=m, other=0.0).to(tl.float32)
+    if HAS_Z:  # z is a view of in_proj's output: its row stride needs the hint (layout.py)
+        z = tl.load(z_ptr + row_offsets(rows, szm, ZV) + ch[None, :], mask=m, other=0.0).to(tl.float32)
         xf = xf * z * tl.sigmoid(z)
     w = tl.load(w_ptr + ch, mask=cm, other=0.0).to(tl.float32)
     y, rstd = _rms_scaled(xf, w, G, eps, x.dtype)
@@ -48,7 +51,8 @@ def _norm_fwd_kernel(x_ptr, z_ptr, w_ptr, y_ptr, rstd_ptr, M, G, NG, eps, sxm, s
 @triton.jit
 def _norm_bwd_kernel(x_ptr, z_ptr, w_ptr, rstd_ptr, dy_ptr, dx_ptr, dz_ptr, dw_ptr, M, G, NG,
                      sxm, szm, sdym, sdxm, sdzm, rows_per_prog,
-                     HAS_Z: tl.constexpr, BM: tl.constexpr, BG: tl.constexpr):
+                     HAS_Z: tl.constexpr, BM: tl.constexpr, BG: tl.constexpr, XV: tl.constexpr,
+                     ZV: tl.constexpr, DV: tl.constexpr):
     pid = tl.program_id(0)
     g = tl.program_id(1)
     cols = tl.arange(0, BG)
@@ -61,16 +65,16 @@ def _norm_bwd_kernel(x_ptr, z_ptr, w_ptr, rstd_ptr, dy_ptr, dx_ptr, dz_ptr, dw_p
         rows = r0 + tl.arange(0, BM)
         rm = (rows < M) & (rows < start + rows_per_prog)
         m = rm[:, None] & cm[None, :]
-        x = tl.load(x_ptr + rows[:, None] * sxm + ch[None, :], mask=m, other=0.0).to(tl.float32)
+        x = tl.load(x_ptr + row_offsets(rows, sxm, XV) + ch[None, :], mask=m, other=0.0).to(tl.float32)
         if HAS_Z:
-            z = tl.load(z_ptr + rows[:, None] * szm + ch[None, :], mask=m, other=0.0).to(tl.float32)
+            z = tl.load(z_ptr + row_offsets(rows, szm, ZV) + ch[None, :], mask=m, other=0.0).to(tl.float32)
             sz = tl.sigmoid(z)
             xg = x * z * sz
         else:
             xg = x
         rstd = tl.load(rstd_ptr + rows * NG + g, mask=rm, other=0.0)
         n = xg * rstd[:, None]
-        dy = tl.load(dy_ptr + rows[:, None] * sdym + ch[None, :], mask=m, other=0.0).to(tl.float32)
+        dy = tl.load(dy_ptr + row_offsets(rows, sdym, DV) + ch[None, :], mask=m, other=0.0).to(tl.float32)
         dw += tl.sum(dy * n, 0)
         dn = dy * w[None, :]
         dxg = rstd[:, None] * (dn - n * (tl.sum(dn * n, 1) / G)[:, None])
@@ -133,7 +137,8 @@ def norm_fwd(x: Tensor, z: Tensor | None, weight: Tensor, eps: float, group_size
     BG, BM = triton.next_power_of_2(G), _bm(G)
     _norm_fwd_kernel[(triton.cdiv(M, BM), NG)](
         x2, z2, weight, y, rstd, M, G, NG, eps, x2.stride(0), z2.stride(0), d,
-        HAS_Z=z is not None, BM=BM, BG=BG, num_warps=4 if BG <= 1024 else 8)
+        HAS_Z=z is not None, BM=BM, BG=BG, XV=row_divisor(x2.stride(0)), ZV=row_divisor(z2.stride(0)),
+        num_warps=4 if BG <= 1024 else 8)
     return y, rstd
 
 
@@ -153,5 +158,6 @@ def norm_bwd(dy: Tensor, x: Tensor, z: Tensor | None, weight: Tensor, rstd: Tens
     dw_part = torch.empty((nprog, d), device=x.device, dtype=torch.float32)
     _norm_bwd_kernel[(nprog, NG)](
         x2, z2, weight, rstd, dy2, dx, dz, dw_part, M, G, NG, x2.stride(0), z2.stride(0), dy2.stride(0),
-        d, d, rows_per_prog, HAS_Z=z is not None, BM=BM, BG=BG, num_warps=4 if BG <= 1024 else 8)
+        d, d, rows_per_prog, HAS_Z=z is not None, BM=BM, BG=BG, XV=row_divisor(x2.stride(0)),
+        ZV=row_divisor(z2.stride(0)), DV=row_divisor(dy2.stride(0)), num_warps=4 if BG <= 1024 else 8)
     return dx, dz, dw_part.sum(0).to(weight.dtype)

@@ -1,0 +1,30 @@
+"""Alignment hints: row offsets whose divisibility Triton cannot prove by itself.
+
+Triton vectorises a tile load (8 bf16 at a time, PTX ld.global.v4.b32) only when it can prove
+that each row starts on a 16-byte boundary. It learns that from integer arguments divisible by
+16, so a row stride such as in_proj's output width at 130M (3,352 = 8 · 419) makes it load every
+element on its own (ld.global.b16). The host knows the real divisor and passes it as a
+constexpr; ``row_offsets`` hands it to the compiler (tests/test_kernels_codegen.py checks the PTX).
+"""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def row_offsets(rows, stride, V: tl.constexpr):
+    """rows[:, None] · stride, each a multiple of V (V divides stride: the caller guarantees it).
+    The product is formed here: the hint attaches to the op that makes a value, so hinting a
+    value passed in as an argument would be silently lost."""
+    off = rows[:, None] * stride
+    if V > 1:  # a hint of 1 would discard divisibility the compiler proved itself
+        off = tl.multiple_of(off, [V, V])
+    return off
+
+
+def row_divisor(*strides: int) -> int:
+    """The largest power of two ≤ 16 dividing every stride: what ``row_offsets`` may be told."""
+    v = 16
+    while v > 1 and any(s % v for s in strides):
+        v //= 2
+    return v

@@ -1,0 +1,94 @@
+"""What the compiler makes of our kernels for an H100/H200 (sm_90), checked on the CPU: Triton
+compiles to PTX without a GPU. The x tiles of the conv and the z rows of the gated norm are views
+of in_proj's output, whose row stride at 130M (3,352) Triton cannot prove 16-byte aligned; the
+kernels pass the divisor the host knows (layout.py). Without it every bf16 is a load of its own
+(ld.global.b16); with it the loads are 128-bit (ld.global.v4.b32). Speed is measured in bench/."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import re
+
+import pytest
+
+triton = pytest.importorskip("triton")
+if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+    pytest.skip("compiles real kernels: not under the interpreter", allow_module_level=True)
+
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+SM90 = GPUTarget("cuda", 90, 32)
+# compiling to the end needs the CUDA backend's ptxas, which Triton's wheel bundles
+if not os.path.exists(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")):
+    pytest.skip("this Triton has no bundled ptxas to compile for sm_90 with", allow_module_level=True)
+
+
+def ptx_loads(kernel, types: dict[str, str], consts: dict, divisible: list[str], warps: int = 4) -> dict[str, int]:
+    """Count the global loads by width in ``kernel``'s PTX. Arguments not in ``types`` are i32;
+    ``divisible`` are the integer and pointer arguments Triton would see as multiples of 16."""
+    names = list(inspect.signature(kernel.fn).parameters)
+    signature = {n: "constexpr" if n in consts else types.get(n, "i32") for n in names}
+    src = ASTSource(fn=kernel, signature=signature,
+                    constexprs={(names.index(k),): v for k, v in consts.items()},
+                    attrs={(names.index(n),): [["tt.divisibility", 16]] for n in divisible})
+    compiled = triton.compile(src, target=SM90, options={"num_warps": warps})
+    counts: dict[str, int] = {}
+    for op in re.findall(r"ld\.global[\.\w]*", compiled.asm["ptx"]):
+        counts[op] = counts.get(op, 0) + 1
+    return counts
+
+
+CONV_PTRS = {"x_ptr": "*bf16", "dy_ptr": "*bf16", "dx_ptr": "*bf16", "y_ptr": "*bf16", "w_ptr": "*fp32",
+             "bias_ptr": "*fp32", "dw_ptr": "*fp32", "db_ptr": "*fp32", "seq_ptr": "*i32"}
+
+
+@pytest.mark.parametrize("which", ["fwd", "bwd width 4"])
+def test_conv_loads_x_rows_128_bits_at_a_time(which):
+    from biomamba.kernels.triton import conv
+
+    # the 130M call: x's row stride sxl = 3,352 is not among the arguments divisible by 16
+    if which == "fwd":
+        kernel, flags, hints = conv._conv_fwd_kernel, dict(K=4, BL=16, BD=128), {"XV": 8, "YV": 16}
+        divisible = ["L", "D", "sxb", "syb", "syl", "ssb"]
+    else:
+        kernel, flags, hints = conv._conv4_bwd_kernel, dict(BL=64, BD=32), {"XV": 8, "DV": 16}
+        divisible = ["L", "D", "sxb", "sdyb", "sdyl", "sdxb", "sdxl", "ssb"]
+    names = inspect.signature(kernel.fn).parameters
+    ptrs = {k: v for k, v in CONV_PTRS.items() if k in names}
+    consts = dict(HAS_BIAS=True, HAS_SEQ=True, SILU=True, **flags)
+    hinted = ptx_loads(kernel, ptrs, dict(consts, **hints), list(ptrs) + divisible)
+    unhinted = ptx_loads(kernel, ptrs, dict(consts, **{k: 1 for k in hints}), list(ptrs) + divisible)
+    assert "ld.global.b16" not in hinted and hinted.get("ld.global.v4.b32", 0) > 0, hinted
+    assert unhinted.get("ld.global.b16", 0) > 0, unhinted  # the hint is what makes the difference
+
+
+@pytest.mark.parametrize("which", ["fwd", "bwd"])
+def test_gated_norm_loads_z_rows_128_bits_at_a_time(which):
+    from biomamba.kernels.triton import norm
+
+    ptrs = {"x_ptr": "*bf16", "z_ptr": "*bf16", "w_ptr": "*fp32", "y_ptr": "*bf16", "rstd_ptr": "*fp32",
+            "dy_ptr": "*bf16", "dx_ptr": "*bf16", "dz_ptr": "*bf16", "dw_ptr": "*fp32", "eps": "fp32"}
+    if which == "fwd":
+        kernel, ints = norm._norm_fwd_kernel, ["M", "G", "sxm", "sym"]
+        hints = {"XV": 16, "ZV": 8}
+    else:
+        kernel, ints = norm._norm_bwd_kernel, ["M", "G", "sxm", "sdym", "sdxm", "sdzm", "rows_per_prog"]
+        hints = {"XV": 16, "ZV": 8, "DV": 16}
+    names = inspect.signature(kernel.fn).parameters
+    ptrs = {k: v for k, v in ptrs.items() if k in names}
+    consts = dict(HAS_Z=True, BM=2, BG=2048)  # the 130M gated norm: one group of 1,536 channels
+    divisible = [k for k in ptrs if k != "eps"] + ints
+    hinted = ptx_loads(kernel, ptrs, dict(consts, **hints), divisible, warps=8)
+    unhinted = ptx_loads(kernel, ptrs, dict(consts, ZV=1, **{k: v for k, v in hints.items() if k != "ZV"}),
+                         divisible, warps=8)
+    assert "ld.global.b16" not in hinted, hinted
+    assert unhinted.get("ld.global.b16", 0) > 0, unhinted
+
+
+def test_row_divisor():
+    from biomamba.kernels.triton.layout import row_divisor
+
+    assert row_divisor(3352) == 8 and row_divisor(3352 * 1024, 3352) == 8
+    assert row_divisor(1792, 1024 * 1792) == 16 and row_divisor(8512) == 16 and row_divisor(7) == 1
