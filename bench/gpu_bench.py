@@ -235,13 +235,15 @@ def case_profile_ssd() -> None:
          fwdbwd_ms=round(_bench(f), 3), kernels=_profile_top(f))
 
 
-def case_profile_gen(size: str = "130m", bsz: int = 1) -> None:
+def case_profile_gen(size: str = "130m", bsz: int = 1, gemv_rows: int = 0) -> None:
     """One decode step, kernel by kernel (run eagerly under the profiler: a kernel's time does not
     depend on how it was launched), against the CUDA-graph step's wall time: what the graph
     leaves between kernels is the rest."""
     import torch
 
+    import biomamba.kernels.triton as ours
     from biomamba.generate import StepRunner, prefill
+    ours.GEMV_ROWS = gemv_rows
     torch.manual_seed(0)
     model = build("ours", size, "triton").to(torch.bfloat16).eval()
     prompts = torch.randint(0, VOCAB - 16, (bsz, 256)).tolist()
@@ -259,7 +261,7 @@ def case_profile_gen(size: str = "130m", bsz: int = 1) -> None:
             graphed(tokens)
         torch.cuda.synchronize()
         step_us = (time.perf_counter() - t) / 200 * 1e6
-    emit(f"profile gen ours-triton {size} b{bsz}", graph_step_us=round(step_us, 1),
+    emit(f"profile gen ours-triton {size} b{bsz}" + (" gemv" if gemv_rows else ""), graph_step_us=round(step_us, 1),
          kernel_us=round(sum(k["us_per_call"] for k in kernels), 1), launches=sum(k["launches"] for k in kernels),
          kernels=kernels[:12])
 
@@ -415,11 +417,15 @@ def case_fwd(kind: str, size: str, bsz: int, seqlen: int, backend: str = "torch"
 
 
 def case_gen(kind: str, size: str, bsz: int, prompt: int, new: int, backend: str = "torch",
-             cuda_graph: bool = True) -> dict:
+             cuda_graph: bool = True, gemv_rows: int = 0) -> dict:
     """Greedy decoding, end to end as a user calls it (prefill + ``new`` tokens), ms per new token.
-    Ours: ``biomamba.generate.generate_ids`` (CUDA-graph step unless ``cuda_graph`` is off);
+    Ours: ``biomamba.generate.generate_ids`` (CUDA-graph step unless ``cuda_graph`` is off; the
+    projections through the Triton GEMV for batches up to ``gemv_rows``);
     the peer: mamba_ssm's ``generate(cg=True)``, timed the same way (as peer_bench.py does)."""
     import torch
+    if gemv_rows:
+        import biomamba.kernels.triton as ours
+        ours.GEMV_ROWS = gemv_rows
     torch.manual_seed(0)
     model = build(kind, size, backend).to(torch.bfloat16).eval()
     x = torch.randint(0, VOCAB - 16, (bsz, prompt), device="cuda")
@@ -491,6 +497,38 @@ def case_sweep_conv() -> None:
         emit(f"sweep conv {label}", **row)
     conv.BLOCKS.update(default)
     conv.BWD_KERNEL = default_kernel
+
+
+GEMV_VARIANTS = [dict(BN=16, BK=256, warps=4), dict(BN=16, BK=128, warps=4), dict(BN=32, BK=256, warps=4),
+                 dict(BN=16, BK=512, warps=8), dict(BN=8, BK=256, warps=2), dict(BN=32, BK=128, warps=2)]
+
+
+def case_sweep_gemv() -> None:
+    """A decode step's projections at batch 1 and 4 (130M in_proj 768 → 3,352 and out_proj
+    1,536 → 768, 1.3B in_proj 2,048 → 8,512), bf16: the Triton GEMV at each tiling against
+    F.linear (cuBLAS), error and the kernels' CUDA time (µs)."""
+    import torch
+
+    from biomamba.kernels.triton import gemv
+
+    torch.manual_seed(0)
+    default = dict(gemv.TILES)
+    for name, (n, k) in {"130m in_proj": (3352, 768), "130m out_proj": (768, 1536),
+                         "1.3b in_proj": (8512, 2048)}.items():
+        w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.03
+        for rows in (1, 4):
+            x = torch.randn(rows, k, device="cuda", dtype=torch.bfloat16)
+            ref = torch.nn.functional.linear(x, w)
+            cublas = _profile_top(lambda: torch.nn.functional.linear(x, w), steps=20, top=3)
+            row = {"cublas_us": round(sum(r["us_per_call"] for r in cublas), 2)}
+            for variant in GEMV_VARIANTS:
+                gemv.TILES.update(variant)
+                err = _rel(gemv.gemv(x, w, None), ref)
+                prof = _profile_top(lambda: gemv.gemv(x, w, None), steps=20, top=3)
+                row["BN{BN} BK{BK} w{warps}".format(**variant)] = {
+                    "us": round(sum(r["us_per_call"] for r in prof), 2), "rel_err": err}
+            emit(f"sweep gemv {name} rows{rows}", **row)
+    gemv.TILES.update(default)
 
 
 # the first (the default) is the reference for the gradients; dx and dC/dB tiles vary separately
@@ -577,13 +615,16 @@ def case_sweep_ssd_fwd() -> None:
 CASES = [
     # (label, function, args, kwargs)
     ("profile ssd", "case_profile_ssd", [], {}),
-    ("profile train", "case_profile_train", [], {}),
+    ("profile train 130m", "case_profile_train", [], {}),
+    ("profile train 1.3b", "case_profile_train", ["1.3b", 8, 1024], {}),
     ("profile gen 130m b1", "case_profile_gen", ["130m", 1], {}),
+    ("profile gen 130m b1 gemv", "case_profile_gen", ["130m", 1, 16], {}),
     ("kernels ssd", "case_kernels_ssd", [], {}),
     ("kernels other", "case_kernels_other", [], {}),
     ("sweep conv", "case_sweep_conv", [], {}),
     ("sweep ssd_bwd", "case_sweep_ssd_bwd", [], {}),
     ("sweep ssd_fwd", "case_sweep_ssd_fwd", [], {}),
+    ("sweep gemv", "case_sweep_gemv", [], {}),
     ("train ours-triton 130m b16x1024", "case_train", ["ours", "130m", 16, 1024], {"backend": "triton"}),
     ("train ours-triton 130m b32x1024", "case_train", ["ours", "130m", 32, 1024], {"backend": "triton"}),
     ("train ours-torch 130m b16x1024", "case_train", ["ours", "130m", 16, 1024], {"backend": "torch"}),
@@ -602,6 +643,8 @@ CASES = [
     ("fwd ours-triton 130m b8x16384", "case_fwd", ["ours", "130m", 8, 16384], {"backend": "triton"}),
     ("fwd hf-mamba2 130m b8x16384", "case_fwd", ["hf-mamba2", "130m", 8, 16384], {}),
     ("gen ours-triton 130m b1 p256+256 cg", "case_gen", ["ours", "130m", 1, 256, 256], {"backend": "triton"}),
+    ("gen ours-triton-gemv 130m b1 p256+256 cg", "case_gen", ["ours", "130m", 1, 256, 256],
+     {"backend": "triton", "gemv_rows": 16}),
     ("gen ours-triton 130m b1 p256+256 eager", "case_gen", ["ours", "130m", 1, 256, 256],
      {"backend": "triton", "cuda_graph": False}),
     ("gen ours-torch 130m b1 p256+256 cg", "case_gen", ["ours", "130m", 1, 256, 256], {"backend": "torch"}),
@@ -614,6 +657,10 @@ CASES = [
      {"backend": "triton", "graphed": True}),
     ("gen ours-triton 1.3b b1 p256+256 cg", "case_gen", ["ours", "1.3b", 1, 256, 256], {"backend": "triton"}),
     ("gen ssm-mamba2 1.3b b1 p256+256 cg", "case_gen", ["ssm-mamba2", "1.3b", 1, 256, 256], {}),
+    ("gen ours-triton-gemv 1.3b b1 p256+256 cg", "case_gen", ["ours", "1.3b", 1, 256, 256],
+     {"backend": "triton", "gemv_rows": 16}),
+    ("gen ours-triton 1.3b b64 p256+128 cg", "case_gen", ["ours", "1.3b", 64, 256, 128], {"backend": "triton"}),
+    ("gen ssm-mamba2 1.3b b64 p256+128 cg", "case_gen", ["ssm-mamba2", "1.3b", 64, 256, 128], {}),
 ]
 
 

@@ -1,7 +1,7 @@
 """What the compiler makes of our kernels for an H100/H200 (sm_90), checked on the CPU: Triton
 compiles to PTX without a GPU. The x tiles of the conv and the z rows of the gated norm are views
 of in_proj's output, whose row stride at 130M (3,352) Triton cannot prove 16-byte aligned; the
-kernels pass the divisor the host knows (layout.py). Without it every bf16 is a load of its own
+kernels pass the divisor the host knows (common.py). Without it every bf16 is a load of its own
 (ld.global.b16); with it the loads are 128-bit (ld.global.v4.b32). Speed is measured in bench/."""
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def test_gated_norm_loads_z_rows_128_bits_at_a_time(which):
 
 
 def test_row_divisor():
-    from biomamba.kernels.triton.layout import row_divisor
+    from biomamba.kernels.triton.common import row_divisor
 
     assert row_divisor(3352) == 8 and row_divisor(3352 * 1024, 3352) == 8
     assert row_divisor(1792, 1024 * 1792) == 16 and row_divisor(8512) == 16 and row_divisor(7) == 1

@@ -264,6 +264,38 @@ def test_decode_steps(state_dtype, ngroups):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_decode_linear(dtype, monkeypatch):
+    """The GEMV against F.linear: 1, 3 and 16 rows, features and K not multiples of its tiles,
+    with and without bias; and where it must not run (17 rows, autocast, gradients, the GEMV
+    switched off), F.linear itself, bit for bit."""
+    import biomamba.kernels.triton as T
+    from biomamba.kernels.triton import gemv
+
+    monkeypatch.setattr(T, "GEMV_ROWS", 16)
+    N, Kd = (3352, 768) if CUDA else (37, 20)
+    if not CUDA:
+        monkeypatch.setitem(gemv.TILES, "BK", 8)  # several K blocks, the last one partial
+    w, b = (torch.randn(N, Kd, device=DEV) * 0.05).to(dtype), torch.randn(N, device=DEV).to(dtype)
+    for rows in (1, 3, 16):
+        x = torch.randn(rows, Kd, device=DEV).to(dtype)
+        for bias in (None, b):
+            ref = torch.nn.functional.linear(x.float(), w.float(), None if bias is None else bias.float())
+            got = K.decode_linear(x, w, bias)
+            assert got.dtype == dtype and got.shape == (rows, N)
+            assert rel(got, ref) < (1e-5 if dtype == torch.float32 else 8e-3)
+    x = torch.randn(2, 1, Kd, device=DEV).to(dtype)  # leading dims are flattened and restored
+    assert K.decode_linear(x, w).shape == (2, 1, N)
+    x17 = torch.randn(17, Kd, device=DEV).to(dtype)
+    assert torch.equal(K.decode_linear(x17, w, b), torch.nn.functional.linear(x17, w, b))
+    xg = torch.randn(2, Kd, device=DEV, dtype=dtype, requires_grad=True)
+    assert K.decode_linear(xg, w).grad_fn is not None  # F.linear, so it trains
+    monkeypatch.setattr(T, "GEMV_ROWS", 0)
+    x = torch.randn(2, Kd, device=DEV).to(dtype)
+    assert torch.equal(K.decode_linear(x, w, b), torch.nn.functional.linear(x, w, b))
+    torch.library.opcheck(torch.ops.biomamba.decode_linear.default, (x, w, b), test_utils=("test_schema", "test_faketensor"))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_linear_cross_entropy(dtype):
     rows, d, V, chunk = ((4, 1000), 256, 50288, 1024) if CUDA else ((2, 9), 16, 50, 7)
     h, w = torch.randn(*rows, d) * 0.5, torch.randn(V, d) * 0.1
@@ -335,6 +367,36 @@ def test_custom_ops_are_traceable():
     out = compiled(x, dt, B, C, xc, w)
     out.backward()
     assert torch.isfinite(x.grad).all() and torch.isfinite(w.grad).all()
+
+
+@pytest.mark.parametrize("gemv", [False, True])
+def test_model_decode_steps_triton_vs_torch(gemv, monkeypatch):
+    """Prefill, then decode steps (fused add + norm, conv and SSM steps, the projections through
+    the GEMV or F.linear): the Triton model's logits and states follow the reference's."""
+    import biomamba.kernels.triton as T
+    from biomamba.model import MambaLM
+    from biomamba.model.config import ModelConfig
+
+    monkeypatch.setattr(T, "GEMV_ROWS", 16 if gemv else 0)
+    cfg = ModelConfig(d_model=32 if INTERPRET else 256, n_layer=2, vocab_size=96, d_state=16 if INTERPRET else 64,
+                      headdim=16 if INTERPRET else 64, chunk_size=16 if INTERPRET else 64)
+    torch.manual_seed(0)
+    ref_model = MambaLM(cfg, backend="torch").to(DEV).eval()
+    tri_model = MambaLM(cfg, backend="torch").to(DEV).eval()
+    tri_model.load_state_dict(ref_model.state_dict())
+    tri_model.set_backend("triton")
+    ids = torch.randint(0, cfg.vocab_size, (3, 20), device=DEV)
+    with torch.no_grad():
+        caches = [m.allocate_cache(3) for m in (ref_model, tri_model)]
+        for m, c in zip((ref_model, tri_model), caches):
+            m(ids, cache=c)
+        tokens = ids[:, -1]
+        for _ in range(4):
+            ref_logits, tri_logits = ref_model.step(tokens, caches[0]), tri_model.step(tokens, caches[1])
+            assert rel(tri_logits, ref_logits) < 1e-4
+            tokens = ref_logits[:, :cfg.vocab_size].argmax(-1)
+        for a, b in zip(caches[0].layers, caches[1].layers):
+            assert rel(b.ssm, a.ssm) < 1e-4 and rel(b.conv, a.conv) < 1e-4
 
 
 def test_model_parity_triton_vs_torch():

@@ -19,7 +19,7 @@ from typing import Callable
 from biomamba.kernels import reference
 
 OPS = ("ssd_scan", "causal_conv1d", "gated_rmsnorm", "rmsnorm", "add_rmsnorm", "ssd_step", "conv_step",
-       "selective_scan", "linear_cross_entropy")
+       "decode_linear", "selective_scan", "linear_cross_entropy")
 BACKENDS = {
     "torch": "biomamba.kernels.reference",
     "triton": "biomamba.kernels.triton",

@@ -168,6 +168,11 @@ def add_rmsnorm(x: Tensor, residual: Tensor, weight: Tensor, eps: float) -> tupl
     return rmsnorm(total.to(weight.dtype), weight, eps), total
 
 
+def decode_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """A decode step's projection (a few rows): ``F.linear``. Backends may run it as a GEMV."""
+    return F.linear(x, weight, bias)
+
+
 def ssd_step(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, *,
              D: Tensor | None = None, dt_bias: Tensor | None = None, dt_softplus: bool = True,
              dt_limit: tuple[float, float] = (0.0, INF)) -> Tensor:

@@ -103,13 +103,13 @@ class Mamba2Mixer(nn.Module):
         cfg, K = self.cfg, self.kernels
         b = u.shape[0]
         di, g, n, h, p = cfg.d_inner, cfg.ngroups, cfg.d_state, cfg.nheads, cfg.headdim
-        z, xBC, dt = self._split(self.in_proj(u))
+        z, xBC, dt = self._split(K.decode_linear(u, self.in_proj.weight, self.in_proj.bias))
         xBC = K.conv_step(state.conv, xBC, self.conv1d.weight.squeeze(1), self.conv1d.bias, activation="silu")
         x, B, C = xBC.split([di, g * n, g * n], dim=-1)
         y = K.ssd_step(state.ssm, x.reshape(b, h, p), dt, self._decay_rates(), B.reshape(b, g, n),
                        C.reshape(b, g, n), D=self.D, dt_bias=self.dt_bias, dt_softplus=True, dt_limit=cfg.dt_limit)
         y = K.gated_rmsnorm(y.reshape(b, di), z, self.norm.weight, cfg.norm_eps, di // g)
-        return self.out_proj(y)
+        return K.decode_linear(y, self.out_proj.weight, self.out_proj.bias)
 
     def _decay_rates(self) -> Tensor:
         """A = −exp(A_log) in fp32 for decoding, cached until A_log changes (its version counter

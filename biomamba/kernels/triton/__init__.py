@@ -75,6 +75,25 @@ def add_rmsnorm(x: Tensor, residual: Tensor, weight: Tensor, eps: float) -> tupl
     return _ops.add_rmsnorm_fwd(x, residual, weight, float(eps))
 
 
+# rows up to which decode_linear runs the Triton GEMV (at most gemv.MAX_ROWS); above it, and while
+# this is 0, cuBLAS. 0 until a GPU run shows the GEMV faster (bench/gpu_bench.py `gen …-gemv`).
+GEMV_ROWS = 0
+
+
+def decode_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """F.linear for a decode step's few rows, through the Triton GEMV where it applies (inputs of
+    one dtype, no autocast, no gradient); otherwise F.linear itself."""
+    from biomamba.kernels.triton import gemv
+
+    rows = x.numel() // x.shape[-1]
+    use = (0 < rows <= min(GEMV_ROWS, gemv.MAX_ROWS) and x.dtype == weight.dtype
+           and (bias is None or bias.dtype == x.dtype) and not torch.is_autocast_enabled(x.device.type)
+           and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)))
+    if not use:
+        return torch.nn.functional.linear(x, weight, bias)
+    return _ops.decode_linear_op(x.reshape(rows, x.shape[-1]), weight, bias).reshape(*x.shape[:-1], weight.shape[0])
+
+
 def ssd_scan(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, *, chunk_size: int,
              D: Tensor | None = None, dt_bias: Tensor | None = None, dt_softplus: bool = True,
              dt_limit: tuple[float, float] = (0.0, INF), seq_idx: Tensor | None = None,

@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from biomamba.kernels.triton.layout import row_divisor, row_offsets
+from biomamba.kernels.triton.common import row_divisor, row_offsets
 
 
 @triton.jit

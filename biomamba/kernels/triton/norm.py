@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from biomamba.kernels.triton.layout import row_divisor, row_offsets
+from biomamba.kernels.triton.common import row_divisor, row_offsets
 
 
 @triton.jit
@@ -39,7 +39,7 @@ def _norm_fwd_kernel(x_ptr, z_ptr, w_ptr, y_ptr, rstd_ptr, M, G, NG, eps, sxm, s
     ch = g * G + cols
     x = tl.load(x_ptr + row_offsets(rows, sxm, XV) + ch[None, :], mask=m, other=0.0)
     xf = x.to(tl.float32)
-    if HAS_Z:  # z is a view of in_proj's output: its row stride needs the hint (layout.py)
+    if HAS_Z:  # z is a view of in_proj's output: its row stride needs the hint (common.py)
         z = tl.load(z_ptr + row_offsets(rows, szm, ZV) + ch[None, :], mask=m, other=0.0).to(tl.float32)
         xf = xf * z * tl.sigmoid(z)
     w = tl.load(w_ptr + ch, mask=cm, other=0.0).to(tl.float32)

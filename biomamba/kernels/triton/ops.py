@@ -12,6 +12,7 @@ from torch import Tensor
 
 from biomamba.kernels.triton import ce as _ce
 from biomamba.kernels.triton import conv as _conv
+from biomamba.kernels.triton import gemv as _gemv
 from biomamba.kernels.triton import norm as _norm
 from biomamba.kernels.triton import ssd as _ssd
 
@@ -181,6 +182,16 @@ def conv_step_op(conv_state: Tensor, x: Tensor, weight: Tensor, bias: Optional[T
 @conv_step_op.register_fake
 def _(conv_state, x, weight, bias, silu):
     return x.new_empty(x.shape)
+
+
+@torch.library.custom_op(f"{lib}::decode_linear", mutates_args=())
+def decode_linear_op(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+    return _gemv.gemv(x, weight, bias)
+
+
+@decode_linear_op.register_fake
+def _(x, weight, bias):
+    return x.new_empty((x.shape[0], weight.shape[0]))
 
 
 # ---- linear + cross-entropy ------------------------------------------------------------------------

@@ -20,22 +20,13 @@ gradients of the log-decays, which reduce to per-position vectors finished by on
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-
-@triton.jit
-def _dot(a, b, IP: tl.constexpr):
-    """Matrix product with fp32 accumulation; IP "interp" upcasts the operands (Triton's CPU
-    interpreter computes bf16 dots wrongly, seen with triton 3.9)."""
-    if IP == "interp":
-        return tl.dot(a.to(tl.float32), b.to(tl.float32))
-    else:
-        return tl.dot(a, b, input_precision=IP)
+from biomamba.kernels.triton.common import dot, input_precision
 
 
 @triton.jit
@@ -97,7 +88,7 @@ def _cb_kernel(B_ptr, C_ptr, cb_ptr, L, G, N, NC, sbb, sbl, sbg, scb, scl, scg,
                     other=0.0)
         bT = tl.load(B_ptr + pb * sbb + sg[None, :] * sbl + g * sbg + k[:, None], mask=(sg < L)[None, :] & km[:, None],
                      other=0.0)
-        acc += _dot(c, bT, IP)
+        acc += dot(c, bT, IP)
     tl.store(cb_ptr + (((pb * NC + pc) * G + g) * T + t[:, None]) * T + s[None, :], acc)
 
 
@@ -144,7 +135,7 @@ def _chunk_outer_kernel(u_ptr, v_ptr, delta_ptr, acs_ptr, seq_ptr, out_ptr, L, H
                      other=0.0)
         v = tl.load(v_ptr + pb * svb + tg[:, None] * svl + g * svg + n[None, :], mask=tm[:, None] & nm[None, :],
                     other=0.0)
-        acc += _dot(uT, (v.to(tl.float32) * w[:, None]).to(uT.dtype), IP)
+        acc += dot(uT, (v.to(tl.float32) * w[:, None]).to(uT.dtype), IP)
     tl.store(out_ptr + (((pb * NC + pc) * H + h) * P + p[:, None]) * N + n[None, :], acc,
              mask=pm[:, None] & nm[None, :])
 
@@ -239,7 +230,7 @@ def _out_kernel(x_ptr, B_ptr, C_ptr, cb_ptr, delta_ptr, acs_ptr, seq_ptr, starts
         c = tl.load(C_ptr + pb * scb + tg[:, None] * scl + g * scg + n[None, :], mask=tm[:, None] & nm[None, :],
                     other=0.0)
         sT = tl.load(sbase + p[None, :] * N + n[:, None], mask=pmask[None, :] & nm[:, None], other=0.0)
-        acc += _dot(c, sT.to(c.dtype), IP)
+        acc += dot(c, sT.to(c.dtype), IP)
     acc = acc * e_t[:, None]
     # within the chunk, causal: s ≤ t
     cbase = cb_ptr + ((pb * NC + pc) * G + g) * T * T
@@ -257,7 +248,7 @@ def _out_kernel(x_ptr, B_ptr, C_ptr, cb_ptr, delta_ptr, acs_ptr, seq_ptr, starts
         w = tl.where(keep, cb * tl.exp(a_t[:, None] - a_s[None, :]) * d_s[None, :], 0.0)
         xs = tl.load(x_ptr + pb * sxb + sg[:, None] * sxl + h * sxh + p[None, :], mask=sm[:, None] & pmask[None, :],
                      other=0.0)
-        acc += _dot(w.to(xs.dtype), xs, IP)
+        acc += dot(w.to(xs.dtype), xs, IP)
     if HAS_D:
         xt = tl.load(x_ptr + pb * sxb + tg[:, None] * sxl + h * sxh + p[None, :], mask=tm[:, None] & pmask[None, :],
                      other=0.0).to(tl.float32)
@@ -305,7 +296,7 @@ def _bwd_dx_kernel(x_ptr, B_ptr, cb_ptr, dy_ptr, delta_ptr, acs_ptr, seq_ptr, dz
         b = tl.load(B_ptr + pb * sbb + sg[:, None] * sbl + g * sbg + n[None, :], mask=sm[:, None] & nm[None, :],
                     other=0.0)
         zT = tl.load(zbase + p[None, :] * N + n[:, None], mask=pmask[None, :] & nm[:, None], other=0.0)
-        acc += _dot(b, zT.to(b.dtype), IP)
+        acc += dot(b, zT.to(b.dtype), IP)
     acc = acc * f_s[:, None]
     xf = x_s.to(tl.float32)
     q = d_s * tl.sum(xf * acc, 1)
@@ -325,8 +316,8 @@ def _bwd_dx_kernel(x_ptr, B_ptr, cb_ptr, dy_ptr, delta_ptr, acs_ptr, seq_ptr, dz
         w = tl.where(keep, cbT * tl.exp(a_t[None, :] - a_s[:, None]), 0.0)
         dy_t = tl.load(dy_ptr + pb * sdyb + tg[:, None] * sdyl + h * sdyh + p[None, :],
                        mask=tm[:, None] & pmask[None, :], other=0.0)
-        acc += _dot(w.to(dy_t.dtype), dy_t, IP)
-        xdy = _dot(x_s, tl.trans(dy_t), IP)
+        acc += dot(w.to(dy_t.dtype), dy_t, IP)
+        xdy = dot(x_s, tl.trans(dy_t), IP)
         colsum += tl.sum(w * xdy, 1)
     colsum = colsum * d_s
     dy_s = tl.load(dy_ptr + pb * sdyb + sg[:, None] * sdyl + h * sdyh + p[None, :], mask=sm[:, None] & pmask[None, :],
@@ -387,7 +378,7 @@ def _bwd_dc_kernel(x_ptr, C_ptr, cb_ptr, dy_ptr, delta_ptr, acs_ptr, seq_ptr, st
                        mask=tm[:, None] & pmask[None, :], other=0.0)
         st = tl.load(starts_ptr + ((pb * NC + pc) * H + h) * P * N + p[:, None] * N + n[None, :],
                      mask=pmask[:, None] & nm[None, :], other=0.0)
-        dcs = _dot(dy_t, st.to(dy_t.dtype), IP) * e_t[:, None]
+        dcs = dot(dy_t, st.to(dy_t.dtype), IP) * e_t[:, None]
         tl.store(dda_ptr + base + t, tl.sum(dcs * c_t, 1))
         dc += dcs
     tl.debug_barrier()  # the row sums above are read back below
@@ -413,14 +404,14 @@ def _bwd_dc_kernel(x_ptr, C_ptr, cb_ptr, dy_ptr, delta_ptr, acs_ptr, seq_ptr, st
                            mask=tm[:, None] & pmask[None, :], other=0.0)
             x_s = tl.load(x_ptr + pb * sxb + sg[:, None] * sxl + h * sxh + p[None, :],
                           mask=sm[:, None] & pmask[None, :], other=0.0)
-            dyx = _dot(dy_t, tl.trans(x_s), IP)  # (BM, BK): dy_t · x_s
+            dyx = dot(dy_t, tl.trans(x_s), IP)  # (BM, BK): dy_t · x_s
             pw = tl.where(keep, dyx * tl.exp(a_t[:, None] - a_s[None, :]) * d_s[None, :], 0.0)
             row = tl.load(dda_ptr + base + t) + tl.sum(pw * cb, 1)
             tl.store(dda_ptr + base + t, row)
             pw_all += pw
         b_s = tl.load(B_ptr + pb * sbb + sg[:, None] * sbl + g * sbg + n[None, :], mask=sm[:, None] & nm[None, :],
                       other=0.0)
-        dc += _dot(pw_all.to(b_s.dtype), b_s, IP)
+        dc += dot(pw_all.to(b_s.dtype), b_s, IP)
         tl.debug_barrier()
     tl.store(dc_ptr + pb * sob + tg[:, None] * sol + g * sog + n[None, :], dc.to(dc_ptr.dtype.element_ty),
              mask=tm[:, None] & nm[None, :])
@@ -460,7 +451,7 @@ def _bwd_db_kernel(x_ptr, C_ptr, dy_ptr, delta_ptr, acs_ptr, seq_ptr, dz_ptr, db
                       other=0.0)
         dz = tl.load(dz_ptr + ((pb * NC + pc) * H + h) * P * N + p[:, None] * N + n[None, :],
                      mask=pmask[:, None] & nm[None, :], other=0.0)
-        db += _dot(x_s, dz.to(x_s.dtype), IP) * f_s[:, None]
+        db += dot(x_s, dz.to(x_s.dtype), IP) * f_s[:, None]
     # within the chunk: dB_s += Σ_{t≥s} (Σ_h (x_s·dy_t) e^{a_t−a_s} Δ_s) C_t
     for k0 in range(pm * BM, T, BK):
         t = k0 + tl.arange(0, BK)
@@ -481,11 +472,11 @@ def _bwd_db_kernel(x_ptr, C_ptr, dy_ptr, delta_ptr, acs_ptr, seq_ptr, dz_ptr, db
                           mask=sm[:, None] & pmask[None, :], other=0.0)
             dy_t = tl.load(dy_ptr + pb * sdyb + tg[:, None] * sdyl + h * sdyh + p[None, :],
                            mask=tm[:, None] & pmask[None, :], other=0.0)
-            xdy = _dot(x_s, tl.trans(dy_t), IP)  # (BM, BK): x_s · dy_t
+            xdy = dot(x_s, tl.trans(dy_t), IP)  # (BM, BK): x_s · dy_t
             pw_all += tl.where(keep, xdy * tl.exp(a_t[None, :] - a_s[:, None]) * d_s[:, None], 0.0)
         c_t = tl.load(C_ptr + pb * scb + tg[:, None] * scl + g * scg + n[None, :], mask=tm[:, None] & nm[None, :],
                       other=0.0)
-        db += _dot(pw_all.to(c_t.dtype), c_t, IP)
+        db += dot(pw_all.to(c_t.dtype), c_t, IP)
     tl.store(db_ptr + pb * sob + sg[:, None] * sol + g * sog + n[None, :], db.to(db_ptr.dtype.element_ty),
              mask=sm[:, None] & nm[None, :])
 
@@ -554,12 +545,6 @@ def _last_unit(t: Tensor) -> Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-def _ip(dtype: torch.dtype) -> str:
-    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
-        return "interp"
-    return "ieee" if dtype == torch.float32 else "tf32"
-
-
 # Backward tiling: rows a program owns and the inner block, of the dx kernel (BM, BK) and of the
 # dC/dB kernels (dcdb_BM, dcdb_BK), and their warps. Module-level so that a benchmark can sweep it
 # on the GPU (bench/RESULTS.md, calls F and G, the 130M shape on an H200): dx is fastest at 64/32
@@ -621,7 +606,7 @@ def _seq_args(seq_idx: Tensor | None, like: Tensor):
 def _chunk_prefix(x, B, C, delta, acs, seq_idx, initial_state, dims, cfg):
     """CB, Z and the pass: every chunk's starting state and the final state."""
     b, L, H, P, G, N, T, NC = dims
-    ip = _ip(x.dtype)
+    ip = input_precision(x.dtype)
     seq, ssb, ssl = _seq_args(seq_idx, x)
     cb = torch.empty((b, NC, G, T, T), device=x.device, dtype=torch.float32)
     _cb_kernel[(b * NC * G, T // cfg.BM, T // cfg.BM)](
@@ -656,14 +641,14 @@ def ssd_fwd(x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus, dt_lo, dt_hi, s
         L, H, G, P, N, NC, x.stride(0), x.stride(1), x.stride(2), C.stride(0), C.stride(1), C.stride(2),
         ssb, ssl, y.stride(0), y.stride(1), y.stride(2),
         HAS_SEQ=seq_idx is not None, HAS_D=D is not None, T=T, BM=cfg.oBM, BK=cfg.oBK, BP=cfg.BPo, BN=cfg.BNK,
-        IP=_ip(x.dtype), num_warps=FWD_TILES["out_warps"], **_stages(FWD_TILES))
+        IP=input_precision(x.dtype), num_warps=FWD_TILES["out_warps"], **_stages(FWD_TILES))
     return y, final
 
 
 def _dcdb(x, B, C, dy, cb, delta, acs, seq_idx, starts, dz, dda_row, dims, cfg):
     b, L, H, P, G, N, T, NC = dims
     seq, ssb, ssl = _seq_args(seq_idx, x)
-    ip = _ip(x.dtype)
+    ip = input_precision(x.dtype)
     dC = torch.empty((b, L, G, N), device=x.device, dtype=C.dtype)
     dB = torch.empty((b, L, G, N), device=x.device, dtype=B.dtype)
     flags = dict(HAS_SEQ=seq_idx is not None, T=T, BM=cfg.cBM, BK=cfg.cBK, BP=cfg.BP, BN=cfg.BN, IP=ip,
@@ -688,7 +673,7 @@ def ssd_bwd(dy, dfinal, x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus, dt_
     b, L, H, P, G, N, T, NC, delta, acs = _prep(x, dt, A, B, C, chunk_size, dt_bias, dt_softplus, dt_lo, dt_hi)
     dims = (b, L, H, P, G, N, T, NC)
     cfg = _Cfg(T, P, N)
-    ip = _ip(x.dtype)
+    ip = input_precision(x.dtype)
     cb, starts, _ = _chunk_prefix(x, B, C, delta, acs, seq_idx, initial_state, dims, cfg)
     seq, ssb, ssl = _seq_args(seq_idx, x)
     HSQ = seq_idx is not None

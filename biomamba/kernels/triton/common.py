@@ -1,14 +1,36 @@
-"""Alignment hints: row offsets whose divisibility Triton cannot prove by itself.
+"""Helpers the kernels share: matrix products that survive the CPU interpreter, and alignment
+hints for row offsets whose divisibility Triton cannot prove by itself.
 
-Triton vectorises a tile load (8 bf16 at a time, PTX ld.global.v4.b32) only when it can prove
+Alignment: Triton vectorises a tile load (8 bf16 at a time, PTX ld.global.v4.b32) only when it can prove
 that each row starts on a 16-byte boundary. It learns that from integer arguments divisible by
 16, so a row stride such as in_proj's output width at 130M (3,352 = 8 · 419) makes it load every
 element on its own (ld.global.b16). The host knows the real divisor and passes it as a
 constexpr; ``row_offsets`` hands it to the compiler (tests/test_kernels_codegen.py checks the PTX).
 """
 
+import os
+
+import torch
 import triton
 import triton.language as tl
+
+
+@triton.jit
+def dot(a, b, IP: tl.constexpr):
+    """Matrix product with fp32 accumulation; IP "interp" upcasts the operands (Triton's CPU
+    interpreter computes bf16 dots wrongly, seen with triton 3.9)."""
+    if IP == "interp":
+        return tl.dot(a.to(tl.float32), b.to(tl.float32))
+    else:
+        return tl.dot(a, b, input_precision=IP)
+
+
+def input_precision(dtype: torch.dtype) -> str:
+    """``dot``'s IP for operands of ``dtype``: exact fp32 products for fp32, the interpreter's mode
+    under TRITON_INTERPRET=1."""
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        return "interp"
+    return "ieee" if dtype == torch.float32 else "tf32"
 
 
 @triton.jit
