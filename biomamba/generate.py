@@ -119,7 +119,9 @@ class StepRunner:
         return self.out
 
 
-MAX_STEP_RUNNERS = 4  # captured decode graphs kept per model (each holds a batch's states)
+# captured decode steps kept per model: each holds a batch's states (1.3B at batch 64: ~6.4 GB of
+# SSM state), so few; ``model.step_runners.clear()`` frees them
+MAX_STEP_RUNNERS = 2
 
 
 def step_runner(model: MambaLM, cache: InferenceCache, greedy: bool, cuda_graph: bool) -> StepRunner:

@@ -470,8 +470,9 @@ class Trainer:
             seed_everything(loop.seed + self.info.rank)
             if self.info.is_main and self.metrics.path.exists():
                 self.metrics.path.unlink()
+        graphs = ", CUDA-graph micro-steps" if self.graphs is not None else ""
         self.log(f"training {self.n_params / 1e6:.2f} M parameters | {self.strategy} on {self.info.world_size} "
-                 f"rank(s), {self.info.device.type}, {self.precision}{', CUDA graphs' if self.graphs else ''} | global batch {self.global_batch} = "
+                 f"rank(s), {self.info.device.type}, {self.precision}{graphs} | global batch {self.global_batch} = "
                  f"{self.micro} × {self.accum} accumulation × {self.info.world_size} | {self.steps_per_epoch} "
                  f"steps/epoch, {self.total_steps} steps | schedule {self.schedule.name} peak {self.schedule.peak:g} "
                  f"floor {self.schedule.floor:g} phases {self.schedule.phases}")
