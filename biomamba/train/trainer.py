@@ -74,6 +74,7 @@ class _Interval:
     steps: int = 0
     tokens: int = 0
     grad_norm: float | None = None
+    data_seconds: float = 0.0
 
 
 class Trainer:
@@ -173,6 +174,8 @@ class Trainer:
         self.elapsed = 0.0
         self.last_val: dict[str, float] = {}
         self._iter = None
+        self._prefetched: list[dict[str, torch.Tensor | None]] | None = None  # the next step's batches
+        self.data_seconds = 0.0  # host time spent preparing batches (reported per log interval)
 
     def _micro_step_graphs(self) -> MicroStepGraphs | None:
         """CUDA graphs for the micro-step where ``train.cuda_graph`` asks for them and they can run."""
@@ -256,6 +259,7 @@ class Trainer:
                                   f"{state['data_fingerprint']}, now {self.fingerprint}): the data position would "
                                   f"be meaningless")
         self.sampler.load_state_dict(state["sampler"])
+        self._prefetched = None
         self.step = int(state["step"])
         expected = (self.step // self.steps_per_epoch, (self.step % self.steps_per_epoch) * self.global_batch)
         if (self.sampler.epoch, self.sampler.consumed) != expected:
@@ -288,17 +292,28 @@ class Trainer:
                 self.export("best", self.best["weights"])
 
     # ---- one optimizer step -------------------------------------------------------------
+    def _prepare_step(self) -> list[dict[str, torch.Tensor | None]]:
+        """The next optimizer step's micro-batches, collated and prepared on the host."""
+        t0 = time.perf_counter()
+        indices = self._next_indices()
+        batches = [self.objective.prepare(self.collate([self.train_data[i] for i in
+                                                        indices[k * self.micro:(k + 1) * self.micro]]))
+                   for k in range(self.accum)]
+        self.data_seconds += time.perf_counter() - t0
+        return batches
+
     def train_step(self) -> tuple[float, float, int, int]:
         """(global loss, grad norm, scored tokens, input tokens) of one optimizer step."""
-        indices = self._next_indices()
-        micro_batches = [self.objective.prepare(self.collate([self.train_data[i] for i in
-                                                              indices[k * self.micro:(k + 1) * self.micro]]))
-                         for k in range(self.accum)]
+        micro_batches = self._prefetched if self._prefetched is not None else self._prepare_step()
+        self._prefetched = None
         ignore = getattr(self.objective, "ignore_index", -100)
         local = [float(sum(int((b["targets"] != ignore).sum()) for b in micro_batches)),
                  float(sum(b["input_ids"].numel() for b in micro_batches))]
-        counts = self.info.all_reduce_sum(torch.tensor(local, dtype=torch.float64, device=self.info.device))
-        n_scored, n_inputs = counts.tolist()
+        if self.info.distributed:
+            counts = self.info.all_reduce_sum(torch.tensor(local, dtype=torch.float64, device=self.info.device))
+            n_scored, n_inputs = counts.tolist()
+        else:  # no device round trip: it would wait for the previous step's update to finish
+            n_scored, n_inputs = local
         scale = self.info.world_size / max(n_scored, 1.0)  # wrappers average over ranks; undo it
         self.wrapped.train()
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.info.device)
@@ -321,6 +336,12 @@ class Trainer:
                         ls, _ = self.wrapped(batch["input_ids"], batch["seq_idx"], batch["targets"])
                     (ls * scale).backward()
             loss_sum += ls.detach().double()
+        # the GPU now has the step's forward and backward queued: prepare the next step's batches
+        # meanwhile (same data order: the same iterator, pulled one step early), unless the epoch
+        # ends here (a new epoch's order starts from a new iterator) or the run does
+        nxt = self.step + 1
+        if nxt % self.steps_per_epoch and nxt < self.total_steps:
+            self._prefetched = self._prepare_step()
         loss = float(self.info.all_reduce_sum(loss_sum)) / max(n_scored, 1.0)
         clip = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else math.inf
         norm = torch.nn.utils.clip_grad_norm_(self.params, clip)
@@ -482,9 +503,10 @@ class Trainer:
         fpt = flops_per_token(self.n_params)
         iv = _Interval()
         while self.step < self.total_steps:
-            t0 = time.time()
+            t0, data0 = time.time(), self.data_seconds
             loss, grad_norm, n_scored, n_inputs = self.train_step()
             dt = time.time() - t0
+            iv.data_seconds += self.data_seconds - data0
             self.elapsed += dt
             self.tokens += n_inputs
             iv.seconds += dt
@@ -502,6 +524,7 @@ class Trainer:
                     "loss": iv.loss_sum / iv.count if iv.count else float("nan"),
                     "lr": self.schedule(self.step - 1), "grad_norm": iv.grad_norm, "tokens": self.tokens,
                     "tokens_per_s": tps, "step_s": iv.seconds / iv.steps, "train_s": round(self.elapsed, 3),
+                    "data_s": iv.data_seconds / iv.steps,  # host time a step spent preparing batches
                     "mfu": (fpt * tps / (self.peak * self.info.world_size)) if (self.peak and tps) else None,
                     "skipped": self.skipped,
                 }
