@@ -126,6 +126,8 @@ def main() -> int:
             "cuda_graph": summary.get("cuda_graph"), "eager_micro_steps": summary.get("eager_micro_steps"),
             "global_batch": args.global_batch, "micro_batch": trainer.micro, "accumulation": trainer.accum,
             "seq_len": args.seq_len, "parameters": trainer.n_params, "tokens_per_s": tps,
+            # host time a step spent preparing batches (overlapped with the device since de339ec)
+            "data_s_per_step": (sum(r.get("data_s", 0.0) for r in steady) / len(steady)) if steady else None,
             "tokens_per_s_per_device": tps / info.world_size if tps else None, "mfu": mfu,
             "peak_memory_gb": summary.get("peak_memory_gb"), "loss_first": train[0]["loss"] if train else None,
             "loss_last": steady[-1]["loss"] if steady else None, "wall_s": round(wall, 1),

@@ -385,7 +385,7 @@ def case_recipe(size: str, steps: int, global_batch: int, cuda_graph: str) -> di
                        stdout=subprocess.DEVNULL)
         with open(target) as f:
             r = json.load(f)
-    return {k: r[k] for k in ("tokens_per_s", "mfu", "peak_memory_gb", "cuda_graph", "eager_micro_steps",
+    return {k: r[k] for k in ("tokens_per_s", "mfu", "peak_memory_gb", "cuda_graph", "eager_micro_steps", "data_s_per_step",
                               "micro_batch", "accumulation", "loss_first", "loss_last", "wall_s")}
 
 
