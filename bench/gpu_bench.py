@@ -235,7 +235,7 @@ def case_profile_ssd() -> None:
          fwdbwd_ms=round(_bench(f), 3), kernels=_profile_top(f))
 
 
-def case_profile_gen(size: str = "130m", bsz: int = 1, gemv_rows: int = 0) -> None:
+def case_profile_gen(size: str = "130m", bsz: int = 1, gemv_rows: int = 0, fused_step: bool = False) -> None:
     """One decode step, kernel by kernel (run eagerly under the profiler: a kernel's time does not
     depend on how it was launched), against the CUDA-graph step's wall time: what the graph
     leaves between kernels is the rest."""
@@ -243,7 +243,7 @@ def case_profile_gen(size: str = "130m", bsz: int = 1, gemv_rows: int = 0) -> No
 
     import biomamba.kernels.triton as ours
     from biomamba.generate import StepRunner, prefill
-    ours.GEMV_ROWS = gemv_rows
+    ours.GEMV_ROWS, ours.FUSED_DECODE_STEP = gemv_rows, fused_step
     torch.manual_seed(0)
     model = build("ours", size, "triton").to(torch.bfloat16).eval()
     prompts = torch.randint(0, VOCAB - 16, (bsz, 256)).tolist()
@@ -261,7 +261,8 @@ def case_profile_gen(size: str = "130m", bsz: int = 1, gemv_rows: int = 0) -> No
             graphed(tokens)
         torch.cuda.synchronize()
         step_us = (time.perf_counter() - t) / 200 * 1e6
-    emit(f"profile gen ours-triton {size} b{bsz}" + (" gemv" if gemv_rows else ""), graph_step_us=round(step_us, 1),
+    emit(f"profile gen ours-triton {size} b{bsz}" + (" gemv" if gemv_rows else "") + (" fused" if fused_step else ""),
+         graph_step_us=round(step_us, 1),
          kernel_us=round(sum(k["us_per_call"] for k in kernels), 1), launches=sum(k["launches"] for k in kernels),
          kernels=kernels[:12])
 
@@ -417,15 +418,16 @@ def case_fwd(kind: str, size: str, bsz: int, seqlen: int, backend: str = "torch"
 
 
 def case_gen(kind: str, size: str, bsz: int, prompt: int, new: int, backend: str = "torch",
-             cuda_graph: bool = True, gemv_rows: int = 0) -> dict:
+             cuda_graph: bool = True, gemv_rows: int = 0, fused_step: bool = False) -> dict:
     """Greedy decoding, end to end as a user calls it (prefill + ``new`` tokens), ms per new token.
     Ours: ``biomamba.generate.generate_ids`` (CUDA-graph step unless ``cuda_graph`` is off; the
-    projections through the Triton GEMV for batches up to ``gemv_rows``);
+    projections through the Triton GEMV for batches up to ``gemv_rows``; conv + SSM step as one
+    kernel with ``fused_step``);
     the peer: mamba_ssm's ``generate(cg=True)``, timed the same way (as peer_bench.py does)."""
     import torch
-    if gemv_rows:
+    if kind == "ours":
         import biomamba.kernels.triton as ours
-        ours.GEMV_ROWS = gemv_rows
+        ours.GEMV_ROWS, ours.FUSED_DECODE_STEP = gemv_rows, fused_step
     torch.manual_seed(0)
     model = build(kind, size, backend).to(torch.bfloat16).eval()
     x = torch.randint(0, VOCAB - 16, (bsz, prompt), device="cuda")
@@ -619,6 +621,8 @@ CASES = [
     ("profile train 1.3b", "case_profile_train", ["1.3b", 8, 1024], {}),
     ("profile gen 130m b1", "case_profile_gen", ["130m", 1], {}),
     ("profile gen 130m b1 gemv", "case_profile_gen", ["130m", 1, 16], {}),
+    ("profile gen 130m b1 fused", "case_profile_gen", ["130m", 1, 0, True], {}),
+    ("profile gen 130m b1 gemv fused", "case_profile_gen", ["130m", 1, 16, True], {}),
     ("kernels ssd", "case_kernels_ssd", [], {}),
     ("kernels other", "case_kernels_other", [], {}),
     ("sweep conv", "case_sweep_conv", [], {}),
@@ -645,6 +649,10 @@ CASES = [
     ("gen ours-triton 130m b1 p256+256 cg", "case_gen", ["ours", "130m", 1, 256, 256], {"backend": "triton"}),
     ("gen ours-triton-gemv 130m b1 p256+256 cg", "case_gen", ["ours", "130m", 1, 256, 256],
      {"backend": "triton", "gemv_rows": 16}),
+    ("gen ours-triton-fused 130m b1 p256+256 cg", "case_gen", ["ours", "130m", 1, 256, 256],
+     {"backend": "triton", "fused_step": True}),
+    ("gen ours-triton-gemv-fused 130m b1 p256+256 cg", "case_gen", ["ours", "130m", 1, 256, 256],
+     {"backend": "triton", "gemv_rows": 16, "fused_step": True}),
     ("gen ours-triton 130m b1 p256+256 eager", "case_gen", ["ours", "130m", 1, 256, 256],
      {"backend": "triton", "cuda_graph": False}),
     ("gen ours-torch 130m b1 p256+256 cg", "case_gen", ["ours", "130m", 1, 256, 256], {"backend": "torch"}),

@@ -19,7 +19,10 @@ from typing import Callable
 from biomamba.kernels import reference
 
 OPS = ("ssd_scan", "causal_conv1d", "gated_rmsnorm", "rmsnorm", "add_rmsnorm", "ssd_step", "conv_step",
-       "decode_linear", "selective_scan", "linear_cross_entropy")
+       "conv_ssd_step", "decode_linear", "selective_scan", "linear_cross_entropy")
+# ops that a backend without its own version gets composed from its own primitives (not the
+# reference's): op → (the composer in reference.py, the primitives it takes)
+COMPOSED = {"conv_ssd_step": ("compose_conv_ssd_step", ("conv_step", "ssd_step"))}
 BACKENDS = {
     "torch": "biomamba.kernels.reference",
     "triton": "biomamba.kernels.triton",
@@ -87,5 +90,9 @@ def get_kernels(name: str = "torch") -> Kernels:
         fn = getattr(module, op, None)
         kernels.impl[op] = fn if fn is not None else getattr(reference, op)
         kernels.source[op] = name if fn is not None else "torch"
+    for op, (composer, parts) in COMPOSED.items():
+        if getattr(module, op, None) is None:
+            kernels.impl[op] = getattr(reference, composer)(*(kernels.impl[p] for p in parts))
+            kernels.source[op] = " + ".join(kernels.source[p] for p in parts)
     _CACHE[name] = kernels
     return kernels

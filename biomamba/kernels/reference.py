@@ -205,6 +205,27 @@ def conv_step(conv_state: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None
     return y.to(x.dtype)
 
 
+def compose_conv_ssd_step(conv_step_fn, ssd_step_fn):
+    """``conv_ssd_step`` made of a backend's own ``conv_step`` and ``ssd_step`` (what a backend
+    without a fused version runs)."""
+
+    def conv_ssd_step(conv_state: Tensor, ssm_state: Tensor, xBC: Tensor, dt: Tensor, conv_weight: Tensor,
+                      conv_bias: Tensor | None, A: Tensor, *, D: Tensor | None = None, dt_bias: Tensor | None = None,
+                      dt_softplus: bool = True, dt_limit: tuple[float, float] = (0.0, INF)) -> Tensor:
+        """A Mamba2 decode step after in_proj: the causal conv + SiLU over xBC (b, H·P + 2·G·N),
+        then the SSM step; both states updated in place; returns y (b, H, P)."""
+        b, h, p, n = ssm_state.shape
+        g = (xBC.shape[-1] - h * p) // (2 * n)
+        xBC = conv_step_fn(conv_state, xBC, conv_weight, conv_bias, activation="silu")
+        x, B, C = xBC.split([h * p, g * n, g * n], dim=-1)
+        return ssd_step_fn(ssm_state, x.reshape(b, h, p), dt, A, B.reshape(b, g, n), C.reshape(b, g, n), D=D,
+                           dt_bias=dt_bias, dt_softplus=dt_softplus, dt_limit=dt_limit)
+    return conv_ssd_step
+
+
+conv_ssd_step = compose_conv_ssd_step(conv_step, ssd_step)
+
+
 def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, *, D: Tensor | None = None,
                    z: Tensor | None = None, delta_bias: Tensor | None = None, delta_softplus: bool = True,
                    seq_idx: Tensor | None = None, initial_state: Tensor | None = None) -> tuple[Tensor, Tensor]:

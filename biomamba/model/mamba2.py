@@ -102,12 +102,11 @@ class Mamba2Mixer(nn.Module):
         """One token: u (b, d_model) → (b, d_model), updating ``state`` in place."""
         cfg, K = self.cfg, self.kernels
         b = u.shape[0]
-        di, g, n, h, p = cfg.d_inner, cfg.ngroups, cfg.d_state, cfg.nheads, cfg.headdim
+        di, g = cfg.d_inner, cfg.ngroups
         z, xBC, dt = self._split(K.decode_linear(u, self.in_proj.weight, self.in_proj.bias))
-        xBC = K.conv_step(state.conv, xBC, self.conv1d.weight.squeeze(1), self.conv1d.bias, activation="silu")
-        x, B, C = xBC.split([di, g * n, g * n], dim=-1)
-        y = K.ssd_step(state.ssm, x.reshape(b, h, p), dt, self._decay_rates(), B.reshape(b, g, n),
-                       C.reshape(b, g, n), D=self.D, dt_bias=self.dt_bias, dt_softplus=True, dt_limit=cfg.dt_limit)
+        y = K.conv_ssd_step(state.conv, state.ssm, xBC, dt, self.conv1d.weight.squeeze(1), self.conv1d.bias,
+                            self._decay_rates(), D=self.D, dt_bias=self.dt_bias, dt_softplus=True,
+                            dt_limit=cfg.dt_limit)
         y = K.gated_rmsnorm(y.reshape(b, di), z, self.norm.weight, cfg.norm_eps, di // g)
         return K.decode_linear(y, self.out_proj.weight, self.out_proj.bias)
 

@@ -34,6 +34,7 @@ def available() -> tuple[bool, str]:
     return True, f"CUDA {torch.cuda.get_device_name()}"
 
 
+from biomamba.kernels.reference import compose_conv_ssd_step  # noqa: E402
 from biomamba.kernels.triton import ops as _ops  # noqa: E402  (registers torch.ops.biomamba.*)
 
 
@@ -118,6 +119,22 @@ def ssd_step(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tens
 def conv_step(conv_state: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None = None,
               activation: str | None = "silu") -> Tensor:
     return _ops.conv_step_op(conv_state, x, weight, bias, _silu(activation))
+
+
+# conv_ssd_step as one kernel (True) or as conv_step + ssd_step (False): off until a GPU run shows
+# the fused step faster (bench/gpu_bench.py `gen …-fused`)
+FUSED_DECODE_STEP = False
+_unfused_conv_ssd_step = compose_conv_ssd_step(conv_step, ssd_step)
+
+
+def conv_ssd_step(conv_state: Tensor, ssm_state: Tensor, xBC: Tensor, dt: Tensor, conv_weight: Tensor,
+                  conv_bias: Tensor | None, A: Tensor, *, D: Tensor | None = None, dt_bias: Tensor | None = None,
+                  dt_softplus: bool = True, dt_limit: tuple[float, float] = (0.0, INF)) -> Tensor:
+    if not FUSED_DECODE_STEP:
+        return _unfused_conv_ssd_step(conv_state, ssm_state, xBC, dt, conv_weight, conv_bias, A, D=D,
+                                      dt_bias=dt_bias, dt_softplus=dt_softplus, dt_limit=dt_limit)
+    return _ops.conv_ssd_step_op(conv_state, ssm_state, xBC, dt, conv_weight, conv_bias, A, D, dt_bias,
+                                 bool(dt_softplus), float(dt_limit[0]), float(dt_limit[1]))
 
 
 def linear_cross_entropy(hidden: Tensor, weight: Tensor, targets: Tensor, *, ignore_index: int = -100,

@@ -174,6 +174,19 @@ def _(state, x, dt, A, B, C, D, dt_bias, dt_softplus, dt_lo, dt_hi):
     return x.new_empty(x.shape)
 
 
+@torch.library.custom_op(f"{lib}::conv_ssd_step", mutates_args=("conv_state", "ssm_state"))
+def conv_ssd_step_op(conv_state: Tensor, ssm_state: Tensor, xBC: Tensor, dt: Tensor, conv_weight: Tensor,
+                     conv_bias: Optional[Tensor], A: Tensor, D: Optional[Tensor], dt_bias: Optional[Tensor],
+                     dt_softplus: bool, dt_lo: float, dt_hi: float) -> Tensor:
+    return _ssd.conv_ssd_step_(conv_state, ssm_state, xBC, dt, conv_weight, conv_bias, A, D, dt_bias, dt_softplus,
+                               dt_lo, dt_hi)
+
+
+@conv_ssd_step_op.register_fake
+def _(conv_state, ssm_state, xBC, dt, conv_weight, conv_bias, A, D, dt_bias, dt_softplus, dt_lo, dt_hi):
+    return xBC.new_empty(ssm_state.shape[:3])
+
+
 @torch.library.custom_op(f"{lib}::conv_step", mutates_args=("conv_state",))
 def conv_step_op(conv_state: Tensor, x: Tensor, weight: Tensor, bias: Optional[Tensor], silu: bool) -> Tensor:
     return _conv.conv_step_(conv_state, x, weight, bias, silu)

@@ -757,6 +757,108 @@ def _step_kernel(state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr,
     tl.store(y_ptr + pb * syb + h * syh + p, y.to(y_ptr.dtype.element_ty), mask=pm)
 
 
+@triton.jit
+def _conv_window(cs_ptr, xin_ptr, w_ptr, bias_ptr, pb, ch, chm, scb, scd, sck, sxb, swd, swk, K: tl.constexpr,
+                 KP: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """The causal conv's new window (channels × K, the state's dtype) for channels ch and its
+    output SiLU(w · window + bias) rounded to the input's dtype, as fp32."""
+    k = tl.arange(0, KP)
+    rows = cs_ptr + pb * scb + ch[:, None] * scd
+    old = tl.load(rows + (k[None, :] + 1) * sck, mask=chm[:, None] & (k[None, :] + 1 < K), other=0.0)
+    xin = tl.load(xin_ptr + pb * sxb + ch, mask=chm, other=0.0).to(old.dtype)
+    new = tl.where(k[None, :] == K - 1, xin[:, None], old)
+    w = tl.load(w_ptr + ch[:, None] * swd + k[None, :] * swk, mask=chm[:, None] & (k[None, :] < K), other=0.0)
+    acc = tl.sum(new.to(tl.float32) * w.to(tl.float32), 1)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + ch, mask=chm, other=0.0).to(tl.float32)
+    acc = acc * tl.sigmoid(acc)
+    return new, acc.to(xin_ptr.dtype.element_ty).to(tl.float32)
+
+
+@triton.jit
+def _conv_ssd_step_kernel(cs_ptr, xin_ptr, cw_ptr, cbias_ptr, state_ptr, dt_ptr, A_ptr, D_ptr, bias_ptr, y_ptr,
+                          count_ptr, H, G, P, N, scb, scd, sck, sxb, swd, swk, sstb, ssth, sstp, sdtb, syb, syh,
+                          dt_lo, dt_hi, K: tl.constexpr, KP: tl.constexpr, HAS_CBIAS: tl.constexpr,
+                          HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+                          CLAMP: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr):
+    """conv_step then ssd_step in one program a (batch, head, p block): the program convolves its
+    own x channels (and writes their windows), and the group's B and C channels, which every
+    program of the group needs. Their windows may only be written once all of those programs have
+    read them: each counts itself in on an atomic counter after its reads, and the last one in
+    writes the B/C windows and resets the counter."""
+    pb = tl.program_id(0)
+    h = tl.program_id(1)
+    p = tl.program_id(2) * BP + tl.arange(0, BP)
+    n = tl.arange(0, BN)
+    pm = p < P
+    nm = n < N
+    hpg = H // G
+    g = h // hpg
+    cx = h * P + p
+    new_x, x = _conv_window(cs_ptr, xin_ptr, cw_ptr, cbias_ptr, pb, cx, pm, scb, scd, sck, sxb, swd, swk, K, KP,
+                            HAS_CBIAS)
+    k = tl.arange(0, KP)
+    tl.store(cs_ptr + pb * scb + cx[:, None] * scd + k[None, :] * sck, new_x, mask=pm[:, None] & (k[None, :] < K))
+    cbc = H * P + g * N + n
+    ccc = H * P + G * N + g * N + n
+    new_b, b = _conv_window(cs_ptr, xin_ptr, cw_ptr, cbias_ptr, pb, cbc, nm, scb, scd, sck, sxb, swd, swk, K, KP,
+                            HAS_CBIAS)
+    new_c, c = _conv_window(cs_ptr, xin_ptr, cw_ptr, cbias_ptr, pb, ccc, nm, scb, scd, sck, sxb, swd, swk, K, KP,
+                            HAS_CBIAS)
+    tl.debug_barrier()  # every thread's reads of the B/C windows precede the count below
+    arrived = tl.atomic_add(count_ptr + pb * G + g, 1)
+    if arrived == hpg * tl.num_programs(2) - 1:  # the group's last program
+        tl.store(cs_ptr + pb * scb + cbc[:, None] * scd + k[None, :] * sck, new_b, mask=nm[:, None] & (k[None, :] < K))
+        tl.store(cs_ptr + pb * scb + ccc[:, None] * scd + k[None, :] * sck, new_c, mask=nm[:, None] & (k[None, :] < K))
+        tl.atomic_xchg(count_ptr + pb * G + g, 0)
+    # the SSM step, as _step_kernel
+    v = tl.load(dt_ptr + pb * sdtb + h).to(tl.float32)
+    if HAS_BIAS:
+        v += tl.load(bias_ptr + h).to(tl.float32)
+    if SOFTPLUS:
+        v = _softplus(v)
+    if CLAMP:
+        v = tl.minimum(tl.maximum(v, dt_lo), dt_hi)
+    decay = tl.exp(v * tl.load(A_ptr + h).to(tl.float32))
+    sp = state_ptr + pb * sstb + h * ssth + p[:, None] * sstp + n[None, :]
+    m = pm[:, None] & nm[None, :]
+    st = tl.load(sp, mask=m, other=0.0).to(tl.float32)
+    new = st * decay + (v * x)[:, None] * b[None, :]
+    tl.store(sp, new.to(state_ptr.dtype.element_ty), mask=m)
+    y = tl.sum(new * c[None, :], 1)
+    if HAS_D:
+        y += tl.load(D_ptr + h).to(tl.float32) * x
+    tl.store(y_ptr + pb * syb + h * syh + p, y.to(y_ptr.dtype.element_ty), mask=pm)
+
+
+_GROUP_COUNTERS: dict = {}  # (device, batch × groups) → int32 zeros: the B/C window counters
+
+
+def conv_ssd_step_(conv_state, ssm_state, xBC, dt, conv_weight, conv_bias, A, D, dt_bias, dt_softplus, dt_lo,
+                   dt_hi):
+    b, H, P, N = ssm_state.shape
+    K = conv_state.shape[-1]
+    G = (xBC.shape[-1] - H * P) // (2 * N)
+    key = (xBC.device, b * G)
+    if key not in _GROUP_COUNTERS:  # allocated on first use (a decode graph's eager warm-up)
+        _GROUP_COUNTERS[key] = torch.zeros(b * G, device=xBC.device, dtype=torch.int32)
+    counters = _GROUP_COUNTERS[key]
+    xBC = _last_unit(xBC)
+    y = torch.empty((b, H, P), device=xBC.device, dtype=xBC.dtype)
+    BN = triton.next_power_of_2(N)
+    BP = max(1, min(triton.next_power_of_2(P), 4096 // BN))
+    _conv_ssd_step_kernel[(b, H, triton.cdiv(P, BP))](
+        conv_state, xBC, conv_weight, conv_bias if conv_bias is not None else conv_weight, ssm_state, dt, A,
+        D if D is not None else A, dt_bias if dt_bias is not None else A, y, counters, H, G, P, N,
+        conv_state.stride(0), conv_state.stride(1), conv_state.stride(2), xBC.stride(0),
+        conv_weight.stride(0), conv_weight.stride(1), ssm_state.stride(0), ssm_state.stride(1),
+        ssm_state.stride(2), dt.stride(0), y.stride(0), y.stride(1),
+        K=K, KP=triton.next_power_of_2(K), HAS_CBIAS=conv_bias is not None, HAS_D=D is not None,
+        HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus, BP=BP, BN=BN, num_warps=4,
+        **_dt_limits(dt_lo, dt_hi))
+    return y
+
+
 def ssd_step_(state, x, dt, A, B, C, D, dt_bias, dt_softplus, dt_lo, dt_hi):
     b, H, P, N = state.shape
     G = B.shape[1]
