@@ -540,7 +540,10 @@ SSD_BWD_VARIANTS = [dict(BM=64, BK=32, dcdb_BM=64, dcdb_BK=64), dict(BM=64, BK=3
                     dict(BM=64, BK=64, dcdb_BM=64, dcdb_BK=64)]
 
 
-def case_sweep_ssd_bwd() -> None:
+SSD_BWD_VARIANTS_1_3B = [dict(dcdb_heads=None), dict(dcdb_heads=32), dict(dcdb_heads=16), dict(dcdb_heads=8)]
+
+
+def case_sweep_ssd_bwd(size: str = "130m") -> None:
     """SSD backward tiles / warps at the 130M shape: gradients against the first variant (the
     default), median fwd+bwd ms and each backward kernel's CUDA time."""
     import torch
@@ -548,14 +551,15 @@ def case_sweep_ssd_bwd() -> None:
     import biomamba.kernels.triton as ours
     from biomamba.kernels.triton import ssd
 
-    b, l = 16, 1024
+    b, l, heads = (16, 1024, 24) if size == "130m" else (8, 1024, 64)
+    variants = SSD_BWD_VARIANTS if size == "130m" else SSD_BWD_VARIANTS_1_3B
     torch.manual_seed(0)
-    x, dt, A, B, C, D, bias, dy = _ssd_inputs(b, l, 24, 64, 128)
+    x, dt, A, B, C, D, bias, dy = _ssd_inputs(b, l, heads, 64, 128)
     seq = (torch.arange(l, device="cuda") // 300).to(torch.int32)[None].expand(b, l).contiguous()
     leaves = (x, dt, A, B, C, D, bias)
     base = None
     default = dict(ssd.BWD_TILES)
-    for variant in SSD_BWD_VARIANTS:
+    for variant in variants:
         ssd.BWD_TILES.update(default)
         ssd.BWD_TILES.update(variant)
         for with_seq in (False, True):
@@ -572,7 +576,8 @@ def case_sweep_ssd_bwd() -> None:
             def f():
                 ours.ssd_scan(x, dt, A, B, C, chunk_size=256, D=D, dt_bias=bias, seq_idx=s_)[0].backward(dy)
             kern = [k for k in _profile_top(f, steps=2, top=20) if k["kernel"].startswith("_bwd_")]
-            label = "sweep ssd_bwd " + " ".join(f"{k}{v}" for k, v in variant.items()) + (" seq_idx" if with_seq else "")
+            label = (f"sweep ssd_bwd {size} " + " ".join(f"{k}{v}" for k, v in variant.items())
+                     + (" seq_idx" if with_seq else ""))
             emit(label, rel_err_vs_first=err, fwdbwd_ms=round(_bench(f), 3),
                  bwd_kernels_us={k["kernel"]: k["us_per_call"] for k in kern})
     ssd.BWD_TILES.update(default)
@@ -626,7 +631,8 @@ CASES = [
     ("kernels ssd", "case_kernels_ssd", [], {}),
     ("kernels other", "case_kernels_other", [], {}),
     ("sweep conv", "case_sweep_conv", [], {}),
-    ("sweep ssd_bwd", "case_sweep_ssd_bwd", [], {}),
+    ("sweep ssd_bwd 130m", "case_sweep_ssd_bwd", [], {}),
+    ("sweep ssd_bwd 1.3b", "case_sweep_ssd_bwd", ["1.3b"], {}),
     ("sweep ssd_fwd", "case_sweep_ssd_fwd", [], {}),
     ("sweep gemv", "case_sweep_gemv", [], {}),
     ("train ours-triton 130m b16x1024", "case_train", ["ours", "130m", 16, 1024], {"backend": "triton"}),

@@ -64,12 +64,16 @@ def check_grads(got: list[torch.Tensor], ref: list[torch.Tensor], tol: float, na
         assert e < t, f"d{name}: relative error {e:.2e} ≥ {t:.0e}"
 
 
-@pytest.mark.parametrize("tiles", [None, "narrow-inner"])
+@pytest.mark.parametrize("tiles", [None, "narrow-inner", "head-split"])
 def test_ssd_scan_without_optionals(tiles, monkeypatch):
     """No D, no dt_bias, no initial state, no clamp, final state unused (its gradient is None);
     also with the forward output and backward kernels' inner block half their row block (the
-    GPU defaults' shape for the output and dx kernels, 64/32)."""
+    GPU defaults' shape for the output and dx kernels, 64/32), and with a group's heads split
+    over two dC/dB programs (their partial sums added afterwards)."""
     from biomamba.kernels.triton import ssd
+
+    if tiles == "head-split":
+        monkeypatch.setitem(ssd.BWD_TILES, "dcdb_heads", SSD_SHAPE["h"] // 2)
 
     if tiles == "narrow-inner":
         half = min(SSD_SHAPE["T"], 64)

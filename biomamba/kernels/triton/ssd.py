@@ -343,15 +343,16 @@ def _bwd_dx_kernel(x_ptr, B_ptr, cb_ptr, dy_ptr, delta_ptr, acs_ptr, seq_ptr, dz
 
 @triton.jit
 def _bwd_dc_kernel(x_ptr, C_ptr, cb_ptr, dy_ptr, delta_ptr, acs_ptr, seq_ptr, starts_ptr, B_ptr,
-                          dc_ptr, dda_ptr,
-                          L, H, G, P, N, NC, sxb, sxl, sxh, sbb, sbl, sbg, scb, scl, scg, sdyb, sdyl, sdyh,
-                          ssb, ssl, sob, sol, sog,
-                          HAS_SEQ: tl.constexpr, T: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr,
-                          BP: tl.constexpr, BN: tl.constexpr, IP: tl.constexpr):
+                   dc_ptr, dda_ptr,
+                   L, H, G, P, N, NC, sxb, sxl, sxh, sbb, sbl, sbg, scb, scl, scg, sdyb, sdyl, sdyh,
+                   ssb, ssl, sob, sol, sog, soz,
+                   HAS_SEQ: tl.constexpr, HS: tl.constexpr, T: tl.constexpr, BM: tl.constexpr,
+                   BK: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, IP: tl.constexpr):
     pid = tl.program_id(0)
-    g = pid % G
-    pc = (pid // G) % NC
-    pb = pid // (G * NC)
+    hs = pid % HS  # which slice of the group's heads (partial sums at soz apart, added on the host)
+    g = (pid // HS) % G
+    pc = (pid // (HS * G)) % NC
+    pb = pid // (HS * G * NC)
     pm = tl.program_id(1)
     t = pm * BM + tl.arange(0, BM)
     tg = pc * T + t
@@ -366,10 +367,11 @@ def _bwd_dc_kernel(x_ptr, C_ptr, cb_ptr, dy_ptr, delta_ptr, acs_ptr, seq_ptr, st
     c_t = tl.load(C_ptr + pb * scb + tg[:, None] * scl + g * scg + n[None, :], mask=tm[:, None] & nm[None, :],
                   other=0.0).to(tl.float32)
     hpg = H // G
+    HPS = hpg // HS
     # through the chunk's starting state, per head: dC_t += e^{a_t} dy_t · S
     dc = tl.zeros((BM, BN), dtype=tl.float32)
-    for hi in range(hpg):
-        h = g * hpg + hi
+    for hi in range(HPS):
+        h = g * hpg + hs * HPS + hi
         base = (pb * H + h) * (NC * T) + pc * T
         e_t = tl.exp(tl.load(acs_ptr + base + t))
         if HAS_SEQ:
@@ -394,8 +396,8 @@ def _bwd_dc_kernel(x_ptr, C_ptr, cb_ptr, dy_ptr, delta_ptr, acs_ptr, seq_ptr, st
             keep = keep & (doc_s[None, :] == doc_t[:, None])
         cb = tl.load(cbase + t[:, None] * T + s[None, :], mask=s[None, :] <= t[:, None], other=0.0)
         pw_all = tl.zeros((BM, BK), dtype=tl.float32)
-        for hi in range(hpg):
-            h = g * hpg + hi
+        for hi in range(HPS):
+            h = g * hpg + hs * HPS + hi
             base = (pb * H + h) * (NC * T) + pc * T
             a_t = tl.load(acs_ptr + base + t)
             a_s = tl.load(acs_ptr + base + s)
@@ -413,20 +415,22 @@ def _bwd_dc_kernel(x_ptr, C_ptr, cb_ptr, dy_ptr, delta_ptr, acs_ptr, seq_ptr, st
                       other=0.0)
         dc += dot(pw_all.to(b_s.dtype), b_s, IP)
         tl.debug_barrier()
-    tl.store(dc_ptr + pb * sob + tg[:, None] * sol + g * sog + n[None, :], dc.to(dc_ptr.dtype.element_ty),
+    tl.store(dc_ptr + hs * soz + pb * sob + tg[:, None] * sol + g * sog + n[None, :],
+             dc.to(dc_ptr.dtype.element_ty),
              mask=tm[:, None] & nm[None, :])
 
 
 @triton.jit
 def _bwd_db_kernel(x_ptr, C_ptr, dy_ptr, delta_ptr, acs_ptr, seq_ptr, dz_ptr, db_ptr,
-                          L, H, G, P, N, NC, sxb, sxl, sxh, scb, scl, scg, sdyb, sdyl, sdyh, ssb, ssl,
-                          sob, sol, sog,
-                          HAS_SEQ: tl.constexpr, T: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr,
-                          BP: tl.constexpr, BN: tl.constexpr, IP: tl.constexpr):
+                   L, H, G, P, N, NC, sxb, sxl, sxh, scb, scl, scg, sdyb, sdyl, sdyh, ssb, ssl,
+                   sob, sol, sog, soz,
+                   HAS_SEQ: tl.constexpr, HS: tl.constexpr, T: tl.constexpr, BM: tl.constexpr,
+                   BK: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, IP: tl.constexpr):
     pid = tl.program_id(0)
-    g = pid % G
-    pc = (pid // G) % NC
-    pb = pid // (G * NC)
+    hs = pid % HS
+    g = (pid // HS) % G
+    pc = (pid // (HS * G)) % NC
+    pb = pid // (HS * G * NC)
     pm = tl.program_id(1)
     s = pm * BM + tl.arange(0, BM)
     sg = pc * T + s
@@ -439,10 +443,11 @@ def _bwd_db_kernel(x_ptr, C_ptr, dy_ptr, delta_ptr, acs_ptr, seq_ptr, dz_ptr, db
         doc_s = tl.load(seq_ptr + pb * ssb + sg * ssl, mask=sm, other=-1)
         end_doc = tl.load(seq_ptr + pb * ssb + (tl.minimum(pc * T + T, L) - 1) * ssl)
     hpg = H // G
+    HPS = hpg // HS
     # through the chunk's end state, per head: dB_s += e^{a_end−a_s} Δ_s x_s · dZ
     db = tl.zeros((BM, BN), dtype=tl.float32)
-    for hi in range(hpg):
-        h = g * hpg + hi
+    for hi in range(HPS):
+        h = g * hpg + hs * HPS + hi
         base = (pb * H + h) * (NC * T) + pc * T
         f_s = tl.exp(tl.load(acs_ptr + base + T - 1) - tl.load(acs_ptr + base + s)) * tl.load(delta_ptr + base + s)
         if HAS_SEQ:
@@ -462,8 +467,8 @@ def _bwd_db_kernel(x_ptr, C_ptr, dy_ptr, delta_ptr, acs_ptr, seq_ptr, dz_ptr, db
             doc_t = tl.load(seq_ptr + pb * ssb + tg * ssl, mask=tm, other=-2)
             keep = keep & (doc_t[None, :] == doc_s[:, None])
         pw_all = tl.zeros((BM, BK), dtype=tl.float32)
-        for hi in range(hpg):
-            h = g * hpg + hi
+        for hi in range(HPS):
+            h = g * hpg + hs * HPS + hi
             base = (pb * H + h) * (NC * T) + pc * T
             a_s = tl.load(acs_ptr + base + s)
             d_s = tl.load(delta_ptr + base + s)
@@ -477,7 +482,8 @@ def _bwd_db_kernel(x_ptr, C_ptr, dy_ptr, delta_ptr, acs_ptr, seq_ptr, dz_ptr, db
         c_t = tl.load(C_ptr + pb * scb + tg[:, None] * scl + g * scg + n[None, :], mask=tm[:, None] & nm[None, :],
                       other=0.0)
         db += dot(pw_all.to(c_t.dtype), c_t, IP)
-    tl.store(db_ptr + pb * sob + sg[:, None] * sol + g * sog + n[None, :], db.to(db_ptr.dtype.element_ty),
+    tl.store(db_ptr + hs * soz + pb * sob + sg[:, None] * sol + g * sog + n[None, :],
+             db.to(db_ptr.dtype.element_ty),
              mask=sm[:, None] & nm[None, :])
 
 
@@ -549,7 +555,11 @@ def _last_unit(t: Tensor) -> Tensor:
 # dC/dB kernels (dcdb_BM, dcdb_BK), and their warps. Module-level so that a benchmark can sweep it
 # on the GPU (bench/RESULTS.md, calls F and G, the 130M shape on an H200): dx is fastest at 64/32
 # (407 µs), dC + dB at 64/64 (260 + 204 µs; 349 + 252 at 64/32). BK must not exceed BM.
-BWD_TILES = {"BM": 64, "BK": 32, "dx_warps": 4, "dcdb_BM": 64, "dcdb_BK": 64, "dcdb_warps": 4, "stages": None}
+# "dcdb_heads": heads a dC/dB program sums (None: all of its group's). At 130M the grid is
+# b·chunks·4 = 256 programs of 24 heads; at 1.3B (b8, 64 heads) only 128 programs for 132 SMs, so
+# splitting the heads may pay there (not measured yet: `sweep ssd_bwd 1.3b`).
+BWD_TILES = {"BM": 64, "BK": 32, "dx_warps": 4, "dcdb_BM": 64, "dcdb_BK": 64, "dcdb_warps": 4, "dcdb_heads": None,
+             "stages": None}
 # Forward tiling of the output kernel (rows, inner block, warps) and the warps of the chunk
 # outer-product kernel; "stages" (None: Triton's default) is the software-pipelining depth.
 # From a sweep of 7 variants on an H200 (call F, bench/RESULTS.md): the output kernel took
@@ -649,20 +659,28 @@ def _dcdb(x, B, C, dy, cb, delta, acs, seq_idx, starts, dz, dda_row, dims, cfg):
     b, L, H, P, G, N, T, NC = dims
     seq, ssb, ssl = _seq_args(seq_idx, x)
     ip = input_precision(x.dtype)
-    dC = torch.empty((b, L, G, N), device=x.device, dtype=C.dtype)
-    dB = torch.empty((b, L, G, N), device=x.device, dtype=B.dtype)
-    flags = dict(HAS_SEQ=seq_idx is not None, T=T, BM=cfg.cBM, BK=cfg.cBK, BP=cfg.BP, BN=cfg.BN, IP=ip,
+    hpp = BWD_TILES["dcdb_heads"] or H // G
+    if (H // G) % hpp:
+        raise ValueError(f"BWD_TILES['dcdb_heads'] = {hpp} must divide the {H // G} heads of a group")
+    HS = (H // G) // hpp  # programs sharing a group's heads; HS > 1: fp32 partial sums, added below
+    shape = (HS, b, L, G, N)
+    dC = torch.empty(shape, device=x.device, dtype=C.dtype if HS == 1 else torch.float32)
+    dB = torch.empty(shape, device=x.device, dtype=B.dtype if HS == 1 else torch.float32)
+    flags = dict(HAS_SEQ=seq_idx is not None, HS=HS, T=T, BM=cfg.cBM, BK=cfg.cBK, BP=cfg.BP, BN=cfg.BN, IP=ip,
                  num_warps=BWD_TILES["dcdb_warps"], **_stages(BWD_TILES))
-    _bwd_dc_kernel[(b * NC * G, T // cfg.cBM)](
+    _bwd_dc_kernel[(b * NC * G * HS, T // cfg.cBM)](
         x, C, cb, dy, delta, acs, seq, starts, B, dC, dda_row,
         L, H, G, P, N, NC, x.stride(0), x.stride(1), x.stride(2), B.stride(0), B.stride(1), B.stride(2),
         C.stride(0), C.stride(1), C.stride(2), dy.stride(0), dy.stride(1), dy.stride(2), ssb, ssl,
-        dC.stride(0), dC.stride(1), dC.stride(2), **flags)
-    _bwd_db_kernel[(b * NC * G, T // cfg.cBM)](
+        dC.stride(1), dC.stride(2), dC.stride(3), dC.stride(0), **flags)
+    _bwd_db_kernel[(b * NC * G * HS, T // cfg.cBM)](
         x, C, dy, delta, acs, seq, dz, dB,
         L, H, G, P, N, NC, x.stride(0), x.stride(1), x.stride(2), C.stride(0), C.stride(1), C.stride(2),
-        dy.stride(0), dy.stride(1), dy.stride(2), ssb, ssl, dB.stride(0), dB.stride(1), dB.stride(2), **flags)
-    return dC, dB
+        dy.stride(0), dy.stride(1), dy.stride(2), ssb, ssl, dB.stride(1), dB.stride(2), dB.stride(3),
+        dB.stride(0), **flags)
+    if HS == 1:
+        return dC[0], dB[0]
+    return dC.sum(0).to(C.dtype), dB.sum(0).to(B.dtype)
 
 
 def ssd_bwd(dy, dfinal, x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus, dt_lo, dt_hi, seq_idx,
