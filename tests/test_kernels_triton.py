@@ -312,6 +312,7 @@ def test_decode_linear(dtype, monkeypatch):
     from biomamba.kernels.triton import gemv
 
     monkeypatch.setattr(T, "GEMV_ROWS", 16)
+    assert K.describe()["decode_linear"] == "triton (Triton GEMV up to 16 rows)"  # what `biomamba env` shows
     N, Kd = (3352, 768) if CUDA else (37, 20)
     if not CUDA:
         monkeypatch.setitem(gemv.TILES, "BK", 8)  # several K blocks, the last one partial
@@ -330,6 +331,7 @@ def test_decode_linear(dtype, monkeypatch):
     xg = torch.randn(2, Kd, device=DEV, dtype=dtype, requires_grad=True)
     assert K.decode_linear(xg, w).grad_fn is not None  # F.linear, so it trains
     monkeypatch.setattr(T, "GEMV_ROWS", 0)
+    assert K.describe()["decode_linear"] == "triton (cuBLAS; the GEMV is off)"
     x = torch.randn(2, Kd, device=DEV).to(dtype)
     assert torch.equal(K.decode_linear(x, w, b), torch.nn.functional.linear(x, w, b))
     torch.library.opcheck(torch.ops.biomamba.decode_linear.default, (x, w, b), test_utils=("test_schema", "test_faketensor"))

@@ -39,6 +39,7 @@ class Kernels:
     name: str
     impl: dict[str, Callable] = field(default_factory=dict)
     source: dict[str, str] = field(default_factory=dict)  # op → backend that provides it
+    details: Callable[[], dict[str, str]] | None = None  # op → how it runs now (a backend's switches)
 
     def __getattr__(self, op: str) -> Callable:
         impl = self.__dict__.get("impl", {})
@@ -47,7 +48,10 @@ class Kernels:
         raise AttributeError(op)
 
     def describe(self) -> dict[str, str]:
-        return dict(self.source)
+        out = dict(self.source)
+        for op, how in (self.details() if self.details else {}).items():
+            out[op] += f" ({how})"
+        return out
 
 
 def _load_module(name: str) -> ModuleType:
@@ -85,7 +89,7 @@ def get_kernels(name: str = "torch") -> Kernels:
     if name in _CACHE:
         return _CACHE[name]
     module = _load_module(name)
-    kernels = Kernels(name)
+    kernels = Kernels(name, details=getattr(module, "op_details", None))
     for op in OPS:
         fn = getattr(module, op, None)
         kernels.impl[op] = fn if fn is not None else getattr(reference, op)

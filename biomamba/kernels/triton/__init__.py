@@ -127,6 +127,12 @@ FUSED_DECODE_STEP = False
 _unfused_conv_ssd_step = compose_conv_ssd_step(conv_step, ssd_step)
 
 
+def op_details() -> dict[str, str]:
+    """How the ops with a switch run now, for `biomamba env`."""
+    return {"decode_linear": f"Triton GEMV up to {GEMV_ROWS} rows" if GEMV_ROWS else "cuBLAS; the GEMV is off",
+            "conv_ssd_step": "one fused kernel" if FUSED_DECODE_STEP else "conv_step + ssd_step; the fused kernel is off"}
+
+
 def conv_ssd_step(conv_state: Tensor, ssm_state: Tensor, xBC: Tensor, dt: Tensor, conv_weight: Tensor,
                   conv_bias: Tensor | None, A: Tensor, *, D: Tensor | None = None, dt_bias: Tensor | None = None,
                   dt_softplus: bool = True, dt_limit: tuple[float, float] = (0.0, INF)) -> Tensor:
