@@ -92,3 +92,29 @@ def test_row_divisor():
 
     assert row_divisor(3352) == 8 and row_divisor(3352 * 1024, 3352) == 8
     assert row_divisor(1792, 1024 * 1792) == 16 and row_divisor(8512) == 16 and row_divisor(7) == 1
+
+
+def _compiles(kernel, ptrs: dict[str, str], consts: dict, floats=("dt_lo", "dt_hi", "eps"), warps: int = 4) -> None:
+    names = inspect.signature(kernel.fn).parameters
+    types = {n: ("fp32" if n in floats else ptrs.get(n, "*fp32" if n.endswith("_ptr") else "i32")) for n in names}
+    ptx_loads(kernel, types, consts, [n for n in names if n.endswith("_ptr")], warps=warps)
+
+
+def test_decode_kernels_compile_for_sm90():
+    """The decode kernels that only the interpreter runs on the CPU (the fused conv + SSM step with
+    its atomic counter, the GEMV) also compile for the GPU, at the 130M shapes."""
+    from biomamba.kernels.triton import gemv, ssd
+
+    _compiles(ssd._conv_ssd_step_kernel, {"cs_ptr": "*bf16", "xin_ptr": "*bf16", "y_ptr": "*bf16", "count_ptr": "*i32"},
+              dict(K=4, KP=4, HAS_CBIAS=True, HAS_D=True, HAS_BIAS=True, SOFTPLUS=True, CLAMP=False, BP=32, BN=128))
+    _compiles(gemv._gemv_kernel, {"x_ptr": "*bf16", "w_ptr": "*bf16", "b_ptr": "*bf16", "y_ptr": "*bf16"},
+              dict(HAS_BIAS=False, BM=16, BN=16, BK=256, IP="tf32"))
+
+
+def test_head_split_backward_compiles_for_sm90():
+    from biomamba.kernels.triton import ssd
+
+    bf16 = {n: "*bf16" for n in ("x_ptr", "C_ptr", "B_ptr", "dy_ptr", "dc_ptr", "db_ptr")}
+    bf16["seq_ptr"] = "*i32"
+    for kernel in (ssd._bwd_dc_kernel, ssd._bwd_db_kernel):
+        _compiles(kernel, bf16, dict(HAS_SEQ=True, HS=4, T=256, BM=64, BK=64, BP=64, BN=128, IP="tf32"))

@@ -289,27 +289,39 @@ def conv_bwd(dy: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None, seq_idx
 # ---- decode step ----------------------------------------------------------------------------
 
 @triton.jit
+def conv_window(cs_ptr, xin_ptr, w_ptr, bias_ptr, pb, ch, chm, scb, scd, sck, sxb, swd, swk, K: tl.constexpr,
+                KP: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr):
+    """One decode step of the causal conv for channels ch: the new window (channels × K, the
+    state's dtype: the old one shifted by one, the input last) and the output w · window + bias
+    (SiLU'd with SILU) rounded to the input's dtype, as fp32. Nothing is written: a caller that
+    stores the window must first make every thread's reads of the old one precede it."""
+    k = tl.arange(0, KP)
+    rows = cs_ptr + pb * scb + ch[:, None] * scd
+    old = tl.load(rows + (k[None, :] + 1) * sck, mask=chm[:, None] & (k[None, :] + 1 < K), other=0.0)
+    xin = tl.load(xin_ptr + pb * sxb + ch, mask=chm, other=0.0).to(old.dtype)
+    new = tl.where(k[None, :] == K - 1, xin[:, None], old)
+    w = tl.load(w_ptr + ch[:, None] * swd + k[None, :] * swk, mask=chm[:, None] & (k[None, :] < K), other=0.0)
+    acc = tl.sum(new.to(tl.float32) * w.to(tl.float32), 1)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + ch, mask=chm, other=0.0).to(tl.float32)
+    if SILU:
+        acc = acc * tl.sigmoid(acc)
+    return new, acc.to(xin_ptr.dtype.element_ty).to(tl.float32)
+
+
+@triton.jit
 def _conv_step_kernel(state_ptr, x_ptr, w_ptr, bias_ptr, y_ptr, D, ssb, ssd, ssk, sxb, swd, swk, syb,
                       K: tl.constexpr, KP: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
                       BD: tl.constexpr):
     pb = tl.program_id(0)
     c = tl.program_id(1) * BD + tl.arange(0, BD)
     cm = c < D
+    new, y = conv_window(state_ptr, x_ptr, w_ptr, bias_ptr, pb, c, cm, ssb, ssd, ssk, sxb, swd, swk, K, KP,
+                         HAS_BIAS, SILU)
+    tl.debug_barrier()  # every read of the old state precedes the writes (windows overlap across threads)
     k = tl.arange(0, KP)
-    sp = state_ptr + pb * ssb + c[:, None] * ssd
-    shifted = tl.load(sp + (k[None, :] + 1) * ssk, mask=cm[:, None] & (k[None, :] + 1 < K), other=0.0)
-    xv = tl.load(x_ptr + pb * sxb + c, mask=cm, other=0.0).to(shifted.dtype)
-    new = tl.where(k[None, :] == K - 1, xv[:, None], shifted)
-    km = cm[:, None] & (k[None, :] < K)
-    tl.debug_barrier()  # every read of the old state precedes the writes
-    tl.store(sp + k[None, :] * ssk, new, mask=km)
-    w = tl.load(w_ptr + c[:, None] * swd + k[None, :] * swk, mask=km, other=0.0).to(tl.float32)
-    acc = tl.sum(new.to(tl.float32) * w, 1)
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + c, mask=cm, other=0.0).to(tl.float32)
-    if SILU:
-        acc = acc * tl.sigmoid(acc)
-    tl.store(y_ptr + pb * syb + c, acc.to(y_ptr.dtype.element_ty), mask=cm)
+    tl.store(state_ptr + pb * ssb + c[:, None] * ssd + k[None, :] * ssk, new, mask=cm[:, None] & (k[None, :] < K))
+    tl.store(y_ptr + pb * syb + c, y.to(y_ptr.dtype.element_ty), mask=cm)
 
 
 def conv_step_(conv_state: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None, silu: bool) -> Tensor:

@@ -27,6 +27,7 @@ import triton.language as tl
 from torch import Tensor
 
 from biomamba.kernels.triton.common import dot, input_precision
+from biomamba.kernels.triton.conv import conv_window
 
 
 @triton.jit
@@ -742,17 +743,11 @@ def ssd_bwd(dy, dfinal, x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus, dt_
 # ---- decode step ----------------------------------------------------------------------------
 
 @triton.jit
-def _step_kernel(state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr, H, G, P, N,
-                 sstb, ssth, sstp, sxb, sxh, sdtb, sbb, sbg, scb, scg, syb, syh, dt_lo, dt_hi,
-                 HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, CLAMP: tl.constexpr,
-                 BP: tl.constexpr, BN: tl.constexpr):
-    pb = tl.program_id(0)
-    h = tl.program_id(1)
-    p = tl.program_id(2) * BP + tl.arange(0, BP)
-    n = tl.arange(0, BN)
-    pm = p < P
-    nm = n < N
-    g = h // (H // G)
+def _ssm_update(state_ptr, dt_ptr, A_ptr, D_ptr, bias_ptr, y_ptr, pb, h, p, n, pm, nm, x, b, c,
+                sstb, ssth, sstp, sdtb, syb, syh, dt_lo, dt_hi, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
+                SOFTPLUS: tl.constexpr, CLAMP: tl.constexpr):
+    """One SSM step for head h, rows p of the state: S ← e^{Δ·A} S + Δ·x ⊗ B, y = S·C (+ D·x).
+    x (BP,), b and c (BN,) are fp32."""
     v = tl.load(dt_ptr + pb * sdtb + h).to(tl.float32)
     if HAS_BIAS:
         v += tl.load(bias_ptr + h).to(tl.float32)
@@ -761,9 +756,6 @@ def _step_kernel(state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr,
     if CLAMP:
         v = tl.minimum(tl.maximum(v, dt_lo), dt_hi)
     decay = tl.exp(v * tl.load(A_ptr + h).to(tl.float32))
-    x = tl.load(x_ptr + pb * sxb + h * sxh + p, mask=pm, other=0.0).to(tl.float32)
-    b = tl.load(B_ptr + pb * sbb + g * sbg + n, mask=nm, other=0.0).to(tl.float32)
-    c = tl.load(C_ptr + pb * scb + g * scg + n, mask=nm, other=0.0).to(tl.float32)
     sp = state_ptr + pb * sstb + h * ssth + p[:, None] * sstp + n[None, :]
     m = pm[:, None] & nm[None, :]
     st = tl.load(sp, mask=m, other=0.0).to(tl.float32)
@@ -776,21 +768,22 @@ def _step_kernel(state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr,
 
 
 @triton.jit
-def _conv_window(cs_ptr, xin_ptr, w_ptr, bias_ptr, pb, ch, chm, scb, scd, sck, sxb, swd, swk, K: tl.constexpr,
-                 KP: tl.constexpr, HAS_BIAS: tl.constexpr):
-    """The causal conv's new window (channels × K, the state's dtype) for channels ch and its
-    output SiLU(w · window + bias) rounded to the input's dtype, as fp32."""
-    k = tl.arange(0, KP)
-    rows = cs_ptr + pb * scb + ch[:, None] * scd
-    old = tl.load(rows + (k[None, :] + 1) * sck, mask=chm[:, None] & (k[None, :] + 1 < K), other=0.0)
-    xin = tl.load(xin_ptr + pb * sxb + ch, mask=chm, other=0.0).to(old.dtype)
-    new = tl.where(k[None, :] == K - 1, xin[:, None], old)
-    w = tl.load(w_ptr + ch[:, None] * swd + k[None, :] * swk, mask=chm[:, None] & (k[None, :] < K), other=0.0)
-    acc = tl.sum(new.to(tl.float32) * w.to(tl.float32), 1)
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + ch, mask=chm, other=0.0).to(tl.float32)
-    acc = acc * tl.sigmoid(acc)
-    return new, acc.to(xin_ptr.dtype.element_ty).to(tl.float32)
+def _step_kernel(state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr, H, G, P, N,
+                 sstb, ssth, sstp, sxb, sxh, sdtb, sbb, sbg, scb, scg, syb, syh, dt_lo, dt_hi,
+                 HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, CLAMP: tl.constexpr,
+                 BP: tl.constexpr, BN: tl.constexpr):
+    pb = tl.program_id(0)
+    h = tl.program_id(1)
+    p = tl.program_id(2) * BP + tl.arange(0, BP)
+    n = tl.arange(0, BN)
+    pm = p < P
+    nm = n < N
+    g = h // (H // G)
+    x = tl.load(x_ptr + pb * sxb + h * sxh + p, mask=pm, other=0.0).to(tl.float32)
+    b = tl.load(B_ptr + pb * sbb + g * sbg + n, mask=nm, other=0.0).to(tl.float32)
+    c = tl.load(C_ptr + pb * scb + g * scg + n, mask=nm, other=0.0).to(tl.float32)
+    _ssm_update(state_ptr, dt_ptr, A_ptr, D_ptr, bias_ptr, y_ptr, pb, h, p, n, pm, nm, x, b, c,
+                sstb, ssth, sstp, sdtb, syb, syh, dt_lo, dt_hi, HAS_D, HAS_BIAS, SOFTPLUS, CLAMP)
 
 
 @triton.jit
@@ -813,40 +806,27 @@ def _conv_ssd_step_kernel(cs_ptr, xin_ptr, cw_ptr, cbias_ptr, state_ptr, dt_ptr,
     hpg = H // G
     g = h // hpg
     cx = h * P + p
-    new_x, x = _conv_window(cs_ptr, xin_ptr, cw_ptr, cbias_ptr, pb, cx, pm, scb, scd, sck, sxb, swd, swk, K, KP,
-                            HAS_CBIAS)
-    k = tl.arange(0, KP)
-    tl.store(cs_ptr + pb * scb + cx[:, None] * scd + k[None, :] * sck, new_x, mask=pm[:, None] & (k[None, :] < K))
+    new_x, x = conv_window(cs_ptr, xin_ptr, cw_ptr, cbias_ptr, pb, cx, pm, scb, scd, sck, sxb, swd, swk, K, KP,
+                           HAS_CBIAS, True)
     cbc = H * P + g * N + n
     ccc = H * P + G * N + g * N + n
-    new_b, b = _conv_window(cs_ptr, xin_ptr, cw_ptr, cbias_ptr, pb, cbc, nm, scb, scd, sck, sxb, swd, swk, K, KP,
-                            HAS_CBIAS)
-    new_c, c = _conv_window(cs_ptr, xin_ptr, cw_ptr, cbias_ptr, pb, ccc, nm, scb, scd, sck, sxb, swd, swk, K, KP,
-                            HAS_CBIAS)
-    tl.debug_barrier()  # every thread's reads of the B/C windows precede the count below
+    new_b, b = conv_window(cs_ptr, xin_ptr, cw_ptr, cbias_ptr, pb, cbc, nm, scb, scd, sck, sxb, swd, swk, K, KP,
+                           HAS_CBIAS, True)
+    new_c, c = conv_window(cs_ptr, xin_ptr, cw_ptr, cbias_ptr, pb, ccc, nm, scb, scd, sck, sxb, swd, swk, K, KP,
+                           HAS_CBIAS, True)
+    # every thread's reads of the old windows precede any write to them: a thread's window
+    # overlaps its neighbours' (each reads k+1 where another writes k), and the count below
+    # tells the group's other programs that this one has read the B/C windows
+    tl.debug_barrier()
+    k = tl.arange(0, KP)
+    tl.store(cs_ptr + pb * scb + cx[:, None] * scd + k[None, :] * sck, new_x, mask=pm[:, None] & (k[None, :] < K))
     arrived = tl.atomic_add(count_ptr + pb * G + g, 1)
     if arrived == hpg * tl.num_programs(2) - 1:  # the group's last program
         tl.store(cs_ptr + pb * scb + cbc[:, None] * scd + k[None, :] * sck, new_b, mask=nm[:, None] & (k[None, :] < K))
         tl.store(cs_ptr + pb * scb + ccc[:, None] * scd + k[None, :] * sck, new_c, mask=nm[:, None] & (k[None, :] < K))
         tl.atomic_xchg(count_ptr + pb * G + g, 0)
-    # the SSM step, as _step_kernel
-    v = tl.load(dt_ptr + pb * sdtb + h).to(tl.float32)
-    if HAS_BIAS:
-        v += tl.load(bias_ptr + h).to(tl.float32)
-    if SOFTPLUS:
-        v = _softplus(v)
-    if CLAMP:
-        v = tl.minimum(tl.maximum(v, dt_lo), dt_hi)
-    decay = tl.exp(v * tl.load(A_ptr + h).to(tl.float32))
-    sp = state_ptr + pb * sstb + h * ssth + p[:, None] * sstp + n[None, :]
-    m = pm[:, None] & nm[None, :]
-    st = tl.load(sp, mask=m, other=0.0).to(tl.float32)
-    new = st * decay + (v * x)[:, None] * b[None, :]
-    tl.store(sp, new.to(state_ptr.dtype.element_ty), mask=m)
-    y = tl.sum(new * c[None, :], 1)
-    if HAS_D:
-        y += tl.load(D_ptr + h).to(tl.float32) * x
-    tl.store(y_ptr + pb * syb + h * syh + p, y.to(y_ptr.dtype.element_ty), mask=pm)
+    _ssm_update(state_ptr, dt_ptr, A_ptr, D_ptr, bias_ptr, y_ptr, pb, h, p, n, pm, nm, x, b, c,
+                sstb, ssth, sstp, sdtb, syb, syh, dt_lo, dt_hi, HAS_D, HAS_BIAS, SOFTPLUS, CLAMP)
 
 
 _GROUP_COUNTERS: dict = {}  # (device, batch × groups) → int32 zeros: the B/C window counters
