@@ -251,6 +251,17 @@ def test_cuda_graph_setting(tmp_path_factory, tmp_path):
         _trainer(recipe(data, train={"cuda_graph": True}), tmp_path / "on")
     with pytest.raises((ConfigError, ValueError), match="cuda_graph"):
         _trainer(recipe(data, train={"cuda_graph": "sometimes"}), tmp_path / "bad")
+    # on a CUDA device (pretended: only the decision is exercised), DDP/FSDP and activation
+    # checkpointing rule graphs out: auto trains eagerly, true says why it cannot
+    trainer.info.device = torch.device("cuda")
+    for strategy, act_ckpt, why in (("ddp", False, "strategy ddp"), ("fsdp", False, "strategy fsdp"),
+                                    ("single", True, "activation checkpointing")):
+        trainer.strategy, trainer.loop.activation_checkpointing = strategy, act_ckpt
+        trainer.loop.cuda_graph = "auto"
+        assert trainer._micro_step_graphs() is None
+        trainer.loop.cuda_graph = True
+        with pytest.raises(ValueError, match=why):
+            trainer._micro_step_graphs()
 
 
 def test_batches_follow_the_sampler_order_across_epochs(tmp_path_factory, tmp_path):
