@@ -1,7 +1,7 @@
 """Host-side work of one training (or decode) step, counted on the CPU: Triton launches and ATen
 calls per layer.
 
-    python bench/count_ops.py [--preset tiny] [--batch 2] [--seq-len 64] [--decode]
+    python bench/count_ops.py [--preset tiny] [--batch 2] [--seq-len 64] [--decode] [--aten]
 
 Runs one forward + backward of the model with the Triton backend under Triton's interpreter,
 with every kernel launch counted and skipped (only the host-side structure is of interest:
@@ -41,6 +41,7 @@ def main() -> int:
     p.add_argument("--seq-len", type=int, default=64)
     p.add_argument("--decode", action="store_true",
                    help="count one decode step (bf16 weights, batch 1) instead of a training step")
+    p.add_argument("--aten", action="store_true", help="also list a layer's top-level ATen calls by name")
     args = p.parse_args()
 
     import torch
@@ -96,11 +97,15 @@ def main() -> int:
                 up = up.cpu_parent
             return True
         device = [e for e in aten if outermost_work(e)]
+        count.top_names = collections.Counter(e.name for e in top)
         return collections.Counter(launches), collections.Counter(e.name for e in aten), len(top), len(device)
 
     # the difference between 2 and 4 layers is two layers' share exactly (the head, the
     # embedding and the loss cancel out)
-    (l2, a2, t2, k2), (l4, a4, t4, k4) = count(2), count(4)
+    (l2, a2, t2, k2) = count(2)
+    names2 = count.top_names
+    (l4, a4, t4, k4) = count(4)
+    names4 = count.top_names
     what = "one decode step" if args.decode else f"{args.batch} x {args.seq_len}, one forward + backward"
     print(f"preset {args.preset}, {what}")
     print(f"  a layer: {(sum(l4.values()) - sum(l2.values())) / 2:.1f} Triton launches, "
@@ -110,6 +115,12 @@ def main() -> int:
           f"{2 * sum(a2.values()) - sum(a4.values())} ATen calls")
     for name in sorted(l4, key=lambda k: -l4[k]):
         print(f"    {(l4[name] - l2[name]) / 2:5.1f} a layer  {name}")
+    if args.aten:
+        print("  top-level ATen calls a layer:")
+        per_layer = {n: (names4[n] - names2[n]) / 2 for n in names4}
+        for name, n in sorted(per_layer.items(), key=lambda kv: -kv[1]):
+            if n:
+                print(f"    {n:5.1f}  {name}")
     return 0
 
 
