@@ -29,7 +29,7 @@ _NO_DEVICE_WORK = {
     "aten::empty", "aten::empty_strided", "aten::empty_like", "aten::new_empty", "aten::new_empty_strided",
     "aten::view", "aten::reshape", "aten::_reshape_alias", "aten::_unsafe_view", "aten::t", "aten::transpose",
     "aten::as_strided", "aten::split", "aten::split_with_sizes", "aten::slice", "aten::select", "aten::narrow",
-    "aten::squeeze", "aten::unsqueeze", "aten::expand", "aten::detach", "aten::alias", "aten::resolve_conj",
+    "aten::squeeze", "aten::unsqueeze", "aten::expand", "aten::detach", "aten::alias", "aten::resolve_conj", "aten::unbind",
     "aten::resolve_neg", "aten::lift_fresh", "aten::promote_types", "aten::to", "aten::matmul", "aten::linear",
 }
 

@@ -267,7 +267,7 @@ def conv_bwd(dy: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None, seq_idx
     nl = triton.cdiv(L, BL)
     dx = torch.empty((b, L, D), device=x.device, dtype=x.dtype)
     dw_part = torch.empty((b * nl, K, D), device=x.device, dtype=torch.float32)
-    db_part = torch.zeros((b * nl, D), device=x.device, dtype=torch.float32)
+    db_part = torch.empty((b * nl, D), device=x.device, dtype=torch.float32)  # written whole when there is a bias
     seq = seq_idx if seq_idx is not None else x
     args = (x, weight, bias if bias is not None else weight, seq, dy, dx, dw_part, db_part, L, D,
             x.stride(0), x.stride(1), weight.stride(0), weight.stride(1),
@@ -282,7 +282,8 @@ def conv_bwd(dy: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None, seq_idx
         _conv_bwd_kernel[(b, nl, triton.cdiv(D, BD))](*args, K=K, **flags)
     # (D, K) contiguous, as the op's fake implementation promises (Inductor asserts the strides)
     dw = dw_part.sum(0).t().to(weight.dtype).contiguous()
-    db = db_part.sum(0).to(bias.dtype if bias is not None else weight.dtype)
+    # without a bias its gradient is not wanted (autograd gets None): an unfilled placeholder
+    db = db_part.sum(0).to(bias.dtype) if bias is not None else weight.new_empty(D)
     return dx, dw, db
 
 

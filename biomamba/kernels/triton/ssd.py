@@ -714,8 +714,9 @@ def ssd_bwd(dy, dfinal, x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus, dt_
     del E
     # per head: dx, dΔ through x, the column part of the log-decay gradient, dD
     dx = torch.empty((b, L, H, P), device=x.device, dtype=x.dtype)
-    vec = lambda: torch.empty((b, H, NC * T), device=x.device, dtype=torch.float32)  # noqa: E731
-    ddt_x, dda_col, q, dD_pos, dda_row = vec(), vec(), vec(), vec(), vec()
+    # five per-position fp32 vectors, one allocation (each wrapper call costs the host a dispatch)
+    ddt_x, dda_col, q, dD_pos, dda_row = torch.empty((5, b, H, NC * T), device=x.device,
+                                                     dtype=torch.float32).unbind(0)
     _bwd_dx_kernel[(b * NC * H, T // cfg.bBM)](
         x, B, cb, dy, delta, acs, seq, dz, D if D is not None else A, dx, ddt_x, dda_col, q, dD_pos,
         L, H, G, P, N, NC, x.stride(0), x.stride(1), x.stride(2), B.stride(0), B.stride(1), B.stride(2),
@@ -727,14 +728,15 @@ def ssd_bwd(dy, dfinal, x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus, dt_
     # log-decay gradient per position → per step (reverse cumsum in the chunk) → Δ, A, dt, dt_bias,
     # in one kernel; the per-head sums come back per (batch, chunk) and are added here
     ddt = torch.empty((b, L, H), device=x.device, dtype=dt.dtype)
-    part = lambda: torch.empty((b * NC, H), device=x.device, dtype=torch.float32)  # noqa: E731
-    dA_part, dbias_part, dD_part = part(), part(), part()
+    parts = torch.empty((3, b * NC, H), device=x.device, dtype=torch.float32)  # per (batch, chunk): dA, dt_bias, D
+    dA_part, dbias_part, dD_part = parts.unbind(0)
     BH = min(16, triton.next_power_of_2(H))
     _bwd_tail_kernel[(b, NC, triton.cdiv(H, BH))](
         dda_row, dda_col, q, dgam, ddt_x, delta, dD_pos, dt, dt_bias if dt_bias is not None else A, A,
         ddt, dA_part, dbias_part, dD_part, L, H, NC, nblk, dt.stride(0), dt.stride(1),
         HAS_BIAS=dt_bias is not None, HAS_D=D is not None, SOFTPLUS=dt_softplus, T=T, BH=BH,
         BB=triton.next_power_of_2(nblk), num_warps=4, **_dt_limits(dt_lo, dt_hi))
+    # three reductions, not one over the stack: a custom op's outputs may not share storage
     ddt_bias = dbias_part.sum(0).to(dt_bias.dtype) if dt_bias is not None else None
     dD = dD_part.sum(0) if D is not None else None
     return dx, ddt, dA_part.sum(0).to(A.dtype), dB, dC, dD, ddt_bias, dinit
