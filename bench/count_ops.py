@@ -57,7 +57,7 @@ def main() -> int:
 
     interpreter.InterpretedFunction.run = count_only
 
-    def count(n_layer: int) -> tuple[collections.Counter, collections.Counter]:
+    def count(n_layer: int) -> tuple:
         cfg = dataclasses.replace(model_preset(args.preset), n_layer=n_layer)
         model = MambaLM(cfg, backend="torch").set_backend("triton")
         x = torch.randint(0, cfg.vocab_size, (args.batch, args.seq_len))
@@ -97,15 +97,12 @@ def main() -> int:
                 up = up.cpu_parent
             return True
         device = [e for e in aten if outermost_work(e)]
-        count.top_names = collections.Counter(e.name for e in top)
-        return collections.Counter(launches), collections.Counter(e.name for e in aten), len(top), len(device)
+        return (collections.Counter(launches), collections.Counter(e.name for e in aten), len(top), len(device),
+                collections.Counter(e.name for e in top))
 
     # the difference between 2 and 4 layers is two layers' share exactly (the head, the
     # embedding and the loss cancel out)
-    (l2, a2, t2, k2) = count(2)
-    names2 = count.top_names
-    (l4, a4, t4, k4) = count(4)
-    names4 = count.top_names
+    (l2, a2, t2, k2, names2), (l4, a4, t4, k4, names4) = count(2), count(4)
     what = "one decode step" if args.decode else f"{args.batch} x {args.seq_len}, one forward + backward"
     print(f"preset {args.preset}, {what}")
     print(f"  a layer: {(sum(l4.values()) - sum(l2.values())) / 2:.1f} Triton launches, "

@@ -68,9 +68,10 @@ class StepRunner:
 
     On CUDA (``cuda_graph``) the step is captured once as a CUDA graph and replayed per token:
     a decode step is six small kernels a layer, and launching them one by one from Python costs
-    far more than running them (18.5 against 0.74 ms a token at 130M, bench/RESULTS.md). The first call runs eagerly on a side stream (it compiles the
-    kernels and sizes the workspaces), the second captures; the cache's tensors are updated in
-    place by every replay, so they must not be replaced while the runner lives.
+    far more than running them (18.5 against 0.74 ms a token at 130M, bench/RESULTS.md). The
+    first call runs eagerly on a side stream (it compiles the kernels and sizes the workspaces),
+    the second captures; the cache's tensors are updated in place by every replay, so they must
+    not be replaced while the runner lives (``load`` copies new states into them).
     """
 
     def __init__(self, model: MambaLM, cache: InferenceCache, batch: int, greedy: bool, cuda_graph: bool):

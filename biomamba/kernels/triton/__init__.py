@@ -35,6 +35,7 @@ def available() -> tuple[bool, str]:
 
 
 from biomamba.kernels.reference import compose_conv_ssd_step  # noqa: E402
+from biomamba.kernels.triton import gemv  # noqa: E402
 from biomamba.kernels.triton import ops as _ops  # noqa: E402  (registers torch.ops.biomamba.*)
 
 
@@ -84,8 +85,6 @@ GEMV_ROWS = 0
 def decode_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """F.linear for a decode step's few rows, through the Triton GEMV where it applies (inputs of
     one dtype, no autocast, no gradient); otherwise F.linear itself."""
-    from biomamba.kernels.triton import gemv
-
     rows = x.numel() // x.shape[-1]
     use = (0 < rows <= min(GEMV_ROWS, gemv.MAX_ROWS) and x.dtype == weight.dtype
            and (bias is None or bias.dtype == x.dtype) and not torch.is_autocast_enabled(x.device.type)

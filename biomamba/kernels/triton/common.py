@@ -44,6 +44,11 @@ def row_offsets(rows, stride, V: tl.constexpr):
     return off
 
 
+def last_unit(t: torch.Tensor) -> torch.Tensor:
+    """``t`` itself when its last dimension has unit stride (what the kernels index by), else a copy."""
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
 def row_divisor(*strides: int) -> int:
     """The largest power of two ≤ 16 dividing every stride: what ``row_offsets`` may be told."""
     v = 16

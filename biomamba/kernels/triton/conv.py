@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from biomamba.kernels.triton.common import row_divisor, row_offsets
+from biomamba.kernels.triton.common import last_unit, row_divisor, row_offsets
 
 
 @triton.jit
@@ -235,12 +235,8 @@ def _blocks(kind: str, L: int, D: int) -> tuple[int, int, int]:
     return min(bl, triton.next_power_of_2(max(L, 1))), min(bd, triton.next_power_of_2(D)), warps
 
 
-def _unit_channel(x: Tensor) -> Tensor:
-    return x if x.stride(-1) == 1 else x.contiguous()
-
-
 def conv_fwd(x: Tensor, weight: Tensor, bias: Tensor | None, seq_idx: Tensor | None, silu: bool) -> Tensor:
-    x = _unit_channel(x)
+    x = last_unit(x)
     b, L, D = x.shape
     K = weight.shape[-1]
     y = torch.empty((b, L, D), device=x.device, dtype=x.dtype)
@@ -258,7 +254,7 @@ def conv_fwd(x: Tensor, weight: Tensor, bias: Tensor | None, seq_idx: Tensor | N
 
 def conv_bwd(dy: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None, seq_idx: Tensor | None,
              silu: bool) -> tuple[Tensor, Tensor, Tensor]:
-    x, dy = _unit_channel(x), _unit_channel(dy)
+    x, dy = last_unit(x), last_unit(dy)
     b, L, D = x.shape
     K = weight.shape[-1]
     if BWD_KERNEL not in ("width4", "generic"):
@@ -311,6 +307,13 @@ def conv_window(cs_ptr, xin_ptr, w_ptr, bias_ptr, pb, ch, chm, scb, scd, sck, sx
 
 
 @triton.jit
+def store_window(cs_ptr, pb, ch, chm, scb, scd, sck, window, K: tl.constexpr, KP: tl.constexpr):
+    """Write conv_window's new window for channels ch."""
+    k = tl.arange(0, KP)
+    tl.store(cs_ptr + pb * scb + ch[:, None] * scd + k[None, :] * sck, window, mask=chm[:, None] & (k[None, :] < K))
+
+
+@triton.jit
 def _conv_step_kernel(state_ptr, x_ptr, w_ptr, bias_ptr, y_ptr, D, ssb, ssd, ssk, sxb, swd, swk, syb,
                       K: tl.constexpr, KP: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
                       BD: tl.constexpr):
@@ -320,8 +323,7 @@ def _conv_step_kernel(state_ptr, x_ptr, w_ptr, bias_ptr, y_ptr, D, ssb, ssd, ssk
     new, y = conv_window(state_ptr, x_ptr, w_ptr, bias_ptr, pb, c, cm, ssb, ssd, ssk, sxb, swd, swk, K, KP,
                          HAS_BIAS, SILU)
     tl.debug_barrier()  # every read of the old state precedes the writes (windows overlap across threads)
-    k = tl.arange(0, KP)
-    tl.store(state_ptr + pb * ssb + c[:, None] * ssd + k[None, :] * ssk, new, mask=cm[:, None] & (k[None, :] < K))
+    store_window(state_ptr, pb, c, cm, ssb, ssd, ssk, new, K, KP)
     tl.store(y_ptr + pb * syb + c, y.to(y_ptr.dtype.element_ty), mask=cm)
 
 

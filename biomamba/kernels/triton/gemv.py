@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from biomamba.kernels.triton.common import dot, input_precision
+from biomamba.kernels.triton.common import dot, input_precision, last_unit
 
 
 @triton.jit
@@ -47,8 +47,7 @@ def gemv(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     N = weight.shape[0]
     if M > MAX_ROWS:
         raise ValueError(f"gemv takes at most {MAX_ROWS} rows, got {M}")
-    x = x if x.stride(-1) == 1 else x.contiguous()
-    weight = weight if weight.stride(-1) == 1 else weight.contiguous()
+    x, weight = last_unit(x), last_unit(weight)
     y = torch.empty((M, N), device=x.device, dtype=x.dtype)
     BN, BK = TILES["BN"], min(TILES["BK"], triton.next_power_of_2(K))
     _gemv_kernel[(triton.cdiv(N, BN),)](

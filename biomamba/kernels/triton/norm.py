@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from biomamba.kernels.triton.common import row_divisor, row_offsets
+from biomamba.kernels.triton.common import last_unit, row_divisor, row_offsets
 
 
 @triton.jit
@@ -118,8 +118,7 @@ def add_norm_fwd(x: Tensor, residual: Tensor, weight: Tensor, eps: float) -> tup
 
 
 def _rows(t: Tensor, d: int) -> Tensor:
-    t = t.reshape(-1, d)
-    return t if t.stride(-1) == 1 else t.contiguous()
+    return last_unit(t.reshape(-1, d))
 
 
 def _bm(G: int) -> int:

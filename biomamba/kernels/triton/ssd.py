@@ -26,8 +26,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from biomamba.kernels.triton.common import dot, input_precision
-from biomamba.kernels.triton.conv import conv_window
+from biomamba.kernels.triton.common import dot, input_precision, last_unit
+from biomamba.kernels.triton.conv import conv_window, store_window
 
 
 @triton.jit
@@ -548,10 +548,6 @@ def _dt_limits(dt_lo: float, dt_hi: float) -> dict:
                 CLAMP=not (dt_lo == 0.0 and math.isinf(dt_hi)))
 
 
-def _last_unit(t: Tensor) -> Tensor:
-    return t if t.stride(-1) == 1 else t.contiguous()
-
-
 # Backward tiling: rows a program owns and the inner block, of the dx kernel (BM, BK) and of the
 # dC/dB kernels (dcdb_BM, dcdb_BK), and their warps. Module-level so that a benchmark can sweep it
 # on the GPU (bench/RESULTS.md, calls F and G, the 130M shape on an H200): dx is fastest at 64/32
@@ -598,7 +594,7 @@ def _prep(x, dt, A, B, C, chunk_size, dt_bias, dt_softplus, dt_lo, dt_hi):
     if T & (T - 1):
         raise ValueError(f"triton ssd_scan needs a power-of-two chunk_size, got {T}")
     NC = triton.cdiv(L, T)
-    dt = _last_unit(dt)
+    dt = last_unit(dt)
     delta = torch.empty((b, H, NC * T), device=x.device, dtype=torch.float32)
     acs = torch.empty_like(delta)
     BH = min(16, triton.next_power_of_2(H))
@@ -640,7 +636,7 @@ def _chunk_prefix(x, B, C, delta, acs, seq_idx, initial_state, dims, cfg):
 
 
 def ssd_fwd(x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus, dt_lo, dt_hi, seq_idx, initial_state):
-    x, B, C = _last_unit(x), _last_unit(B), _last_unit(C)
+    x, B, C = last_unit(x), last_unit(B), last_unit(C)
     b, L, H, P, G, N, T, NC, delta, acs = _prep(x, dt, A, B, C, chunk_size, dt_bias, dt_softplus, dt_lo, dt_hi)
     dims = (b, L, H, P, G, N, T, NC)
     cfg = _Cfg(T, P, N)
@@ -686,7 +682,7 @@ def _dcdb(x, B, C, dy, cb, delta, acs, seq_idx, starts, dz, dda_row, dims, cfg):
 
 def ssd_bwd(dy, dfinal, x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus, dt_lo, dt_hi, seq_idx,
             initial_state):
-    x, B, C, dy, dt = _last_unit(x), _last_unit(B), _last_unit(C), _last_unit(dy), _last_unit(dt)
+    x, B, C, dy, dt = last_unit(x), last_unit(B), last_unit(C), last_unit(dy), last_unit(dt)
     if dy.dtype != x.dtype:
         dy = dy.to(x.dtype)
     b, L, H, P, G, N, T, NC, delta, acs = _prep(x, dt, A, B, C, chunk_size, dt_bias, dt_softplus, dt_lo, dt_hi)
@@ -820,12 +816,11 @@ def _conv_ssd_step_kernel(cs_ptr, xin_ptr, cw_ptr, cbias_ptr, state_ptr, dt_ptr,
     # overlaps its neighbours' (each reads k+1 where another writes k), and the count below
     # tells the group's other programs that this one has read the B/C windows
     tl.debug_barrier()
-    k = tl.arange(0, KP)
-    tl.store(cs_ptr + pb * scb + cx[:, None] * scd + k[None, :] * sck, new_x, mask=pm[:, None] & (k[None, :] < K))
+    store_window(cs_ptr, pb, cx, pm, scb, scd, sck, new_x, K, KP)
     arrived = tl.atomic_add(count_ptr + pb * G + g, 1)
     if arrived == hpg * tl.num_programs(2) - 1:  # the group's last program
-        tl.store(cs_ptr + pb * scb + cbc[:, None] * scd + k[None, :] * sck, new_b, mask=nm[:, None] & (k[None, :] < K))
-        tl.store(cs_ptr + pb * scb + ccc[:, None] * scd + k[None, :] * sck, new_c, mask=nm[:, None] & (k[None, :] < K))
+        store_window(cs_ptr, pb, cbc, nm, scb, scd, sck, new_b, K, KP)
+        store_window(cs_ptr, pb, ccc, nm, scb, scd, sck, new_c, K, KP)
         tl.atomic_xchg(count_ptr + pb * G + g, 0)
     _ssm_update(state_ptr, dt_ptr, A_ptr, D_ptr, bias_ptr, y_ptr, pb, h, p, n, pm, nm, x, b, c,
                 sstb, ssth, sstp, sdtb, syb, syh, dt_lo, dt_hi, HAS_D, HAS_BIAS, SOFTPLUS, CLAMP)
@@ -843,7 +838,7 @@ def conv_ssd_step_(conv_state, ssm_state, xBC, dt, conv_weight, conv_bias, A, D,
     if key not in _GROUP_COUNTERS:  # allocated on first use (a decode graph's eager warm-up)
         _GROUP_COUNTERS[key] = torch.zeros(b * G, device=xBC.device, dtype=torch.int32)
     counters = _GROUP_COUNTERS[key]
-    xBC = _last_unit(xBC)
+    xBC = last_unit(xBC)
     y = torch.empty((b, H, P), device=xBC.device, dtype=xBC.dtype)
     BN = triton.next_power_of_2(N)
     BP = max(1, min(triton.next_power_of_2(P), 4096 // BN))
@@ -862,7 +857,7 @@ def conv_ssd_step_(conv_state, ssm_state, xBC, dt, conv_weight, conv_bias, A, D,
 def ssd_step_(state, x, dt, A, B, C, D, dt_bias, dt_softplus, dt_lo, dt_hi):
     b, H, P, N = state.shape
     G = B.shape[1]
-    x, B, C = _last_unit(x), _last_unit(B), _last_unit(C)
+    x, B, C = last_unit(x), last_unit(B), last_unit(C)
     y = torch.empty((b, H, P), device=x.device, dtype=x.dtype)
     BN = triton.next_power_of_2(N)
     BP = max(1, min(triton.next_power_of_2(P), 4096 // BN))
