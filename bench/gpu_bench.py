@@ -235,24 +235,27 @@ def case_profile_ssd() -> None:
          fwdbwd_ms=round(_bench(f), 3), kernels=_profile_top(f))
 
 
-def case_profile_gen(size: str = "130m", bsz: int = 1, gemv_rows: int = 0, fused_step: bool = False) -> None:
+def case_profile_gen(size: str = "130m", bsz: int = 1, gemv_rows: int | None = None,
+                     fused_step: bool = False) -> None:
     """One decode step, kernel by kernel (run eagerly under the profiler: a kernel's time does not
     depend on how it was launched), against the CUDA-graph step's wall time: what the graph
-    leaves between kernels is the rest."""
+    leaves between kernels is the rest. ``gemv_rows`` None: the module's default."""
     import torch
 
     import biomamba.kernels.triton as ours
-    from biomamba.generate import StepRunner, prefill
-    ours.GEMV_ROWS, ours.FUSED_DECODE_STEP = gemv_rows, fused_step
+    from biomamba.generate import StepRunner
+    ours.FUSED_DECODE_STEP = fused_step
+    if gemv_rows is not None:
+        ours.GEMV_ROWS = gemv_rows
     torch.manual_seed(0)
     model = build("ours", size, "triton").to(torch.bfloat16).eval()
     prompts = torch.randint(0, VOCAB - 16, (bsz, 256)).tolist()
     with torch.no_grad():
-        cache, logits = prefill(model, prompts)
-        tokens = logits.argmax(-1)
-        eager = StepRunner(model, cache, bsz, greedy=True, cuda_graph=False)
+        eager = StepRunner(model, bsz, greedy=True, cuda_graph=False)
+        tokens = eager.prefill(prompts).argmax(-1)
         kernels = _profile_top(lambda: eager(tokens), steps=10, top=1000)
-        graphed = StepRunner(model, cache, bsz, greedy=True, cuda_graph=True)
+        graphed = StepRunner(model, bsz, greedy=True, cuda_graph=True)
+        graphed.load(eager.cache)
         for _ in range(3):
             graphed(tokens)
         torch.cuda.synchronize()
@@ -261,7 +264,7 @@ def case_profile_gen(size: str = "130m", bsz: int = 1, gemv_rows: int = 0, fused
             graphed(tokens)
         torch.cuda.synchronize()
         step_us = (time.perf_counter() - t) / 200 * 1e6
-    emit(f"profile gen ours-triton {size} b{bsz}" + (" gemv" if gemv_rows else "") + (" fused" if fused_step else ""),
+    emit(f"profile gen ours-triton {size} b{bsz}" + (" nogemv" if gemv_rows == 0 else "") + (" fused" if fused_step else ""),
          graph_step_us=round(step_us, 1),
          kernel_us=round(sum(k["us_per_call"] for k in kernels), 1), launches=sum(k["launches"] for k in kernels),
          kernels=kernels[:12])
@@ -418,41 +421,54 @@ def case_fwd(kind: str, size: str, bsz: int, seqlen: int, backend: str = "torch"
 
 
 def case_gen(kind: str, size: str, bsz: int, prompt: int, new: int, backend: str = "torch",
-             cuda_graph: bool = True, gemv_rows: int = 0, fused_step: bool = False) -> dict:
-    """Greedy decoding, end to end as a user calls it (prefill + ``new`` tokens), ms per new token.
-    Ours: ``biomamba.generate.generate_ids`` (CUDA-graph step unless ``cuda_graph`` is off; the
-    projections through the Triton GEMV for batches up to ``gemv_rows``; conv + SSM step as one
-    kernel with ``fused_step``);
+             cuda_graph: bool = True, gemv_rows: int | None = None, fused_step: bool = False,
+             prefill_graph: bool = True) -> dict:
+    """Greedy decoding, end to end as a user calls it (prefill + ``new`` tokens), ms per new token,
+    and the prefill alone (the same call with one new token).
+    Ours: ``biomamba.generate.generate_ids`` (CUDA-graph step and prefill unless ``cuda_graph`` /
+    ``prefill_graph`` is off; each norm + projection as one fused GEMV for batches up to
+    ``gemv_rows``, the module's default when None; conv + SSM step as one kernel with ``fused_step``);
     the peer: mamba_ssm's ``generate(cg=True)``, timed the same way (as peer_bench.py does)."""
     import torch
     if kind == "ours":
+        import biomamba.generate as generate
         import biomamba.kernels.triton as ours
-        ours.GEMV_ROWS, ours.FUSED_DECODE_STEP = gemv_rows, fused_step
+        ours.FUSED_DECODE_STEP = fused_step
+        if gemv_rows is not None:
+            ours.GEMV_ROWS = gemv_rows
+        if not prefill_graph:
+            generate.PREFILL_GRAPH_TOKENS = 0
     torch.manual_seed(0)
     model = build(kind, size, backend).to(torch.bfloat16).eval()
     x = torch.randint(0, VOCAB - 16, (bsz, prompt), device="cuda")
     if kind == "ssm-mamba2":
-        def run():
-            return model.generate(x, max_length=prompt + new, cg=True, top_k=1)
+        def run(n):
+            return model.generate(x, max_length=prompt + n, cg=True, top_k=1)
     else:
         from biomamba.generate import SamplingConfig, generate_ids
-        prompts, cfg = x.tolist(), SamplingConfig(max_new_tokens=new)
+        prompts = x.tolist()
 
-        def run():
-            return generate_ids(model, prompts, cfg, eos_id=None, cuda_graph=cuda_graph)
-    times = []
-    with torch.no_grad():
-        run()
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
+        def run(n):
+            return generate_ids(model, prompts, SamplingConfig(max_new_tokens=n), eos_id=None, cuda_graph=cuda_graph)
+
+    def median_s(n):
+        times = []
         for _ in range(3):
             t = time.perf_counter()
-            run()
+            run(n)
             torch.cuda.synchronize()
             times.append(time.perf_counter() - t)
-    dt = sorted(times)[1]
+        return sorted(times)[1]
+
+    with torch.no_grad():
+        run(new)
+        run(new)  # ours captures the step and the prefill on the second call
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        dt = median_s(new)
+        first = median_s(1)
     return dict(ms_per_tok=round(dt / new * 1e3, 3), tok_s=round(bsz * new / dt, 1),
-                peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2))
+                prefill_and_one_ms=round(first * 1e3, 2), peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2))
 
 
 # ---- sweeps: tile / warp variants of our kernels, each checked, then timed --------------------
@@ -501,36 +517,79 @@ def case_sweep_conv() -> None:
     conv.BWD_KERNEL = default_kernel
 
 
-GEMV_VARIANTS = [dict(BN=16, BK=256, warps=4), dict(BN=16, BK=128, warps=4), dict(BN=32, BK=256, warps=4),
-                 dict(BN=16, BK=512, warps=8), dict(BN=8, BK=256, warps=2), dict(BN=32, BK=128, warps=2)]
+GEMV_VARIANTS = [dict(BN=8, BK=256, warps=4, dot=False), dict(BN=16, BK=256, warps=4, dot=False),
+                 dict(BN=32, BK=256, warps=4, dot=False), dict(BN=32, BK=128, warps=2, dot=False),
+                 dict(BN=64, BK=128, warps=4, dot=False), dict(BN=8, BK=512, warps=4, dot=False),
+                 dict(BN=16, BK=256, warps=4, dot=True), dict(BN=32, BK=256, warps=4, dot=True)]
+
+
+def _graph_us(fn, replays: int = 50) -> float:
+    """µs per replay of ``fn`` captured as one CUDA graph (launch gaps included, as in decoding)."""
+    import torch
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    graph.replay()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(replays):
+        graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / replays * 1e3
 
 
 def case_sweep_gemv() -> None:
-    """A decode step's projections at batch 1 and 4 (130M in_proj 768 → 3,352 and out_proj
-    1,536 → 768, 1.3B in_proj 2,048 → 8,512), bf16: the Triton GEMV at each tiling against
-    F.linear (cuBLAS), error and the kernels' CUDA time (µs)."""
+    """A decode step's two norm + projection pairs at batch 1, bf16, for every layer of the model
+    (distinct weights, so they stream from HBM as in decoding, not from L2), captured as a CUDA
+    graph: µs a layer for the norm kernel + cuBLAS (``composed``) and for the fused norm + GEMV
+    at each tiling; the fused result's error against the reference."""
     import torch
 
+    import biomamba.kernels.triton as T
+    from biomamba.kernels import reference as R
     from biomamba.kernels.triton import gemv
 
     torch.manual_seed(0)
-    default = dict(gemv.TILES)
-    for name, (n, k) in {"130m in_proj": (3352, 768), "130m out_proj": (768, 1536),
-                         "1.3b in_proj": (8512, 2048)}.items():
-        w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.03
-        for rows in (1, 4):
-            x = torch.randn(rows, k, device="cuda", dtype=torch.bfloat16)
-            ref = torch.nn.functional.linear(x, w)
-            cublas = _profile_top(lambda: torch.nn.functional.linear(x, w), steps=20, top=3)
-            row = {"cublas_us": round(sum(r["us_per_call"] for r in cublas), 2)}
+    default, default_rows = dict(gemv.TILES), T.GEMV_ROWS
+    bf = dict(device="cuda", dtype=torch.bfloat16)
+    for size, (layers, d, di, n_in) in {"130m": (24, 768, 1536, 3352), "1.3b": (48, 2048, 4096, 8512)}.items():
+        w_in = [torch.randn(n_in, d, **bf) * 0.03 for _ in range(layers)]
+        w_out = [torch.randn(d, di, **bf) * 0.03 for _ in range(layers)]
+        nw_in, nw_out = torch.ones(d, **bf), torch.ones(di, **bf)
+        x, r = torch.randn(1, d, **bf), torch.randn(1, d, device="cuda")
+        y, z = torch.randn(1, di, **bf), torch.randn(1, di, **bf)
+
+        def chain_in():
+            for w in w_in:
+                T.norm_linear(x, r, nw_in, 1e-5, w, None)
+
+        def chain_out():
+            for w in w_out:
+                T.gated_norm_linear(y, z, nw_out, 1e-5, di, w, None)
+
+        with torch.no_grad():
+            ref_in = R.norm_linear(x, r, nw_in, 1e-5, w_in[0], None)[0]
+            ref_out = R.gated_norm_linear(y, z, nw_out, 1e-5, di, w_out[0], None)
+            T.GEMV_ROWS = 0
+            row = {"composed": {"in_us": round(_graph_us(chain_in) / layers, 2),
+                                "out_us": round(_graph_us(chain_out) / layers, 2)}}
+            T.GEMV_ROWS = 16
             for variant in GEMV_VARIANTS:
-                gemv.TILES.update(variant)
-                err = _rel(gemv.gemv(x, w, None), ref)
-                prof = _profile_top(lambda: gemv.gemv(x, w, None), steps=20, top=3)
-                row["BN{BN} BK{BK} w{warps}".format(**variant)] = {
-                    "us": round(sum(r["us_per_call"] for r in prof), 2), "rel_err": err}
-            emit(f"sweep gemv {name} rows{rows}", **row)
-    gemv.TILES.update(default)
+                gemv.TILES.update(BN_wide=variant["BN"], BN_narrow=variant["BN"], BK=variant["BK"],
+                                  warps=variant["warps"], dot=variant["dot"])
+                row["BN{BN} BK{BK} w{warps} {}".format("dot" if variant["dot"] else "sum", **variant)] = {
+                    "in_us": round(_graph_us(chain_in) / layers, 2), "out_us": round(_graph_us(chain_out) / layers, 2),
+                    "rel_err": max(_rel(T.norm_linear(x, r, nw_in, 1e-5, w_in[0], None)[0], ref_in),
+                                   _rel(T.gated_norm_linear(y, z, nw_out, 1e-5, di, w_out[0], None), ref_out))}
+        emit(f"sweep gemv {size} b1", **row)
+        gemv.TILES.update(default)
+    T.GEMV_ROWS = default_rows
 
 
 # the first (the default) is the reference for the gradients; dx and dC/dB tiles vary separately
@@ -625,9 +684,8 @@ CASES = [
     ("profile train 130m", "case_profile_train", [], {}),
     ("profile train 1.3b", "case_profile_train", ["1.3b", 8, 1024], {}),
     ("profile gen 130m b1", "case_profile_gen", ["130m", 1], {}),
-    ("profile gen 130m b1 gemv", "case_profile_gen", ["130m", 1, 16], {}),
-    ("profile gen 130m b1 fused", "case_profile_gen", ["130m", 1, 0, True], {}),
-    ("profile gen 130m b1 gemv fused", "case_profile_gen", ["130m", 1, 16, True], {}),
+    ("profile gen 130m b1 nogemv", "case_profile_gen", ["130m", 1, 0], {}),
+    ("profile gen 130m b1 fused", "case_profile_gen", ["130m", 1, None, True], {}),
     ("kernels ssd", "case_kernels_ssd", [], {}),
     ("kernels other", "case_kernels_other", [], {}),
     ("sweep conv", "case_sweep_conv", [], {}),
@@ -653,12 +711,12 @@ CASES = [
     ("fwd ours-triton 130m b8x16384", "case_fwd", ["ours", "130m", 8, 16384], {"backend": "triton"}),
     ("fwd hf-mamba2 130m b8x16384", "case_fwd", ["hf-mamba2", "130m", 8, 16384], {}),
     ("gen ours-triton 130m b1 p256+256 cg", "case_gen", ["ours", "130m", 1, 256, 256], {"backend": "triton"}),
-    ("gen ours-triton-gemv 130m b1 p256+256 cg", "case_gen", ["ours", "130m", 1, 256, 256],
-     {"backend": "triton", "gemv_rows": 16}),
+    ("gen ours-triton-nogemv 130m b1 p256+256 cg", "case_gen", ["ours", "130m", 1, 256, 256],
+     {"backend": "triton", "gemv_rows": 0}),
+    ("gen ours-triton-noprefillgraph 130m b1 p256+256 cg", "case_gen", ["ours", "130m", 1, 256, 256],
+     {"backend": "triton", "prefill_graph": False}),
     ("gen ours-triton-fused 130m b1 p256+256 cg", "case_gen", ["ours", "130m", 1, 256, 256],
      {"backend": "triton", "fused_step": True}),
-    ("gen ours-triton-gemv-fused 130m b1 p256+256 cg", "case_gen", ["ours", "130m", 1, 256, 256],
-     {"backend": "triton", "gemv_rows": 16, "fused_step": True}),
     ("gen ours-triton 130m b1 p256+256 eager", "case_gen", ["ours", "130m", 1, 256, 256],
      {"backend": "triton", "cuda_graph": False}),
     ("gen ours-torch 130m b1 p256+256 cg", "case_gen", ["ours", "130m", 1, 256, 256], {"backend": "torch"}),
@@ -671,8 +729,8 @@ CASES = [
      {"backend": "triton", "graphed": True}),
     ("gen ours-triton 1.3b b1 p256+256 cg", "case_gen", ["ours", "1.3b", 1, 256, 256], {"backend": "triton"}),
     ("gen ssm-mamba2 1.3b b1 p256+256 cg", "case_gen", ["ssm-mamba2", "1.3b", 1, 256, 256], {}),
-    ("gen ours-triton-gemv 1.3b b1 p256+256 cg", "case_gen", ["ours", "1.3b", 1, 256, 256],
-     {"backend": "triton", "gemv_rows": 16}),
+    ("gen ours-triton-nogemv 1.3b b1 p256+256 cg", "case_gen", ["ours", "1.3b", 1, 256, 256],
+     {"backend": "triton", "gemv_rows": 0}),
     ("gen ours-triton 1.3b b64 p256+128 cg", "case_gen", ["ours", "1.3b", 64, 256, 128], {"backend": "triton"}),
     ("gen ssm-mamba2 1.3b b64 p256+128 cg", "case_gen", ["ssm-mamba2", "1.3b", 64, 256, 128], {}),
 ]

@@ -1,8 +1,9 @@
 """Batched decoding with the recurrent state: memory per sequence is constant in its length.
 
-Prompts of different lengths are prefilled one by one (a state-space model has no attention
-mask, so padding would leak into the state), their states are stacked into one batch cache,
-and the batch then advances one token per step. Greedy by default; temperature, top-k and
+Prompts of different lengths are prefilled by length (a state-space model has no attention
+mask, so padding would leak into the state), or, with CUDA graphs, together, each left-padded
+with a separate document that the state does not cross; the batch then advances one token per
+step. Greedy by default; temperature, top-k and
 top-p sampling with a seeded generator; EOS and stop strings end a row.
 """
 
@@ -64,24 +65,33 @@ def _stack_caches(caches: list[InferenceCache]) -> InferenceCache:
 
 
 class StepRunner:
-    """``model.step`` over one fixed batch and cache, greedy choice included when ``greedy``.
+    """``model.step`` over one fixed batch and its own cache, greedy choice included when ``greedy``;
+    ``prefill`` fills that cache from prompts.
 
     On CUDA (``cuda_graph``) the step is captured once as a CUDA graph and replayed per token:
-    a decode step is six small kernels a layer, and launching them one by one from Python costs
+    a decode step is four small kernels a layer, and launching them one by one from Python costs
     far more than running them (18.5 against 0.74 ms a token at 130M, bench/RESULTS.md). The
     first call runs eagerly on a side stream (it compiles the kernels and sizes the workspaces),
-    the second captures; the cache's tensors are updated in place by every replay, so they must
-    not be replaced while the runner lives (``load`` copies new states into them).
+    the second captures; the cache's tensors are updated in place by every replay, so they are
+    never replaced while the runner lives (``load`` and ``prefill`` write into them).
+
+    The prefill is captured too, per prompt length bucket (a power of two ≥ 16): a short
+    prompt's forward is host-bound as well (24 layers of ~20 launches at 130M). Each prompt is
+    left-padded to the bucket with a separate document before it (``seq_idx`` 0 for the pad,
+    1 for the prompt): neither the conv window nor the SSM state crosses a document boundary,
+    so the states after the prompt are those of the prompt alone.
     """
 
-    def __init__(self, model: MambaLM, cache: InferenceCache, batch: int, greedy: bool, cuda_graph: bool):
-        self.model, self.cache, self.greedy = model, cache, greedy
+    def __init__(self, model: MambaLM, batch: int, greedy: bool, cuda_graph: bool):
+        self.model, self.batch, self.greedy = model, batch, greedy
         self.vocab = model.config.vocab_size
         self.cuda_graph = cuda_graph
+        self.cache = model.allocate_cache(batch)
         device = model.backbone.embedding.weight.device
         self.tokens = torch.zeros(batch, dtype=torch.long, device=device)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.warmed = False
+        self.prefills: dict[int, _PrefillGraph] = {}  # bucket length → its captured forward
 
     def load(self, cache: InferenceCache) -> None:
         """Take over ``cache``'s states (copied into this runner's own, which its graph reads)."""
@@ -89,6 +99,26 @@ class StepRunner:
             mine.conv.copy_(theirs.conv)
             mine.ssm.copy_(theirs.ssm)
         self.cache.seqlen_offset = cache.seqlen_offset
+
+    def prefill(self, prompts: list[list[int]]) -> Tensor:
+        """Run the prompts (one a row, none empty) into this runner's cache; the last position's
+        logits (b, padded_vocab)."""
+        longest = max(len(p) for p in prompts)
+        bucket = max(PREFILL_MIN, 1 << (longest - 1).bit_length())
+        if not self.cuda_graph or self.batch * bucket > PREFILL_GRAPH_TOKENS:
+            cache, logits = prefill(self.model, prompts)
+            if self.cuda_graph:
+                self.load(cache)
+            else:
+                self.cache = cache
+            return logits
+        graph = self.prefills.pop(bucket, None) or _PrefillGraph(self, bucket)
+        self.prefills[bucket] = graph  # most recently used last
+        while len(self.prefills) > MAX_PREFILL_GRAPHS:
+            self.prefills.pop(next(iter(self.prefills)))
+        logits = graph(prompts)
+        self.cache.seqlen_offset = longest
+        return logits
 
     def _eager(self, tokens: Tensor) -> Tensor:
         logits = self.model.step(tokens, self.cache)
@@ -103,12 +133,7 @@ class StepRunner:
         self.tokens.copy_(tokens)
         if not self.warmed:
             self.warmed = True
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                out = self._eager(self.tokens)
-            torch.cuda.current_stream().wait_stream(side)
-            return out
+            return _on_side_stream(lambda: self._eager(self.tokens))
         if self.graph is None:
             offset = self.cache.seqlen_offset
             self.graph = torch.cuda.CUDAGraph()
@@ -120,32 +145,86 @@ class StepRunner:
         return self.out
 
 
+PREFILL_MIN = 16  # the shortest prefill bucket
+PREFILL_GRAPH_TOKENS = 1 << 17  # batch × bucket above which the prefill runs eagerly (it is then GPU-bound)
+MAX_PREFILL_GRAPHS = 4  # buckets a runner keeps captured (each holds its forward's activation memory)
+
+
+def _on_side_stream(fn: Callable[[], Tensor]) -> Tensor:
+    """``fn()`` on a side stream, as CUDA-graph capture wants its warm-up run."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        out = fn()
+    torch.cuda.current_stream().wait_stream(side)
+    return out
+
+
+def left_padded(prompts: list[list[int]], length: int) -> tuple[Tensor, Tensor]:
+    """(ids, seq_idx), both (b, length) on the CPU: each prompt at the end of its row, the pad
+    before it (id 0) a document of its own (seq_idx 0; the prompt's is 1)."""
+    ids = torch.zeros((len(prompts), length), dtype=torch.long)
+    seq = torch.ones((len(prompts), length), dtype=torch.int32)
+    for row, p in enumerate(prompts):
+        ids[row, length - len(p):] = torch.tensor(p)
+        seq[row, :length - len(p)] = 0
+    return ids, seq
+
+
+class _PrefillGraph:
+    """One bucket's prefill forward, writing the runner's cache: eager on the first call, captured
+    on the second, replayed from then on."""
+
+    def __init__(self, runner: StepRunner, length: int):
+        self.runner, self.length = runner, length
+        device = runner.tokens.device
+        self.ids = torch.zeros((runner.batch, length), dtype=torch.long, device=device)
+        self.seq_idx = torch.ones((runner.batch, length), dtype=torch.int32, device=device)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.warmed = False
+
+    def _forward(self) -> Tensor:
+        model, cache = self.runner.model, self.runner.cache
+        cache.seqlen_offset = 0
+        return model.lm_head(model.hidden(self.ids, seq_idx=self.seq_idx, cache=cache)[:, -1])
+
+    def __call__(self, prompts: list[list[int]]) -> Tensor:
+        ids, seq = left_padded(prompts, self.length)
+        self.ids.copy_(ids, non_blocking=True)
+        self.seq_idx.copy_(seq, non_blocking=True)
+        if not self.warmed:
+            self.warmed = True
+            return _on_side_stream(self._forward)
+        if self.graph is None:
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.out = self._forward()
+        self.graph.replay()
+        return self.out
+
+
 # captured decode steps kept per model: each holds a batch's states (1.3B at batch 64: ~6.4 GB of
 # SSM state), so few; ``model.step_runners.clear()`` frees them
 MAX_STEP_RUNNERS = 2
 
 
-def step_runner(model: MambaLM, cache: InferenceCache, greedy: bool, cuda_graph: bool) -> StepRunner:
-    """A ``StepRunner`` holding ``cache``'s states; step it and read ``runner.cache`` from then on.
+def step_runner(model: MambaLM, batch: int, greedy: bool, cuda_graph: bool) -> StepRunner:
+    """A ``StepRunner`` for ``batch`` rows; fill its cache (``prefill`` or ``load``), then step it,
+    and read ``runner.cache`` from then on.
 
-    With CUDA graphs the runner (its captured graph and its static states) is kept on the model
+    With CUDA graphs the runner (its captured graphs and its static states) is kept on the model
     and reused by later calls of the same batch size, as long as no parameter was replaced or
     changed in place (training in between), nor the backend: a capture costs an eager step plus
     a captured one, which at 130M is many decode steps' worth."""
-    batch = cache.layers[0].ssm.shape[0]
     if not cuda_graph:
-        return StepRunner(model, cache, batch, greedy=greedy, cuda_graph=False)
-    key = (batch, greedy, model.backend_name,
-           tuple((s.conv.dtype, s.ssm.dtype, tuple(s.conv.shape), tuple(s.ssm.shape)) for s in cache.layers),
-           tuple((p.data_ptr(), p._version) for p in model.parameters()))
+        return StepRunner(model, batch, greedy=greedy, cuda_graph=False)
+    key = (batch, greedy, model.backend_name, tuple((p.data_ptr(), p._version) for p in model.parameters()))
     runner = model.step_runners.get(key)
     if runner is None:
         if len(model.step_runners) >= MAX_STEP_RUNNERS:
             model.step_runners.pop(next(iter(model.step_runners)))
-        runner = StepRunner(model, cache, batch, greedy=greedy, cuda_graph=True)
+        runner = StepRunner(model, batch, greedy=greedy, cuda_graph=True)
         model.step_runners[key] = runner
-    else:
-        runner.load(cache)
     return runner
 
 
@@ -164,7 +243,7 @@ def prefill(model: MambaLM, prompts: list[list[int]]) -> tuple[InferenceCache, T
         logits.append(model.lm_head(hidden[:, -1]))  # the head on the last position only
         caches.append(cache)
         order += rows
-    cache, out = _stack_caches(caches), torch.cat(logits)
+    cache, out = (caches[0], logits[0]) if len(caches) == 1 else (_stack_caches(caches), torch.cat(logits))
     if order != sorted(order):  # back to the callers' row order
         inverse = torch.argsort(torch.tensor(order, device=device))
         for state in cache.layers:
@@ -195,10 +274,10 @@ def generate_ids(model: MambaLM, prompts: list[list[int]], cfg: SamplingConfig, 
         cuda_graph = device.type == "cuda"
     if cuda_graph and device.type != "cuda":
         raise ValueError("cuda_graph decoding needs the model on a CUDA device")
-    cache, logits = prefill(model, [p if p else [eos_id if eos_id is not None else 0] for p in prompts])
-    logits[:, vocab:] = float("-inf")
     greedy = cfg.temperature == 0
-    step = step_runner(model, cache, greedy=greedy, cuda_graph=cuda_graph)
+    step = step_runner(model, len(prompts), greedy=greedy, cuda_graph=cuda_graph)
+    logits = step.prefill([p if p else [eos_id if eos_id is not None else 0] for p in prompts])
+    logits[:, vocab:] = float("-inf")
     tokens = next_tokens(logits, cfg, generator)
     per_token = should_stop is not None or on_token is not None
     if greedy and not per_token:
@@ -290,8 +369,9 @@ def beam_search(model: MambaLM, prompt: list[int], num_beams: int, max_new_token
     logits = model(torch.tensor([prompt or [eos_id if eos_id is not None else 0]], device=device), cache=cache)[:, -1]
     cache = _stack_caches([cache] * num_beams)
     logits = logits.expand(num_beams, -1)
-    step = step_runner(model, cache, greedy=False, cuda_graph=device.type == "cuda")
-    cache = step.cache  # the states the steps update (a reused runner's own)
+    step = step_runner(model, num_beams, greedy=False, cuda_graph=device.type == "cuda")
+    step.load(cache)
+    cache = step.cache  # the states the steps update (the runner's own)
     beams: list[list[int]] = [[] for _ in range(num_beams)]
     sums = torch.full((num_beams,), float("-inf"), device=device)
     sums[0] = 0.0  # all beams start identical: keep one, or the top-k would be k copies of it

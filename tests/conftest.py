@@ -34,3 +34,15 @@ def neox_tokenizer_path(shared_data: Path) -> Path:
 def _offline_hub(monkeypatch):
     # No test may wait on the network: the hub is unreachable here and in CI.
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(autouse=True)
+def _restore_tf32_flags():
+    # The trainer turns TF32 on for CUDA training (process-wide, as a user wants); without this, a
+    # trainer test would leave it on and the fp32 kernel-vs-reference tests after it would compare
+    # against TF32 matmuls (seen on the GPU: ten fp32 tests failed only when run after one).
+    import torch
+
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved

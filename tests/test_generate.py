@@ -116,28 +116,69 @@ def test_decode_graph_reused_then_recaptured_after_a_weight_change():
 
 def test_step_runner_kept_per_batch_size_and_weights():
     """The kept decode runners (their graphs only run on CUDA; the bookkeeping is checked here):
-    reused for the same batch size with the new states copied in, not for another batch size,
-    not after an in-place weight change, and at most MAX_STEP_RUNNERS of them."""
+    reused for the same batch size, taking new states in place, not for another batch size, not
+    after an in-place weight change, and at most MAX_STEP_RUNNERS of them."""
     from biomamba.generate import MAX_STEP_RUNNERS, prefill, step_runner
 
     model = randomize_weights(MambaLM(model_preset("tiny")), seed=5).eval()
-    first, _ = prefill(model, [[1, 2, 3], [4, 5, 6]])
-    runner = step_runner(model, first, greedy=True, cuda_graph=True)
+    runner = step_runner(model, 2, greedy=True, cuda_graph=True)
+    assert step_runner(model, 2, greedy=True, cuda_graph=True) is runner
+    states = [s.ssm for s in runner.cache.layers]
     second, _ = prefill(model, [[7, 8], [9, 10]])
-    assert step_runner(model, second, greedy=True, cuda_graph=True) is runner
+    runner.load(second)
     assert runner.cache.seqlen_offset == second.seqlen_offset == 2
-    for mine, theirs in zip(runner.cache.layers, second.layers):
+    for mine, theirs, before in zip(runner.cache.layers, second.layers, states):
+        assert mine.ssm is before  # in place: a captured graph reads these very tensors
         assert torch.equal(mine.ssm, theirs.ssm) and torch.equal(mine.conv, theirs.conv)
-    one, _ = prefill(model, [[1]])
-    assert step_runner(model, one, greedy=True, cuda_graph=True) is not runner
-    assert step_runner(model, second, greedy=False, cuda_graph=True) is not runner
+    assert step_runner(model, 1, greedy=True, cuda_graph=True) is not runner
+    assert step_runner(model, 2, greedy=False, cuda_graph=True) is not runner
     with torch.no_grad():
         model.backbone.norm_f.weight.mul_(2.0)
-    assert step_runner(model, second, greedy=True, cuda_graph=True) is not runner
+    assert step_runner(model, 2, greedy=True, cuda_graph=True) is not runner
     for n in range(2, 2 + MAX_STEP_RUNNERS):
-        step_runner(model, prefill(model, [[1]] * n)[0], greedy=True, cuda_graph=True)
+        step_runner(model, n, greedy=True, cuda_graph=True)
     assert len(model.step_runners) == MAX_STEP_RUNNERS
-    assert step_runner(model, second, greedy=True, cuda_graph=False) is not runner  # eager: never kept
+    assert step_runner(model, 2, greedy=True, cuda_graph=False) is not runner  # eager: never kept
+
+
+def test_left_padded_prefill_equals_each_prompt_alone():
+    """The CUDA-graph prefill's layout (each prompt left-padded to the bucket, the pad a document
+    of its own): one forward gives each row the states and logits of its prompt alone."""
+    from biomamba.generate import left_padded, prefill
+
+    model = randomize_weights(MambaLM(model_preset("tiny")), seed=5).eval()
+    gen = torch.Generator().manual_seed(torch.seed() % 2**31)
+    prompts = [torch.randint(1, model.config.vocab_size, (n,), generator=gen).tolist() for n in (5, 16, 1, 9)]
+    ids, seq = left_padded(prompts, 16)
+    assert seq[2].tolist() == [0] * 15 + [1] and ids[2, -1] == prompts[2][0]
+    with torch.no_grad():
+        cache = model.allocate_cache(len(prompts))
+        logits = model.lm_head(model.hidden(ids, seq_idx=seq, cache=cache)[:, -1])
+        for row, p in enumerate(prompts):
+            one, one_logits = prefill(model, [p])
+            torch.testing.assert_close(logits[row], one_logits[0], rtol=1e-4, atol=1e-4)
+            for state, alone in zip(cache.layers, one.layers):
+                torch.testing.assert_close(state.ssm[row], alone.ssm[0], rtol=1e-4, atol=1e-4)
+                torch.testing.assert_close(state.conv[row], alone.conv[0], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_prefill_graph_replays_equal_the_eager_prefill():
+    """The captured prefill (eager warm-up, capture, replays) writes the runner's cache with the
+    states the eager prefill gives, for new prompts of other lengths in the same bucket."""
+    from biomamba.generate import prefill, step_runner
+
+    model = randomize_weights(MambaLM(model_preset("tiny")), seed=5).cuda().eval()
+    runner = step_runner(model, 2, greedy=True, cuda_graph=True)
+    with torch.no_grad():
+        for prompts in ([[5, 6, 7], [8]], [[1] * 20, [2, 3]], [[4] * 17, [9] * 32], [[7, 7], [3] * 30]):
+            logits = runner.prefill(prompts).clone()
+            cache, ref = prefill(model, prompts)
+            torch.testing.assert_close(logits, ref, rtol=1e-4, atol=1e-4)
+            for mine, theirs in zip(runner.cache.layers, cache.layers):
+                torch.testing.assert_close(mine.ssm, theirs.ssm, rtol=1e-4, atol=1e-4)
+                torch.testing.assert_close(mine.conv, theirs.conv, rtol=1e-4, atol=1e-4)
+    assert sorted(runner.prefills) == [16, 32] and runner.prefills[32].graph is not None
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")

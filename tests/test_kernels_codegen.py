@@ -107,8 +107,15 @@ def test_decode_kernels_compile_for_sm90():
 
     _compiles(ssd._conv_ssd_step_kernel, {"cs_ptr": "*bf16", "xin_ptr": "*bf16", "y_ptr": "*bf16", "count_ptr": "*i32"},
               dict(K=4, KP=4, HAS_CBIAS=True, HAS_D=True, HAS_BIAS=True, SOFTPLUS=True, CLAMP=False, BP=32, BN=128))
-    _compiles(gemv._gemv_kernel, {"x_ptr": "*bf16", "w_ptr": "*bf16", "b_ptr": "*bf16", "y_ptr": "*bf16"},
-              dict(HAS_BIAS=False, BM=16, BN=16, BK=256, IP="tf32"))
+    import triton.language as tl
+
+    ptrs = {"x_ptr": "*bf16", "r_ptr": "*fp32", "z_ptr": "*bf16", "nw_ptr": "*bf16", "w_ptr": "*bf16",
+            "b_ptr": "*bf16", "y_ptr": "*bf16", "s_ptr": "*fp32"}
+    for pro in (0, 1, 2):
+        for dot in (False, True):
+            _compiles(gemv._norm_gemv_kernel, ptrs,
+                      dict(PRO=pro, HAS_RES=pro == 1, HAS_BIAS=False, S_DT=tl.float32, N_DT=tl.bfloat16,
+                           BM=16 if dot else 1, BN=32, BK=256, DOT=dot, IP="tf32"))
 
 
 def test_head_split_backward_compiles_for_sm90():

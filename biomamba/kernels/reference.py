@@ -8,6 +8,7 @@ p head dim, g groups, n state size, d channels, k conv width):
 * ``causal_conv1d``  x (b,l,d), weight (d,k), bias (d) → y (b,l,d)
 * ``gated_rmsnorm``  x, z (..., d), weight (d) → y (..., d)
 * ``ssd_step`` / ``conv_step``: one decoding step, updating the state tensors in place.
+* ``norm_linear`` / ``gated_norm_linear``: a decoding step's norms with the projection after each.
 
 ``seq_idx`` (b,l) int marks documents in a packed row: neither the convolution window nor
 the SSM state crosses a change of ``seq_idx``.
@@ -168,9 +169,34 @@ def add_rmsnorm(x: Tensor, residual: Tensor, weight: Tensor, eps: float) -> tupl
     return rmsnorm(total.to(weight.dtype), weight, eps), total
 
 
-def decode_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """A decode step's projection (a few rows): ``F.linear``. Backends may run it as a GEMV."""
-    return F.linear(x, weight, bias)
+def compose_norm_linear(rmsnorm_fn, add_rmsnorm_fn):
+    """``norm_linear`` made of a backend's own norms and ``F.linear``."""
+
+    def norm_linear(x: Tensor, residual: Tensor | None, norm_weight: Tensor, eps: float, weight: Tensor,
+                    bias: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """A decode step's residual join and the projection after the next norm: (F.linear(
+        rmsnorm(s), weight, bias), s) with s = residual + x as ``add_rmsnorm`` forms it, or s = x
+        without a residual (the first block); the norm reads s in ``norm_weight``'s dtype."""
+        if residual is None:
+            h, total = rmsnorm_fn(x.to(norm_weight.dtype), norm_weight, eps), x
+        else:
+            h, total = add_rmsnorm_fn(x, residual, norm_weight, eps)
+        return F.linear(h, weight, bias), total
+    return norm_linear
+
+
+def compose_gated_norm_linear(gated_rmsnorm_fn):
+    """``gated_norm_linear`` made of a backend's own ``gated_rmsnorm`` and ``F.linear``."""
+
+    def gated_norm_linear(x: Tensor, z: Tensor, norm_weight: Tensor, eps: float, group_size: int, weight: Tensor,
+                          bias: Tensor | None = None) -> Tensor:
+        """A Mamba2 decode step's gated norm and out_proj: F.linear(gated_rmsnorm(x, z), weight, bias)."""
+        return F.linear(gated_rmsnorm_fn(x, z, norm_weight, eps, group_size), weight, bias)
+    return gated_norm_linear
+
+
+norm_linear = compose_norm_linear(rmsnorm, add_rmsnorm)
+gated_norm_linear = compose_gated_norm_linear(gated_rmsnorm)
 
 
 def ssd_step(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, *,

@@ -153,24 +153,34 @@ class MambaLM(nn.Module):
 
     def step(self, token_ids: Tensor, cache: InferenceCache) -> Tensor:
         """One token per row: token_ids (b,) → logits (b, padded_vocab); the cache advances by one."""
-        return self.lm_head(self._step_hidden(token_ids, cache))
+        return self._step(token_ids, cache, logits=True)
 
-    def _step_hidden(self, token_ids: Tensor, cache: InferenceCache) -> Tensor:
-        """The same blocks as ``hidden``, one token, with each residual add fused into the next
-        norm (``add_rmsnorm``): a decode step is launch-bound, and this saves two kernels a layer."""
+    def _step(self, token_ids: Tensor, cache: InferenceCache, logits: bool) -> Tensor:
+        """The same blocks as ``hidden``, one token: logits, or the final-normed hidden state.
+
+        A decode step is launch-bound, so each residual add, the next norm and the projection
+        after it are one op (``norm_linear``: the next block's in_proj, or the LM head)."""
         layers, K = self.backbone.layers, self.kernels
+        norms = [layer.norm for layer in layers] + [self.backbone.norm_f]
+        projections = [layer.mixer.in_proj for layer in layers] + [self.lm_head]
         x = self.backbone.embedding(token_ids)
-        residual = x.float() if self.config.residual_in_fp32 else x
-        h = layers[0].norm(x.to(layers[0].norm.weight.dtype))
-        norms = [layer.norm for layer in layers[1:]] + [self.backbone.norm_f]
-        for layer, state, next_norm in zip(layers, cache.layers, norms):
-            h, residual = K.add_rmsnorm(layer.mixer.step(h, state), residual, next_norm.weight, next_norm.eps)
+        proj, residual = K.norm_linear(x, None, norms[0].weight, norms[0].eps, projections[0].weight,
+                                       projections[0].bias)
+        if self.config.residual_in_fp32:
+            residual = residual.float()
+        for i, (layer, state) in enumerate(zip(layers, cache.layers)):
+            out, norm, head = layer.mixer.step(proj, state), norms[i + 1], projections[i + 1]
+            if i + 1 < len(layers) or logits:
+                proj, residual = K.norm_linear(out, residual, norm.weight, norm.eps, head.weight, head.bias)
+            else:
+                proj, residual = K.add_rmsnorm(out, residual, norm.weight, norm.eps)
         cache.seqlen_offset += 1
-        return h
+        return proj
 
     def _continue(self, input_ids: Tensor, cache: InferenceCache) -> Tensor:
         """Feed several tokens into a non-empty cache one step at a time (hidden states of each)."""
-        return torch.stack([self._step_hidden(input_ids[:, t], cache) for t in range(input_ids.shape[1])], dim=1)
+        return torch.stack([self._step(input_ids[:, t], cache, logits=False) for t in range(input_ids.shape[1])],
+                           dim=1)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())

@@ -64,9 +64,11 @@ class Mamba1Mixer(nn.Module):
             state.ssm.copy_(final_state)
         return self.out_proj(y)
 
-    def step(self, u: Tensor, state: Mamba1State) -> Tensor:
+    def step(self, xz: Tensor, state: Mamba1State) -> Tensor:
+        """One token after in_proj (the caller fuses it with the norm before): xz (b, 2·d_inner) →
+        the block's output (b, d_model), updating ``state`` in place."""
         K = self.kernels
-        x, z = self.in_proj(u).chunk(2, dim=-1)
+        x, z = xz.chunk(2, dim=-1)
         x = K.conv_step(state.conv, x, self.conv1d.weight.squeeze(1), self.conv1d.bias, activation="silu")
         dt, B, C = self._ssm_inputs(x)
         y, new_state = K.selective_scan(x[:, None], dt[:, None], -torch.exp(self.A_log.float()), B[:, None],

@@ -98,17 +98,18 @@ class Mamba2Mixer(nn.Module):
         state.conv.zero_()
         state.conv[:, :, k - tail.shape[-1]:] = tail.to(state.conv.dtype)
 
-    def step(self, u: Tensor, state: Mamba2State) -> Tensor:
-        """One token: u (b, d_model) → (b, d_model), updating ``state`` in place."""
+    def step(self, zxbcdt: Tensor, state: Mamba2State) -> Tensor:
+        """One token after in_proj (the caller fuses in_proj with the norm before it):
+        zxbcdt (b, in_proj features) → the block's output (b, d_model), updating ``state`` in place."""
         cfg, K = self.cfg, self.kernels
-        b = u.shape[0]
+        b = zxbcdt.shape[0]
         di, g = cfg.d_inner, cfg.ngroups
-        z, xBC, dt = self._split(K.decode_linear(u, self.in_proj.weight, self.in_proj.bias))
+        z, xBC, dt = self._split(zxbcdt)
         y = K.conv_ssd_step(state.conv, state.ssm, xBC, dt, self.conv1d.weight.squeeze(1), self.conv1d.bias,
                             self._decay_rates(), D=self.D, dt_bias=self.dt_bias, dt_softplus=True,
                             dt_limit=cfg.dt_limit)
-        y = K.gated_rmsnorm(y.reshape(b, di), z, self.norm.weight, cfg.norm_eps, di // g)
-        return K.decode_linear(y, self.out_proj.weight, self.out_proj.bias)
+        return K.gated_norm_linear(y.reshape(b, di), z, self.norm.weight, cfg.norm_eps, di // g,
+                                   self.out_proj.weight, self.out_proj.bias)
 
     def _decay_rates(self) -> Tensor:
         """A = −exp(A_log) in fp32 for decoding, cached until A_log changes (its version counter

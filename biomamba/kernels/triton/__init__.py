@@ -1,5 +1,6 @@
 """The Triton fast path: every op of the kernel seam but ``selective_scan`` (Mamba-1), which
-falls back to the torch reference (and ``add_rmsnorm``, a decoding op, forward only).
+falls back to the torch reference (and the decoding ops ``add_rmsnorm``, ``norm_linear`` and
+``gated_norm_linear``, forward only).
 
 Same signatures and semantics as ``biomamba.kernels.reference``; forward and backward in
 Triton, registered as ``torch.ops.biomamba.*`` custom ops with fake implementations (so
@@ -34,7 +35,8 @@ def available() -> tuple[bool, str]:
     return True, f"CUDA {torch.cuda.get_device_name()}"
 
 
-from biomamba.kernels.reference import compose_conv_ssd_step  # noqa: E402
+from biomamba.kernels.reference import (  # noqa: E402
+    compose_conv_ssd_step, compose_gated_norm_linear, compose_norm_linear)
 from biomamba.kernels.triton import gemv  # noqa: E402
 from biomamba.kernels.triton import ops as _ops  # noqa: E402  (registers torch.ops.biomamba.*)
 
@@ -77,21 +79,49 @@ def add_rmsnorm(x: Tensor, residual: Tensor, weight: Tensor, eps: float) -> tupl
     return _ops.add_rmsnorm_fwd(x, residual, weight, float(eps))
 
 
-# rows up to which decode_linear runs the Triton GEMV (at most gemv.MAX_ROWS); above it, and while
-# this is 0, cuBLAS. 0 until a GPU run shows the GEMV faster (bench/gpu_bench.py `gen …-gemv`).
-GEMV_ROWS = 0
+# rows up to which norm_linear and gated_norm_linear run as one fused norm + GEMV kernel (at most
+# gemv.MAX_ROWS); above it, and while this is 0, the norm kernel then cuBLAS (bench/gpu_bench.py
+# `gen …-gemv` and `sweep gemv` measure both)
+GEMV_ROWS = 16
 
 
-def decode_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """F.linear for a decode step's few rows, through the Triton GEMV where it applies (inputs of
-    one dtype, no autocast, no gradient); otherwise F.linear itself."""
+def _gemv_applies(x: Tensor, weight: Tensor, bias: Tensor | None, *others: Tensor) -> bool:
+    """The fused kernels serve inference only: a few rows, no autocast, no gradient wanted."""
     rows = x.numel() // x.shape[-1]
-    use = (0 < rows <= min(GEMV_ROWS, gemv.MAX_ROWS) and x.dtype == weight.dtype
-           and (bias is None or bias.dtype == x.dtype) and not torch.is_autocast_enabled(x.device.type)
-           and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)))
-    if not use:
-        return torch.nn.functional.linear(x, weight, bias)
-    return _ops.decode_linear_op(x.reshape(rows, x.shape[-1]), weight, bias).reshape(*x.shape[:-1], weight.shape[0])
+    return (0 < rows <= min(GEMV_ROWS, gemv.MAX_ROWS) and (bias is None or bias.dtype == weight.dtype)
+            and not torch.is_autocast_enabled(x.device.type)
+            and not (torch.is_grad_enabled() and any(t.requires_grad for t in (x, weight, *others))))
+
+
+_composed_norm_linear = compose_norm_linear(rmsnorm, add_rmsnorm)
+
+
+def norm_linear(x: Tensor, residual: Tensor | None, norm_weight: Tensor, eps: float, weight: Tensor,
+                bias: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    if not (_gemv_applies(x, weight, bias, norm_weight, *([residual] if residual is not None else []))
+            and norm_weight.dtype == weight.dtype):
+        return _composed_norm_linear(x, residual, norm_weight, eps, weight, bias)
+    d, n = x.shape[-1], weight.shape[0]
+    x2 = x.reshape(-1, d)
+    if residual is None:
+        y, total = _ops.norm_gemv_op(x2, norm_weight, float(eps), weight, bias), x
+    else:
+        y, total = _ops.add_norm_gemv_op(x2, residual.reshape(-1, d), norm_weight, float(eps), weight, bias)
+        total = total.reshape(x.shape)
+    return y.reshape(*x.shape[:-1], n), total
+
+
+_composed_gated_norm_linear = compose_gated_norm_linear(gated_rmsnorm)
+
+
+def gated_norm_linear(x: Tensor, z: Tensor, norm_weight: Tensor, eps: float, group_size: int, weight: Tensor,
+                      bias: Tensor | None = None) -> Tensor:
+    if not (_gemv_applies(x, weight, bias, z, norm_weight) and x.dtype == weight.dtype == norm_weight.dtype):
+        return _composed_gated_norm_linear(x, z, norm_weight, eps, group_size, weight, bias)
+    d, n = x.shape[-1], weight.shape[0]
+    y = _ops.gated_norm_gemv_op(x.reshape(-1, d), z.reshape(-1, d), norm_weight, float(eps), int(group_size),
+                                weight, bias)
+    return y.reshape(*x.shape[:-1], n)
 
 
 def ssd_scan(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, *, chunk_size: int,
@@ -128,7 +158,8 @@ _unfused_conv_ssd_step = compose_conv_ssd_step(conv_step, ssd_step)
 
 def op_details() -> dict[str, str]:
     """How the ops with a switch run now, for `biomamba env`."""
-    return {"decode_linear": f"Triton GEMV up to {GEMV_ROWS} rows" if GEMV_ROWS else "cuBLAS; the GEMV is off",
+    gemv_how = f"norm + GEMV as one kernel up to {GEMV_ROWS} rows" if GEMV_ROWS else "norm kernel + cuBLAS"
+    return {"norm_linear": gemv_how, "gated_norm_linear": gemv_how,
             "conv_ssd_step": "one fused kernel" if FUSED_DECODE_STEP else "conv_step + ssd_step; the fused kernel is off"}
 
 

@@ -1,10 +1,21 @@
-"""y = x · Wᵀ (+ b) for a few rows: the in/out projections of a decode step.
+"""y = norm(x) · Wᵀ (+ b) for a few rows: a decode step's projections, each with the norm in front
+of it fused in.
 
-At batch 1 a decode step's two projections are matrix-vector products that only stream the
-weight. cuBLAS took 5.7 and 4.2 µs a layer for them at 130M on an H200 (bench/RESULTS.md,
-`profile gen`), about 0.9 and 0.6 TB/s of weight traffic. Here a program owns BN output
-features and walks K in BK blocks: the rows of x are padded to 16 for ``tl.dot`` (the padding
-costs no memory traffic, only idle tensor-core lanes), and the weight tile is read once.
+At batch 1 a decode step is launch-bound: per layer it ran RMSNorm(residual + x) → in_proj and
+gated RMSNorm → out_proj as four kernels of 2–6 µs each (bench/RESULTS.md, `profile gen`). A
+norm over one row of ≤ 8k channels costs next to nothing, so here every program of the GEMV
+normalises the rows itself and the separate norm kernels disappear:
+
+    PRO 0  y = x Wᵀ                                     (a plain GEMV)
+    PRO 1  s = r + x;  y = RMSNorm(s) Wᵀ;  s stored     (the residual join + next block's norm + in_proj / LM head)
+    PRO 2  y = RMSNorm_grouped(x · SiLU(z)) Wᵀ          (the mixer's gated norm + out_proj)
+
+Each program owns BN output features and walks K in BK blocks, twice when there is a norm (the
+sums of squares first, the product second: the rows are a few kB and stay in cache). The
+normalised rows are rounded exactly where the reference rounds them (``reference.rmsnorm`` /
+``gated_rmsnorm``), so the result is F.linear of the reference's normalised input. The product
+is ``tl.dot`` (rows padded to 16: idle tensor-core lanes, no extra memory traffic) or, with
+DOT off, an fp32 multiply-and-sum, which needs no padding and no shared memory.
 """
 
 from __future__ import annotations
@@ -18,39 +29,124 @@ from biomamba.kernels.triton.common import dot, input_precision, last_unit
 
 
 @triton.jit
-def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, sxm, swn, sym,
-                 HAS_BIAS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, IP: tl.constexpr):
-    n = tl.program_id(0) * BN + tl.arange(0, BN)
+def _norm_input(x_ptr, r_ptr, z_ptr, m, k, msk, sxm, srm, szm, PRO: tl.constexpr, HAS_RES: tl.constexpr,
+                S_DT: tl.constexpr, N_DT: tl.constexpr):
+    """The (BM, BK) tile the norm reads, in fp32, and for PRO 1 the sum s in its stored dtype.
+    N_DT: the dtype the norm rounds to (PRO 1: its weight's, which it also reads s in; PRO 2: x's)."""
+    x = tl.load(x_ptr + m[:, None] * sxm + k[None, :], mask=msk, other=0.0)
+    if PRO == 1:
+        s = x.to(tl.float32)
+        if HAS_RES:
+            s = s + tl.load(r_ptr + m[:, None] * srm + k[None, :], mask=msk, other=0.0).to(tl.float32)
+        s = s.to(S_DT)
+        return s.to(N_DT).to(tl.float32), s  # the norm reads s in its weight's dtype
+    elif PRO == 2:
+        z = tl.load(z_ptr + m[:, None] * szm + k[None, :], mask=msk, other=0.0).to(tl.float32)
+        t = x.to(tl.float32) * z * tl.sigmoid(z)
+        return t, t
+    else:
+        return x.to(tl.float32), x
+
+
+@triton.jit
+def _norm_gemv_kernel(x_ptr, r_ptr, z_ptr, nw_ptr, w_ptr, b_ptr, y_ptr, s_ptr, M, N, NG, GS, eps,
+                      sxm, srm, szm, swn, sym, ssm,
+                      PRO: tl.constexpr, HAS_RES: tl.constexpr, HAS_BIAS: tl.constexpr, S_DT: tl.constexpr,
+                      N_DT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                      DOT: tl.constexpr, IP: tl.constexpr):
+    pid = tl.program_id(0)
+    n = pid * BN + tl.arange(0, BN)
     m = tl.arange(0, BM)
     nm = n < N
     mm = m < M
     acc = tl.zeros((BM, BN), dtype=tl.float32)
-    for k0 in range(0, K, BK):
-        k = k0 + tl.arange(0, BK)
-        km = k < K
-        x = tl.load(x_ptr + m[:, None] * sxm + k[None, :], mask=mm[:, None] & km[None, :], other=0.0)
-        w = tl.load(w_ptr + n[:, None] * swn + k[None, :], mask=nm[:, None] & km[None, :], other=0.0)
-        acc += dot(x, tl.trans(w), IP)
+    for g in range(0, NG):  # one group of GS channels at a time (one group = all K but for PRO 2)
+        if PRO != 0:
+            ss = tl.zeros((BM,), dtype=tl.float32)
+            for k0 in range(0, GS, BK):
+                kk = k0 + tl.arange(0, BK)
+                k = g * GS + kk
+                msk = mm[:, None] & (kk < GS)[None, :]
+                t, s = _norm_input(x_ptr, r_ptr, z_ptr, m, k, msk, sxm, srm, szm, PRO, HAS_RES, S_DT, N_DT)
+                ss += tl.sum(t * t, 1)
+                if PRO == 1 and HAS_RES:
+                    if pid == 0:  # one program stores the sum the next residual add reads
+                        tl.store(s_ptr + m[:, None] * ssm + k[None, :], s, mask=msk)
+            rstd = 1.0 / tl.sqrt(ss / GS + eps)
+        for k0 in range(0, GS, BK):
+            kk = k0 + tl.arange(0, BK)
+            k = g * GS + kk
+            km = kk < GS
+            msk = mm[:, None] & km[None, :]
+            t, s = _norm_input(x_ptr, r_ptr, z_ptr, m, k, msk, sxm, srm, szm, PRO, HAS_RES, S_DT, N_DT)
+            if PRO != 0:
+                nw = tl.load(nw_ptr + k, mask=km, other=0.0).to(tl.float32)
+                h = ((t * rstd[:, None]).to(N_DT).to(tl.float32) * nw[None, :]).to(w_ptr.dtype.element_ty)
+            else:
+                h = s.to(w_ptr.dtype.element_ty)
+            w = tl.load(w_ptr + n[:, None] * swn + k[None, :], mask=nm[:, None] & km[None, :], other=0.0)
+            if DOT:
+                acc += dot(h, tl.trans(w), IP)
+            else:
+                acc += tl.sum(h.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :], 2)
     if HAS_BIAS:
         acc += tl.load(b_ptr + n, mask=nm, other=0.0).to(tl.float32)[None, :]
     tl.store(y_ptr + m[:, None] * sym + n[None, :], acc.to(y_ptr.dtype.element_ty), mask=mm[:, None] & nm[None, :])
 
 
-# output features a program, the K block, warps: a guess until the GPU sweep (`sweep gemv`)
-TILES = {"BN": 16, "BK": 256, "warps": 4}
-MAX_ROWS = 16  # rows one program holds (tl.dot's smallest M)
+# output features a program (for N ≥ 2,048 and below), the K block, warps, tl.dot or multiply-and-
+# sum: a guess until the GPU sweep (`sweep gemv`) picks them
+TILES = {"BN_wide": 32, "BN_narrow": 8, "BK": 256, "warps": 4, "dot": False}
+MAX_ROWS = 16  # rows one program holds
 
 
-def gemv(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """x (M ≤ 16, K), weight (N, K), bias (N,) or None, all one dtype → (M, N)."""
+_TL = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
+
+
+def _launch(pro: int, x: Tensor, weight: Tensor, bias: Tensor | None, residual: Tensor | None = None,
+            z: Tensor | None = None, norm_weight: Tensor | None = None, eps: float = 0.0,
+            group_size: int = 0, sum_dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor | None]:
     M, K = x.shape
     N = weight.shape[0]
     if M > MAX_ROWS:
-        raise ValueError(f"gemv takes at most {MAX_ROWS} rows, got {M}")
+        raise ValueError(f"the GEMV takes at most {MAX_ROWS} rows, got {M}")
     x, weight = last_unit(x), last_unit(weight)
-    y = torch.empty((M, N), device=x.device, dtype=x.dtype)
-    BN, BK = TILES["BN"], min(TILES["BK"], triton.next_power_of_2(K))
-    _gemv_kernel[(triton.cdiv(N, BN),)](
-        x, weight, bias if bias is not None else weight, y, M, N, K, x.stride(0), weight.stride(0), y.stride(0),
-        HAS_BIAS=bias is not None, BM=MAX_ROWS, BN=BN, BK=BK, IP=input_precision(x.dtype), num_warps=TILES["warps"])
-    return y
+    r = last_unit(residual) if residual is not None else x
+    zz = last_unit(z) if z is not None else x
+    y = torch.empty((M, N), device=x.device, dtype=weight.dtype if pro else x.dtype)
+    s = torch.empty((M, K), device=x.device, dtype=sum_dtype) if pro == 1 and residual is not None else y
+    gs = group_size if pro == 2 else K
+    BN = TILES["BN_wide"] if N >= 2048 else TILES["BN_narrow"]
+    BK = min(TILES["BK"], triton.next_power_of_2(gs))
+    use_dot = TILES["dot"]
+    BM = MAX_ROWS if use_dot else triton.next_power_of_2(M)
+    nw = norm_weight if norm_weight is not None else weight
+    _norm_gemv_kernel[(triton.cdiv(N, BN),)](
+        x, r, zz, nw, weight, bias if bias is not None else weight, y, s, M, N, K // gs, gs, float(eps),
+        x.stride(0), r.stride(0), zz.stride(0), weight.stride(0), y.stride(0), s.stride(0),
+        PRO=pro, HAS_RES=residual is not None, HAS_BIAS=bias is not None,
+        S_DT=_TL[sum_dtype or x.dtype], N_DT=_TL[nw.dtype if pro == 1 else x.dtype], BM=BM, BN=BN, BK=BK, DOT=use_dot,
+        IP=input_precision(weight.dtype), num_warps=TILES["warps"])
+    return y, (s if pro == 1 and residual is not None else None)
+
+
+def gemv(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """x (M ≤ 16, K), weight (N, K), bias (N,) or None, all one dtype → x Wᵀ + b (M, N)."""
+    return _launch(0, x, weight, bias)[0]
+
+
+def add_norm_gemv(x: Tensor, residual: Tensor | None, norm_weight: Tensor, eps: float, weight: Tensor,
+                  bias: Tensor | None) -> tuple[Tensor, Tensor]:
+    """(RMSNorm(s) · Wᵀ + b, s) with s = residual + x (x itself without a residual), as
+    ``reference.norm_linear``; x, residual (M ≤ 16, K)."""
+    if residual is None:
+        return _launch(1, x, weight, bias, norm_weight=norm_weight, eps=eps)[0], x
+    y, s = _launch(1, x, weight, bias, residual=residual, norm_weight=norm_weight, eps=eps,
+                   sum_dtype=torch.promote_types(x.dtype, residual.dtype))
+    return y, s
+
+
+def gated_norm_gemv(x: Tensor, z: Tensor, norm_weight: Tensor, eps: float, group_size: int, weight: Tensor,
+                    bias: Tensor | None) -> Tensor:
+    """RMSNorm_grouped(x · SiLU(z)) · Wᵀ + b, as ``reference.gated_norm_linear``; x, z (M ≤ 16, K)."""
+    return _launch(2, x, weight, bias, z=z, norm_weight=norm_weight, eps=eps, group_size=group_size)[0]

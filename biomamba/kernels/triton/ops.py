@@ -197,14 +197,37 @@ def _(conv_state, x, weight, bias, silu):
     return x.new_empty(x.shape)
 
 
-@torch.library.custom_op(f"{lib}::decode_linear", mutates_args=())
-def decode_linear_op(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
-    return _gemv.gemv(x, weight, bias)
+@torch.library.custom_op(f"{lib}::norm_gemv", mutates_args=())
+def norm_gemv_op(x: Tensor, norm_weight: Tensor, eps: float, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+    return _gemv.add_norm_gemv(x, None, norm_weight, eps, weight, bias)[0]
 
 
-@decode_linear_op.register_fake
-def _(x, weight, bias):
-    return x.new_empty((x.shape[0], weight.shape[0]))
+@norm_gemv_op.register_fake
+def _(x, norm_weight, eps, weight, bias):
+    return x.new_empty((x.shape[0], weight.shape[0]), dtype=weight.dtype)
+
+
+@torch.library.custom_op(f"{lib}::add_norm_gemv", mutates_args=())
+def add_norm_gemv_op(x: Tensor, residual: Tensor, norm_weight: Tensor, eps: float, weight: Tensor,
+                     bias: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+    return _gemv.add_norm_gemv(x, residual, norm_weight, eps, weight, bias)
+
+
+@add_norm_gemv_op.register_fake
+def _(x, residual, norm_weight, eps, weight, bias):
+    return (x.new_empty((x.shape[0], weight.shape[0]), dtype=weight.dtype),
+            x.new_empty(x.shape, dtype=torch.promote_types(x.dtype, residual.dtype)))
+
+
+@torch.library.custom_op(f"{lib}::gated_norm_gemv", mutates_args=())
+def gated_norm_gemv_op(x: Tensor, z: Tensor, norm_weight: Tensor, eps: float, group_size: int, weight: Tensor,
+                       bias: Optional[Tensor]) -> Tensor:
+    return _gemv.gated_norm_gemv(x, z, norm_weight, eps, group_size, weight, bias)
+
+
+@gated_norm_gemv_op.register_fake
+def _(x, z, norm_weight, eps, group_size, weight, bias):
+    return x.new_empty((x.shape[0], weight.shape[0]), dtype=weight.dtype)
 
 
 # ---- linear + cross-entropy ------------------------------------------------------------------------
