@@ -422,12 +422,13 @@ def case_fwd(kind: str, size: str, bsz: int, seqlen: int, backend: str = "torch"
 
 def case_gen(kind: str, size: str, bsz: int, prompt: int, new: int, backend: str = "torch",
              cuda_graph: bool = True, gemv_rows: int | None = None, fused_step: bool = False,
-             prefill_graph: bool = True) -> dict:
+             prefill_graph: bool = True, gemv_tiles: dict | None = None) -> dict:
     """Greedy decoding, end to end as a user calls it (prefill + ``new`` tokens), ms per new token,
     and the prefill alone (the same call with one new token).
     Ours: ``biomamba.generate.generate_ids`` (CUDA-graph step and prefill unless ``cuda_graph`` /
     ``prefill_graph`` is off; each norm + projection as one fused GEMV for batches up to
-    ``gemv_rows``, the module's default when None; conv + SSM step as one kernel with ``fused_step``);
+    ``gemv_rows``, the module's default when None, tiled as the defaults updated by ``gemv_tiles``;
+    conv + SSM step as one kernel with ``fused_step``);
     the peer: mamba_ssm's ``generate(cg=True)``, timed the same way (as peer_bench.py does)."""
     import torch
     if kind == "ours":
@@ -438,6 +439,8 @@ def case_gen(kind: str, size: str, bsz: int, prompt: int, new: int, backend: str
             ours.GEMV_ROWS = gemv_rows
         if not prefill_graph:
             generate.PREFILL_GRAPH_TOKENS = 0
+        from biomamba.kernels.triton import gemv
+        gemv.TILES.update(gemv_tiles or {})
     torch.manual_seed(0)
     model = build(kind, size, backend).to(torch.bfloat16).eval()
     x = torch.randint(0, VOCAB - 16, (bsz, prompt), device="cuda")
@@ -517,10 +520,9 @@ def case_sweep_conv() -> None:
     conv.BWD_KERNEL = default_kernel
 
 
-GEMV_VARIANTS = [dict(BN=8, BK=256, warps=4, dot=False), dict(BN=16, BK=256, warps=4, dot=False),
-                 dict(BN=32, BK=256, warps=4, dot=False), dict(BN=32, BK=128, warps=2, dot=False),
-                 dict(BN=64, BK=128, warps=4, dot=False), dict(BN=8, BK=512, warps=4, dot=False),
-                 dict(BN=16, BK=256, warps=4, dot=True), dict(BN=32, BK=256, warps=4, dot=True)]
+GEMV_VARIANTS = [dict(BN=8, BK=512, warps=4), dict(BN=8, BK=1024, warps=4), dict(BN=8, BK=1024, warps=8),
+                 dict(BN=8, BK=512, warps=4, one_block_k=2048), dict(BN=8, BK=512, warps=8, one_block_k=2048),
+                 dict(BN=4, BK=512, warps=2), dict(BN=16, BK=512, warps=4), dict(BN=16, BK=512, warps=4, dot=True)]
 
 
 def _graph_us(fn, replays: int = 50) -> float:
@@ -546,9 +548,10 @@ def _graph_us(fn, replays: int = 50) -> float:
 
 def case_sweep_gemv() -> None:
     """A decode step's two norm + projection pairs at batch 1, bf16, for every layer of the model
-    (distinct weights, so they stream from HBM as in decoding, not from L2), captured as a CUDA
-    graph: µs a layer for the norm kernel + cuBLAS (``composed``) and for the fused norm + GEMV
-    at each tiling; the fused result's error against the reference."""
+    (distinct weights, so they stream from HBM as in decoding, not from L2), and the final norm +
+    LM head, each captured as a CUDA graph: µs a layer (the head: µs) for the norm kernel + cuBLAS
+    (``composed``) and for the fused norm + GEMV at each tiling; the fused result's error
+    against the reference."""
     import torch
 
     import biomamba.kernels.triton as T
@@ -561,32 +564,33 @@ def case_sweep_gemv() -> None:
     for size, (layers, d, di, n_in) in {"130m": (24, 768, 1536, 3352), "1.3b": (48, 2048, 4096, 8512)}.items():
         w_in = [torch.randn(n_in, d, **bf) * 0.03 for _ in range(layers)]
         w_out = [torch.randn(d, di, **bf) * 0.03 for _ in range(layers)]
+        w_head = torch.randn(VOCAB, d, **bf) * 0.03  # 50,288: already a multiple of 16
         nw_in, nw_out = torch.ones(d, **bf), torch.ones(di, **bf)
         x, r = torch.randn(1, d, **bf), torch.randn(1, d, device="cuda")
         y, z = torch.randn(1, di, **bf), torch.randn(1, di, **bf)
-
-        def chain_in():
-            for w in w_in:
-                T.norm_linear(x, r, nw_in, 1e-5, w, None)
-
-        def chain_out():
-            for w in w_out:
-                T.gated_norm_linear(y, z, nw_out, 1e-5, di, w, None)
-
+        chains = {"in_us": (layers, lambda: [T.norm_linear(x, r, nw_in, 1e-5, w, None) for w in w_in]),
+                  "out_us": (layers, lambda: [T.gated_norm_linear(y, z, nw_out, 1e-5, di, w, None) for w in w_out]),
+                  "head_us": (1, lambda: T.norm_linear(x, r, nw_in, 1e-5, w_head, None))}
         with torch.no_grad():
-            ref_in = R.norm_linear(x, r, nw_in, 1e-5, w_in[0], None)[0]
-            ref_out = R.gated_norm_linear(y, z, nw_out, 1e-5, di, w_out[0], None)
+            refs = (R.norm_linear(x, r, nw_in, 1e-5, w_in[0], None)[0],
+                    R.gated_norm_linear(y, z, nw_out, 1e-5, di, w_out[0], None))
             T.GEMV_ROWS = 0
-            row = {"composed": {"in_us": round(_graph_us(chain_in) / layers, 2),
-                                "out_us": round(_graph_us(chain_out) / layers, 2)}}
+            row = {"composed": {k: round(_graph_us(fn) / n, 2) for k, (n, fn) in chains.items()}}
             T.GEMV_ROWS = 16
             for variant in GEMV_VARIANTS:
+                name = "BN{BN} BK{BK} w{warps}".format(**variant) + (" dot" if variant.get("dot") else "") + (
+                    f" one-block≤{variant['one_block_k']}" if variant.get("one_block_k") else "")
+                gemv.TILES.update(default)
                 gemv.TILES.update(BN_wide=variant["BN"], BN_narrow=variant["BN"], BK=variant["BK"],
-                                  warps=variant["warps"], dot=variant["dot"])
-                row["BN{BN} BK{BK} w{warps} {}".format("dot" if variant["dot"] else "sum", **variant)] = {
-                    "in_us": round(_graph_us(chain_in) / layers, 2), "out_us": round(_graph_us(chain_out) / layers, 2),
-                    "rel_err": max(_rel(T.norm_linear(x, r, nw_in, 1e-5, w_in[0], None)[0], ref_in),
-                                   _rel(T.gated_norm_linear(y, z, nw_out, 1e-5, di, w_out[0], None), ref_out))}
+                                  warps=variant["warps"], dot=variant.get("dot", False),
+                                  one_block_k=variant.get("one_block_k", 0))
+                try:
+                    got = (T.norm_linear(x, r, nw_in, 1e-5, w_in[0], None)[0],
+                           T.gated_norm_linear(y, z, nw_out, 1e-5, di, w_out[0], None))
+                    row[name] = {k: round(_graph_us(fn) / n, 2) for k, (n, fn) in chains.items()}
+                    row[name]["rel_err"] = max(_rel(a, b) for a, b in zip(got, refs))
+                except Exception as exc:  # a tiling the compiler rejects: say which, go on
+                    row[name] = {"error": str(exc).strip().splitlines()[-1][:160]}
         emit(f"sweep gemv {size} b1", **row)
         gemv.TILES.update(default)
     T.GEMV_ROWS = default_rows
@@ -713,6 +717,10 @@ CASES = [
     ("gen ours-triton 130m b1 p256+256 cg", "case_gen", ["ours", "130m", 1, 256, 256], {"backend": "triton"}),
     ("gen ours-triton-nogemv 130m b1 p256+256 cg", "case_gen", ["ours", "130m", 1, 256, 256],
      {"backend": "triton", "gemv_rows": 0}),
+    ("gen ours-triton-bk1024 130m b1 p256+256 cg", "case_gen", ["ours", "130m", 1, 256, 256],
+     {"backend": "triton", "gemv_tiles": {"BK": 1024}}),
+    ("gen ours-triton-oneblock 130m b1 p256+256 cg", "case_gen", ["ours", "130m", 1, 256, 256],
+     {"backend": "triton", "gemv_tiles": {"one_block_k": 2048, "warps": 8}}),
     ("gen ours-triton-noprefillgraph 130m b1 p256+256 cg", "case_gen", ["ours", "130m", 1, 256, 256],
      {"backend": "triton", "prefill_graph": False}),
     ("gen ours-triton-fused 130m b1 p256+256 cg", "case_gen", ["ours", "130m", 1, 256, 256],
@@ -729,6 +737,8 @@ CASES = [
      {"backend": "triton", "graphed": True}),
     ("gen ours-triton 1.3b b1 p256+256 cg", "case_gen", ["ours", "1.3b", 1, 256, 256], {"backend": "triton"}),
     ("gen ssm-mamba2 1.3b b1 p256+256 cg", "case_gen", ["ssm-mamba2", "1.3b", 1, 256, 256], {}),
+    ("gen ours-triton-oneblock 1.3b b1 p256+256 cg", "case_gen", ["ours", "1.3b", 1, 256, 256],
+     {"backend": "triton", "gemv_tiles": {"one_block_k": 2048, "warps": 8}}),
     ("gen ours-triton-nogemv 1.3b b1 p256+256 cg", "case_gen", ["ours", "1.3b", 1, 256, 256],
      {"backend": "triton", "gemv_rows": 0}),
     ("gen ours-triton 1.3b b64 p256+128 cg", "case_gen", ["ours", "1.3b", 64, 256, 128], {"backend": "triton"}),

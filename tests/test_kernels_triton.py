@@ -303,7 +303,7 @@ def test_fused_conv_ssd_step(state_dtype, ngroups, monkeypatch):
                           test_utils=("test_schema", "test_faketensor"))
 
 
-@pytest.mark.parametrize("product", ["sum", "dot"])
+@pytest.mark.parametrize("product", ["sum", "dot", "one-block"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_norm_linear_and_gated_norm_linear(dtype, product, monkeypatch):
     """The fused norm + GEMV kernels against the reference (norm, then F.linear): 1, 3 and 16
@@ -315,6 +315,7 @@ def test_norm_linear_and_gated_norm_linear(dtype, product, monkeypatch):
 
     monkeypatch.setattr(T, "GEMV_ROWS", 16)
     monkeypatch.setitem(gemv.TILES, "dot", product == "dot")
+    monkeypatch.setitem(gemv.TILES, "one_block_k", 4096 if product == "one-block" else 0)  # all K at once
     assert K.describe()["norm_linear"] == "triton (norm + GEMV as one kernel up to 16 rows)"  # `biomamba env`
     N, Kd = (3352, 768) if CUDA else (37, 24)
     if not CUDA:
@@ -345,6 +346,14 @@ def test_norm_linear_and_gated_norm_linear(dtype, product, monkeypatch):
                     ref = R.gated_norm_linear(x, z, nw, 1e-5, group, w, bias)
                     assert got.dtype == ref.dtype and rel(got, ref) < tol, group
             assert rel(gemv.gemv(x, w, b), torch.nn.functional.linear(x.float(), w.float(), b.float())) < tol
+        if CUDA:  # the 1.3B projections too (a 1.3B GEMV sweep met a Triton compile error on the GPU)
+            for n_out, k_in in ((8512, 2048), (2048, 4096)):
+                w2, nw2 = (torch.randn(n_out, k_in, device=DEV) * 0.03).to(dtype), torch.ones(k_in, device=DEV).to(dtype)
+                x2 = torch.randn(1, k_in, device=DEV).to(dtype)
+                assert rel(K.norm_linear(x2, x2.float(), nw2, 1e-5, w2)[0],
+                           R.norm_linear(x2, x2.float(), nw2, 1e-5, w2)[0]) < tol
+                assert rel(K.gated_norm_linear(x2, x2, nw2, 1e-5, k_in, w2),
+                           R.gated_norm_linear(x2, x2, nw2, 1e-5, k_in, w2)) < tol
         x = torch.randn(2, 1, Kd, device=DEV).to(dtype)  # leading dims are flattened and restored
         assert K.norm_linear(x, x, nw, 1e-5, w)[0].shape == (2, 1, N)
         assert K.gated_norm_linear(x, x, nw, 1e-5, Kd, w).shape == (2, 1, N)

@@ -11,7 +11,8 @@ normalises the rows itself and the separate norm kernels disappear:
     PRO 2  y = RMSNorm_grouped(x · SiLU(z)) Wᵀ          (the mixer's gated norm + out_proj)
 
 Each program owns BN output features and walks K in BK blocks, twice when there is a norm (the
-sums of squares first, the product second: the rows are a few kB and stay in cache). The
+sums of squares first, the product second: the rows are a few kB and stay in cache), or, when
+all of K fits one block, once. The
 normalised rows are rounded exactly where the reference rounds them (``reference.rmsnorm`` /
 ``gated_rmsnorm``), so the result is F.linear of the reference's normalised input. The product
 is ``tl.dot`` (rows padded to 16: idle tensor-core lanes, no extra memory traffic) or, with
@@ -49,54 +50,75 @@ def _norm_input(x_ptr, r_ptr, z_ptr, m, k, msk, sxm, srm, szm, PRO: tl.constexpr
 
 
 @triton.jit
+def _times_w(acc, t, s, rstd, nw_ptr, w, k, km, PRO: tl.constexpr, N_DT: tl.constexpr, W_DT: tl.constexpr,
+             DOT: tl.constexpr, IP: tl.constexpr):
+    """acc + (the normalised tile, rounded as the reference rounds it) · w-tileᵀ."""
+    if PRO != 0:
+        nw = tl.load(nw_ptr + k, mask=km, other=0.0).to(tl.float32)
+        h = ((t * rstd[:, None]).to(N_DT).to(tl.float32) * nw[None, :]).to(W_DT)
+    else:
+        h = s.to(W_DT)
+    if DOT:
+        return acc + dot(h, tl.trans(w), IP)
+    else:
+        return acc + tl.sum(h.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :], 2)
+
+
+@triton.jit
 def _norm_gemv_kernel(x_ptr, r_ptr, z_ptr, nw_ptr, w_ptr, b_ptr, y_ptr, s_ptr, M, N, NG, GS, eps,
                       sxm, srm, szm, swn, sym, ssm,
                       PRO: tl.constexpr, HAS_RES: tl.constexpr, HAS_BIAS: tl.constexpr, S_DT: tl.constexpr,
                       N_DT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-                      DOT: tl.constexpr, IP: tl.constexpr):
+                      ONE_BLOCK: tl.constexpr, DOT: tl.constexpr, IP: tl.constexpr):
     pid = tl.program_id(0)
     n = pid * BN + tl.arange(0, BN)
     m = tl.arange(0, BM)
     nm = n < N
     mm = m < M
     acc = tl.zeros((BM, BN), dtype=tl.float32)
-    for g in range(0, NG):  # one group of GS channels at a time (one group = all K but for PRO 2)
-        if PRO != 0:
-            ss = tl.zeros((BM,), dtype=tl.float32)
+    W_DT = w_ptr.dtype.element_ty
+    if ONE_BLOCK:  # one group, all of K in one block: one pass, the weight load issued first
+        k = tl.arange(0, BK)
+        km = k < GS
+        msk = mm[:, None] & km[None, :]
+        w = tl.load(w_ptr + n[:, None] * swn + k[None, :], mask=nm[:, None] & km[None, :], other=0.0)
+        t, s = _norm_input(x_ptr, r_ptr, z_ptr, m, k, msk, sxm, srm, szm, PRO, HAS_RES, S_DT, N_DT)
+        rstd = 1.0 / tl.sqrt(tl.sum(t * t, 1) / GS + eps)
+        if PRO == 1 and HAS_RES:
+            if pid == 0:  # one program stores the sum the next residual add reads
+                tl.store(s_ptr + m[:, None] * ssm + k[None, :], s, mask=msk)
+        acc = _times_w(acc, t, s, rstd, nw_ptr, w, k, km, PRO, N_DT, W_DT, DOT, IP)
+    else:
+        for g in range(0, NG):  # one group of GS channels at a time (one group = all K but for PRO 2)
+            rstd = tl.zeros((BM,), dtype=tl.float32)
+            if PRO != 0:  # first the sums of squares
+                for k0 in range(0, GS, BK):
+                    kk = k0 + tl.arange(0, BK)
+                    k = g * GS + kk
+                    msk = mm[:, None] & (kk < GS)[None, :]
+                    t, s = _norm_input(x_ptr, r_ptr, z_ptr, m, k, msk, sxm, srm, szm, PRO, HAS_RES, S_DT, N_DT)
+                    rstd += tl.sum(t * t, 1)
+                    if PRO == 1 and HAS_RES:
+                        if pid == 0:
+                            tl.store(s_ptr + m[:, None] * ssm + k[None, :], s, mask=msk)
+                rstd = 1.0 / tl.sqrt(rstd / GS + eps)
             for k0 in range(0, GS, BK):
                 kk = k0 + tl.arange(0, BK)
                 k = g * GS + kk
-                msk = mm[:, None] & (kk < GS)[None, :]
+                km = kk < GS
+                msk = mm[:, None] & km[None, :]
+                w = tl.load(w_ptr + n[:, None] * swn + k[None, :], mask=nm[:, None] & km[None, :], other=0.0)
                 t, s = _norm_input(x_ptr, r_ptr, z_ptr, m, k, msk, sxm, srm, szm, PRO, HAS_RES, S_DT, N_DT)
-                ss += tl.sum(t * t, 1)
-                if PRO == 1 and HAS_RES:
-                    if pid == 0:  # one program stores the sum the next residual add reads
-                        tl.store(s_ptr + m[:, None] * ssm + k[None, :], s, mask=msk)
-            rstd = 1.0 / tl.sqrt(ss / GS + eps)
-        for k0 in range(0, GS, BK):
-            kk = k0 + tl.arange(0, BK)
-            k = g * GS + kk
-            km = kk < GS
-            msk = mm[:, None] & km[None, :]
-            t, s = _norm_input(x_ptr, r_ptr, z_ptr, m, k, msk, sxm, srm, szm, PRO, HAS_RES, S_DT, N_DT)
-            if PRO != 0:
-                nw = tl.load(nw_ptr + k, mask=km, other=0.0).to(tl.float32)
-                h = ((t * rstd[:, None]).to(N_DT).to(tl.float32) * nw[None, :]).to(w_ptr.dtype.element_ty)
-            else:
-                h = s.to(w_ptr.dtype.element_ty)
-            w = tl.load(w_ptr + n[:, None] * swn + k[None, :], mask=nm[:, None] & km[None, :], other=0.0)
-            if DOT:
-                acc += dot(h, tl.trans(w), IP)
-            else:
-                acc += tl.sum(h.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :], 2)
+                acc = _times_w(acc, t, s, rstd, nw_ptr, w, k, km, PRO, N_DT, W_DT, DOT, IP)
     if HAS_BIAS:
         acc += tl.load(b_ptr + n, mask=nm, other=0.0).to(tl.float32)[None, :]
     tl.store(y_ptr + m[:, None] * sym + n[None, :], acc.to(y_ptr.dtype.element_ty), mask=mm[:, None] & nm[None, :])
 
 
 # output features a program (for N ≥ 2,048 and below), the K block, warps, tl.dot or multiply-and-
-# sum: a guess until the GPU sweep (`sweep gemv`) picks them
-TILES = {"BN_wide": 32, "BN_narrow": 8, "BK": 256, "warps": 4, "dot": False}
+# sum: from `sweep gemv` (bench/RESULTS.md, call J: 8/512/4/sum was the fastest of 8 tilings for
+# both projections at 130M). A K up to one_block_k is one block, read in a single pass (0: never).
+TILES = {"BN_wide": 8, "BN_narrow": 8, "BK": 512, "warps": 4, "dot": False, "one_block_k": 0}
 MAX_ROWS = 16  # rows one program holds
 
 
@@ -117,7 +139,8 @@ def _launch(pro: int, x: Tensor, weight: Tensor, bias: Tensor | None, residual: 
     s = torch.empty((M, K), device=x.device, dtype=sum_dtype) if pro == 1 and residual is not None else y
     gs = group_size if pro == 2 else K
     BN = TILES["BN_wide"] if N >= 2048 else TILES["BN_narrow"]
-    BK = min(TILES["BK"], triton.next_power_of_2(gs))
+    one_block = K // gs == 1 and K <= TILES["one_block_k"]
+    BK = triton.next_power_of_2(K) if one_block else min(TILES["BK"], triton.next_power_of_2(gs))
     use_dot = TILES["dot"]
     BM = MAX_ROWS if use_dot else triton.next_power_of_2(M)
     nw = norm_weight if norm_weight is not None else weight
@@ -125,7 +148,8 @@ def _launch(pro: int, x: Tensor, weight: Tensor, bias: Tensor | None, residual: 
         x, r, zz, nw, weight, bias if bias is not None else weight, y, s, M, N, K // gs, gs, float(eps),
         x.stride(0), r.stride(0), zz.stride(0), weight.stride(0), y.stride(0), s.stride(0),
         PRO=pro, HAS_RES=residual is not None, HAS_BIAS=bias is not None,
-        S_DT=_TL[sum_dtype or x.dtype], N_DT=_TL[nw.dtype if pro == 1 else x.dtype], BM=BM, BN=BN, BK=BK, DOT=use_dot,
+        S_DT=_TL[sum_dtype or x.dtype], N_DT=_TL[nw.dtype if pro == 1 else x.dtype], BM=BM, BN=BN, BK=BK,
+        ONE_BLOCK=one_block, DOT=use_dot,
         IP=input_precision(weight.dtype), num_warps=TILES["warps"])
     return y, (s if pro == 1 and residual is not None else None)
 
