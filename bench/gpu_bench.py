@@ -720,7 +720,7 @@ CASES = [
     ("gen ours-triton-bk1024 130m b1 p256+256 cg", "case_gen", ["ours", "130m", 1, 256, 256],
      {"backend": "triton", "gemv_tiles": {"BK": 1024}}),
     ("gen ours-triton-oneblock 130m b1 p256+256 cg", "case_gen", ["ours", "130m", 1, 256, 256],
-     {"backend": "triton", "gemv_tiles": {"one_block_k": 2048, "warps": 8}}),
+     {"backend": "triton", "gemv_tiles": {"one_block_k": 2048, "warps": 8}}),  # the default since call K
     ("gen ours-triton-noprefillgraph 130m b1 p256+256 cg", "case_gen", ["ours", "130m", 1, 256, 256],
      {"backend": "triton", "prefill_graph": False}),
     ("gen ours-triton-fused 130m b1 p256+256 cg", "case_gen", ["ours", "130m", 1, 256, 256],
@@ -738,7 +738,7 @@ CASES = [
     ("gen ours-triton 1.3b b1 p256+256 cg", "case_gen", ["ours", "1.3b", 1, 256, 256], {"backend": "triton"}),
     ("gen ssm-mamba2 1.3b b1 p256+256 cg", "case_gen", ["ssm-mamba2", "1.3b", 1, 256, 256], {}),
     ("gen ours-triton-oneblock 1.3b b1 p256+256 cg", "case_gen", ["ours", "1.3b", 1, 256, 256],
-     {"backend": "triton", "gemv_tiles": {"one_block_k": 2048, "warps": 8}}),
+     {"backend": "triton", "gemv_tiles": {"one_block_k": 2048, "warps": 8}}),  # the default since call K
     ("gen ours-triton-nogemv 1.3b b1 p256+256 cg", "case_gen", ["ours", "1.3b", 1, 256, 256],
      {"backend": "triton", "gemv_rows": 0}),
     ("gen ours-triton 1.3b b64 p256+128 cg", "case_gen", ["ours", "1.3b", 64, 256, 128], {"backend": "triton"}),

@@ -59,12 +59,19 @@ def test_prefill_groups_equal_lengths_and_keeps_row_order(exported):
     prompts = [torch.randint(0, model.config.vocab_size, (n,), generator=gen).tolist() for n in lengths]
     with torch.no_grad():
         cache, logits = prefill(model, prompts)
-        for row, ids in enumerate(prompts):
-            one, one_logits = prefill(model, [ids])
-            torch.testing.assert_close(logits[row], one_logits[0], rtol=1e-5, atol=1e-5)
-            for state, alone in zip(cache.layers, one.layers):
-                torch.testing.assert_close(state.ssm[row], alone.ssm[0], rtol=1e-5, atol=1e-5)
-                torch.testing.assert_close(state.conv[row], alone.conv[0], rtol=1e-5, atol=1e-5)
+        _assert_each_row_as_if_alone(model, prompts, cache, logits, 1e-5)
+
+
+def _assert_each_row_as_if_alone(model, prompts, cache, logits, tol: float) -> None:
+    """Row r of (cache, logits) holds what prefilling prompts[r] by itself gives."""
+    from biomamba.generate import prefill
+
+    for row, ids in enumerate(prompts):
+        one, one_logits = prefill(model, [ids])
+        torch.testing.assert_close(logits[row], one_logits[0], rtol=tol, atol=tol)
+        for state, alone in zip(cache.layers, one.layers):
+            torch.testing.assert_close(state.ssm[row], alone.ssm[0], rtol=tol, atol=tol)
+            torch.testing.assert_close(state.conv[row], alone.conv[0], rtol=tol, atol=tol)
 
 
 @pytest.mark.parametrize("sync_every", [1, 3, 16])
@@ -144,7 +151,7 @@ def test_step_runner_kept_per_batch_size_and_weights():
 def test_left_padded_prefill_equals_each_prompt_alone():
     """The CUDA-graph prefill's layout (each prompt left-padded to the bucket, the pad a document
     of its own): one forward gives each row the states and logits of its prompt alone."""
-    from biomamba.generate import left_padded, prefill
+    from biomamba.generate import left_padded
 
     model = randomize_weights(MambaLM(model_preset("tiny")), seed=5).eval()
     gen = torch.Generator().manual_seed(torch.seed() % 2**31)
@@ -154,12 +161,7 @@ def test_left_padded_prefill_equals_each_prompt_alone():
     with torch.no_grad():
         cache = model.allocate_cache(len(prompts))
         logits = model.lm_head(model.hidden(ids, seq_idx=seq, cache=cache)[:, -1])
-        for row, p in enumerate(prompts):
-            one, one_logits = prefill(model, [p])
-            torch.testing.assert_close(logits[row], one_logits[0], rtol=1e-4, atol=1e-4)
-            for state, alone in zip(cache.layers, one.layers):
-                torch.testing.assert_close(state.ssm[row], alone.ssm[0], rtol=1e-4, atol=1e-4)
-                torch.testing.assert_close(state.conv[row], alone.conv[0], rtol=1e-4, atol=1e-4)
+        _assert_each_row_as_if_alone(model, prompts, cache, logits, 1e-4)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")

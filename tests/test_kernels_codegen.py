@@ -87,6 +87,19 @@ def test_gated_norm_loads_z_rows_128_bits_at_a_time(which):
     assert unhinted.get("ld.global.b16", 0) > 0, unhinted
 
 
+@pytest.mark.parametrize("which", ["fwd", "bwd"])
+def test_gated_norm_with_one_row_a_program_compiles(which):
+    """The 1.3B gated norm (one 4,096-channel group: one row a program) with the row hints: a 2-D
+    hint on its (1, 1) offset tile crashed Triton 3.6's coalescing pass on the GPU (every 1.3B
+    case of call K); the hint now goes on the 1-D product."""
+    from biomamba.kernels.triton import norm
+
+    kernel = norm._norm_fwd_kernel if which == "fwd" else norm._norm_bwd_kernel
+    ptrs = {n: "*bf16" for n in ("x_ptr", "z_ptr", "y_ptr", "dy_ptr", "dx_ptr", "dz_ptr")}
+    _compiles(kernel, ptrs, dict(HAS_Z=True, BM=1, BG=4096, XV=16, ZV=16, **({"DV": 16} if which == "bwd" else {})),
+              warps=8)
+
+
 def test_row_divisor():
     from biomamba.kernels.triton.common import row_divisor
 

@@ -81,7 +81,7 @@ def add_rmsnorm(x: Tensor, residual: Tensor, weight: Tensor, eps: float) -> tupl
 
 # rows up to which norm_linear and gated_norm_linear run as one fused norm + GEMV kernel (at most
 # gemv.MAX_ROWS); above it, and while this is 0, the norm kernel then cuBLAS (bench/gpu_bench.py
-# `gen …-gemv` and `sweep gemv` measure both)
+# `gen …-nogemv` and `sweep gemv` measure both: faster with the tiles of call L, bench/RESULTS.md)
 GEMV_ROWS = 16
 
 
