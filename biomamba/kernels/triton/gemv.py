@@ -117,7 +117,7 @@ def _norm_gemv_kernel(x_ptr, r_ptr, z_ptr, nw_ptr, w_ptr, b_ptr, y_ptr, s_ptr, M
 
 # output features a program (for N ≥ 2,048 and below), the K block, warps, tl.dot or multiply-and-
 # sum, and the K up to which all of K is one block read in a single pass (0: never). From the GPU
-# sweeps (bench/RESULTS.md, calls J and K): at 130M the single pass at 8 warps took 5.0 + 3.3 µs a
+# sweeps (bench/RESULTS.md, calls K and L): at 130M the single pass at 8 warps took 5.0 + 3.3 µs a
 # layer against 6.5 + 8.0 for the norm kernel + cuBLAS, and decoding ran 0.434 ms/token with it.
 TILES = {"BN_wide": 8, "BN_narrow": 8, "BK": 512, "warps": 8, "dot": False, "one_block_k": 2048}
 MAX_ROWS = 16  # rows one program holds
