@@ -139,3 +139,20 @@ def test_head_split_backward_compiles_for_sm90():
     bf16["seq_ptr"] = "*i32"
     for kernel in (ssd._bwd_dc_kernel, ssd._bwd_db_kernel):
         _compiles(kernel, bf16, dict(HAS_SEQ=True, HS=4, T=256, BM=64, BK=64, BP=64, BN=128, IP="tf32"))
+
+
+def test_every_kernel_a_model_launches_compiles_for_sm90():
+    """bench/compile_check.py: each Triton kernel a training step and decoding launch at the 130M
+    and 1.3B widths, specialised as Triton specialises it at run time, compiles for sm_90. (Run
+    with ``--triton`` against the GPU machine's Triton version too: call L's 1.3B crash was in
+    Triton 3.6 only.) In a subprocess: the check swaps Triton's launcher for the compiler."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(repo / "bench" / "compile_check.py"), "--presets", "130m,1.3b"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    counts = re.search(r"(\d+) specialisations compiled, (\d+) failed", done.stdout)
+    assert counts and int(counts[1]) >= 30 and int(counts[2]) == 0, done.stdout  # ~40 at 130M + 1.3B
