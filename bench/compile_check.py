@@ -2,7 +2,8 @@
 training step and decoding launch at a model preset's real widths: each launch is intercepted,
 specialised the way Triton specialises it at run time (ints equal to 1 become constants,
 16-divisible ints and 16-byte-aligned pointers get the divisibility attribute) and compiled to
-PTX; nothing runs. Kernels' outputs are left unwritten, which is fine: only shapes, dtypes and
+a cubin, whose registers and local memory are read back (local memory, i.e. spills, is listed
+when > 0); nothing runs. Kernels' outputs are left unwritten, which is fine: only shapes, dtypes and
 strides decide what is compiled.
 
 Why: a GPU call costs minutes of a small budget, and the GPU machine's Triton is not the one CI
@@ -10,7 +11,7 @@ has. In call L (bench/RESULTS.md) every 1.3B case died on a compile error of Tri
 Triton 3.9 does not have. Point ``--triton`` at another Triton (an unpacked wheel:
 ``pip download triton==3.6.0``, unzip) to check against that version.
 
-    python bench/compile_check.py [--presets 130m,1.3b] [--triton DIR]
+    python bench/compile_check.py [--presets 130m,1.3b] [--triton DIR] [--verbose]
 """
 
 from __future__ import annotations
@@ -58,14 +59,36 @@ def _interceptor(failures: dict, compiled: dict):
         what = f"{self.fn.__name__}(" + ", ".join(
             f"{n}={v!r}" for (i,), v in constexprs.items() for n in [self.arg_names[i]]) + f") {options}"
         try:
-            triton.compile(ASTSource(fn=self, signature=signature, constexprs=constexprs, attrs=attrs),
-                           target=target, options=options)
-            compiled[key] = what
+            kernel = triton.compile(ASTSource(fn=self, signature=signature, constexprs=constexprs, attrs=attrs),
+                                    target=target, options=options)
+            compiled[key] = f"{what}: {_resource_usage(kernel.asm['cubin'])}"
         except Exception as exc:  # report every failing specialisation, not just the first
             failures[key] = f"{what}: {str(exc).strip().splitlines()[-1][:200]}"
         return None
 
     return run
+
+
+def _resource_usage(cubin: bytes) -> str:
+    """Registers a thread and local memory (spills) of the cubin Triton's own ptxas made, read
+    with the cuobjdump Triton bundles: what the GPU would report on loading it, known here."""
+    import os
+    import re
+    import subprocess
+    import tempfile
+
+    import triton
+
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "k.cubin")
+        with open(path, "wb") as f:
+            f.write(cubin)
+        out = subprocess.run([tool, "-res-usage", path], capture_output=True, text=True).stdout
+    usage = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", out)
+    if not usage:
+        return "usage unknown"
+    return f"{usage[1]} registers, {usage[4]} B local (spills)"  # (shared memory is dynamic: not in the cubin)
 
 
 def check(presets: list[str]) -> tuple[dict, dict]:
@@ -114,6 +137,7 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", default="130m,1.3b", help="comma-separated model presets")
     parser.add_argument("--triton", help="a directory holding another Triton package, put first on sys.path")
+    parser.add_argument("--verbose", action="store_true", help="list every specialisation, not only those that spill")
     args = parser.parse_args(argv)
     if args.triton:
         sys.path.insert(0, args.triton)
@@ -123,6 +147,9 @@ def main(argv: list[str]) -> int:
     compiled, failures = check(args.presets.split(","))
     print(f"triton {triton.__version__}, presets {args.presets}: {len(compiled)} specialisations compiled, "
           f"{len(failures)} failed ({time.time() - t0:.0f} s)")
+    for what in compiled.values():
+        if args.verbose or not what.endswith(" 0 B local (spills)"):
+            print("  ", what)
     for what in failures.values():
         print("  FAILED", what)
     return 1 if failures else 0
