@@ -86,7 +86,9 @@ class StepRunner:
         self.model, self.batch, self.greedy = model, batch, greedy
         self.vocab = model.config.vocab_size
         self.cuda_graph = cuda_graph
-        self.cache = model.allocate_cache(batch)
+        # a graph reads fixed tensors, so a graphed runner owns its states; an eager one adopts the
+        # cache it is given (at 1.3B and batch 64 a cache is ~6.4 GB: never allocate one to discard)
+        self.cache = model.allocate_cache(batch) if cuda_graph else None
         device = model.backbone.embedding.weight.device
         self.tokens = torch.zeros(batch, dtype=torch.long, device=device)
         self.graph: torch.cuda.CUDAGraph | None = None
@@ -94,7 +96,11 @@ class StepRunner:
         self.prefills: dict[int, _PrefillGraph] = {}  # bucket length → its captured forward
 
     def load(self, cache: InferenceCache) -> None:
-        """Take over ``cache``'s states (copied into this runner's own, which its graph reads)."""
+        """Take over ``cache``'s states: copied into this runner's own, which its graphs read, or,
+        without graphs, ``cache`` itself."""
+        if not self.cuda_graph:
+            self.cache = cache
+            return
         for mine, theirs in zip(self.cache.layers, cache.layers):
             mine.conv.copy_(theirs.conv)
             mine.ssm.copy_(theirs.ssm)
@@ -107,10 +113,7 @@ class StepRunner:
         bucket = max(PREFILL_MIN, 1 << (longest - 1).bit_length())
         if not self.cuda_graph or self.batch * bucket > PREFILL_GRAPH_TOKENS:
             cache, logits = prefill(self.model, prompts)
-            if self.cuda_graph:
-                self.load(cache)
-            else:
-                self.cache = cache
+            self.load(cache)
             return logits
         graph = self.prefills.pop(bucket, None) or _PrefillGraph(self, bucket)
         self.prefills[bucket] = graph  # most recently used last
@@ -146,8 +149,10 @@ class StepRunner:
 
 
 PREFILL_MIN = 16  # the shortest prefill bucket
-PREFILL_GRAPH_TOKENS = 1 << 17  # batch × bucket above which the prefill runs eagerly (it is then GPU-bound)
-MAX_PREFILL_GRAPHS = 4  # buckets a runner keeps captured (each holds its forward's activation memory)
+# batch × bucket above which the prefill runs eagerly: it is then GPU-bound, and a captured forward
+# keeps its activation memory for as long as the graph lives (up to 16,384 tokens: batch 64 × 256)
+PREFILL_GRAPH_TOKENS = 1 << 14
+MAX_PREFILL_GRAPHS = 2  # buckets a runner keeps captured
 
 
 def _on_side_stream(fn: Callable[[], Tensor]) -> Tensor:
