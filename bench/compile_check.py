@@ -94,7 +94,7 @@ def _resource_usage(cubin: bytes) -> str:
 def check(presets: list[str]) -> tuple[dict, dict]:
     """(compiled, failures): specialisation → description, for one training step (bf16 autocast,
     two documents, a length that does not divide the chunk) and decoding (a left-padded prefill,
-    then steps at 1, 4 and 64 rows, with the conv and SSM steps apart and fused) of each preset
+    then steps at 1, 4, 16 and 64 rows, with the conv and SSM steps apart and fused) of each preset
     (one layer of its widths)."""
     import torch
     from triton.runtime.jit import JITFunction
@@ -122,7 +122,7 @@ def check(presets: list[str]) -> tuple[dict, dict]:
             loss.backward()
             model = model.to(torch.bfloat16).eval()
             with torch.no_grad():
-                for rows in (1, 4, 64):
+                for rows in (1, 4, 16, 64):
                     cache = model.allocate_cache(rows)
                     model.hidden(ids[:1].expand(rows, -1)[:, :32], seq_idx=seq[:1, :32].expand(rows, -1), cache=cache)
                     for fused in (False, True):

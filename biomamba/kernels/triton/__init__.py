@@ -81,8 +81,10 @@ def add_rmsnorm(x: Tensor, residual: Tensor, weight: Tensor, eps: float) -> tupl
 
 # rows up to which norm_linear and gated_norm_linear run as one fused norm + GEMV kernel (at most
 # gemv.MAX_ROWS); above it, and while this is 0, the norm kernel then cuBLAS (bench/gpu_bench.py
-# `gen …-nogemv` and `sweep gemv` measure both: faster with the tiles of call L, bench/RESULTS.md)
-GEMV_ROWS = 16
+# `gen …-nogemv` and `sweep gemv` measure both). Measured faster at 1 row (bench/RESULTS.md, call
+# L); at 16 rows its multiply-and-sum tile takes 255 registers a thread (bench/compile_check.py)
+# and is unmeasured, so cuBLAS keeps batches above 4 until a GPU run says otherwise.
+GEMV_ROWS = 4
 
 
 def _gemv_applies(x: Tensor, weight: Tensor, bias: Tensor | None, *others: Tensor) -> bool:
