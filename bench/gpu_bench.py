@@ -522,7 +522,7 @@ def case_sweep_conv() -> None:
 
 GEMV_VARIANTS = [dict(BN=8, BK=512, warps=4), dict(BN=8, BK=1024, warps=4), dict(BN=8, BK=1024, warps=8),
                  dict(BN=8, BK=512, warps=4, one_block_k=2048), dict(BN=8, BK=512, warps=8, one_block_k=2048),
-                 dict(BN=4, BK=512, warps=2), dict(BN=16, BK=512, warps=4), dict(BN=16, BK=512, warps=4, dot=True)]
+                 dict(BN=4, BK=512, warps=2), dict(BN=16, BK=512, warps=4), dict(BN=4, BK=512, warps=4, one_block_k=2048)]
 
 
 def _graph_us(fn, replays: int = 50) -> float:
@@ -578,12 +578,11 @@ def case_sweep_gemv() -> None:
             row = {"composed": {k: round(_graph_us(fn) / n, 2) for k, (n, fn) in chains.items()}}
             T.GEMV_ROWS = 16
             for variant in GEMV_VARIANTS:
-                name = "BN{BN} BK{BK} w{warps}".format(**variant) + (" dot" if variant.get("dot") else "") + (
+                name = "BN{BN} BK{BK} w{warps}".format(**variant) + (
                     f" one-block≤{variant['one_block_k']}" if variant.get("one_block_k") else "")
                 gemv.TILES.update(default)
                 gemv.TILES.update(BN_wide=variant["BN"], BN_narrow=variant["BN"], BK=variant["BK"],
-                                  warps=variant["warps"], dot=variant.get("dot", False),
-                                  one_block_k=variant.get("one_block_k", 0))
+                                  warps=variant["warps"], one_block_k=variant.get("one_block_k", 0))
                 try:
                     got = (T.norm_linear(x, r, nw_in, 1e-5, w_in[0], None)[0],
                            T.gated_norm_linear(y, z, nw_out, 1e-5, di, w_out[0], None))

@@ -303,7 +303,7 @@ def test_fused_conv_ssd_step(state_dtype, ngroups, monkeypatch):
                           test_utils=("test_schema", "test_faketensor"))
 
 
-@pytest.mark.parametrize("product", ["sum", "dot", "one-block"])
+@pytest.mark.parametrize("product", ["blocked", "one-block"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_norm_linear_and_gated_norm_linear(dtype, product, monkeypatch):
     """The fused norm + GEMV kernels against the reference (norm, then F.linear): 1, 3 and 16
@@ -314,7 +314,6 @@ def test_norm_linear_and_gated_norm_linear(dtype, product, monkeypatch):
     from biomamba.kernels.triton import gemv
 
     monkeypatch.setattr(T, "GEMV_ROWS", 16)
-    monkeypatch.setitem(gemv.TILES, "dot", product == "dot")
     monkeypatch.setitem(gemv.TILES, "one_block_k", 4096 if product == "one-block" else 0)  # all K at once
     assert K.describe()["norm_linear"] == "triton (norm + GEMV as one kernel up to 16 rows)"  # `biomamba env`
     N, Kd = (3352, 768) if CUDA else (37, 24)

@@ -15,8 +15,8 @@ sums of squares first, the product second: the rows are a few kB and stay in cac
 all of K fits one block, once. The
 normalised rows are rounded exactly where the reference rounds them (``reference.rmsnorm`` /
 ``gated_rmsnorm``), so the result is F.linear of the reference's normalised input. The product
-is ``tl.dot`` (rows padded to 16: idle tensor-core lanes, no extra memory traffic) or, with
-DOT off, an fp32 multiply-and-sum, which needs no padding and no shared memory.
+is an fp32 multiply-and-sum: it needs no padding of the rows and no shared memory, and it beat
+``tl.dot`` with rows padded to 16 in every GPU sweep (bench/RESULTS.md, calls K and L).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from biomamba.kernels.triton.common import dot, input_precision, last_unit
+from biomamba.kernels.triton.common import last_unit
 
 
 @triton.jit
@@ -50,18 +50,14 @@ def _norm_input(x_ptr, r_ptr, z_ptr, m, k, msk, sxm, srm, szm, PRO: tl.constexpr
 
 
 @triton.jit
-def _times_w(acc, t, s, rstd, nw_ptr, w, k, km, PRO: tl.constexpr, N_DT: tl.constexpr, W_DT: tl.constexpr,
-             DOT: tl.constexpr, IP: tl.constexpr):
+def _times_w(acc, t, s, rstd, nw_ptr, w, k, km, PRO: tl.constexpr, N_DT: tl.constexpr, W_DT: tl.constexpr):
     """acc + (the normalised tile, rounded as the reference rounds it) · w-tileᵀ."""
     if PRO != 0:
         nw = tl.load(nw_ptr + k, mask=km, other=0.0).to(tl.float32)
         h = ((t * rstd[:, None]).to(N_DT).to(tl.float32) * nw[None, :]).to(W_DT)
     else:
         h = s.to(W_DT)
-    if DOT:
-        return acc + dot(h, tl.trans(w), IP)
-    else:
-        return acc + tl.sum(h.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :], 2)
+    return acc + tl.sum(h.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :], 2)
 
 
 @triton.jit
@@ -69,7 +65,7 @@ def _norm_gemv_kernel(x_ptr, r_ptr, z_ptr, nw_ptr, w_ptr, b_ptr, y_ptr, s_ptr, M
                       sxm, srm, szm, swn, sym, ssm,
                       PRO: tl.constexpr, HAS_RES: tl.constexpr, HAS_BIAS: tl.constexpr, S_DT: tl.constexpr,
                       N_DT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-                      ONE_BLOCK: tl.constexpr, DOT: tl.constexpr, IP: tl.constexpr):
+                      ONE_BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     n = pid * BN + tl.arange(0, BN)
     m = tl.arange(0, BM)
@@ -87,7 +83,7 @@ def _norm_gemv_kernel(x_ptr, r_ptr, z_ptr, nw_ptr, w_ptr, b_ptr, y_ptr, s_ptr, M
         if PRO == 1 and HAS_RES:
             if pid == 0:  # one program stores the sum the next residual add reads
                 tl.store(s_ptr + m[:, None] * ssm + k[None, :], s, mask=msk)
-        acc = _times_w(acc, t, s, rstd, nw_ptr, w, k, km, PRO, N_DT, W_DT, DOT, IP)
+        acc = _times_w(acc, t, s, rstd, nw_ptr, w, k, km, PRO, N_DT, W_DT)
     else:
         for g in range(0, NG):  # one group of GS channels at a time (one group = all K but for PRO 2)
             rstd = tl.zeros((BM,), dtype=tl.float32)
@@ -109,17 +105,16 @@ def _norm_gemv_kernel(x_ptr, r_ptr, z_ptr, nw_ptr, w_ptr, b_ptr, y_ptr, s_ptr, M
                 msk = mm[:, None] & km[None, :]
                 w = tl.load(w_ptr + n[:, None] * swn + k[None, :], mask=nm[:, None] & km[None, :], other=0.0)
                 t, s = _norm_input(x_ptr, r_ptr, z_ptr, m, k, msk, sxm, srm, szm, PRO, HAS_RES, S_DT, N_DT)
-                acc = _times_w(acc, t, s, rstd, nw_ptr, w, k, km, PRO, N_DT, W_DT, DOT, IP)
+                acc = _times_w(acc, t, s, rstd, nw_ptr, w, k, km, PRO, N_DT, W_DT)
     if HAS_BIAS:
         acc += tl.load(b_ptr + n, mask=nm, other=0.0).to(tl.float32)[None, :]
     tl.store(y_ptr + m[:, None] * sym + n[None, :], acc.to(y_ptr.dtype.element_ty), mask=mm[:, None] & nm[None, :])
 
 
-# output features a program (for N ≥ 2,048 and below), the K block, warps, tl.dot or multiply-and-
-# sum, and the K up to which all of K is one block read in a single pass (0: never). From the GPU
-# sweeps (bench/RESULTS.md, calls K and L): at 130M the single pass at 8 warps took 5.0 + 3.3 µs a
-# layer against 6.5 + 8.0 for the norm kernel + cuBLAS, and decoding ran 0.434 ms/token with it.
-TILES = {"BN_wide": 8, "BN_narrow": 8, "BK": 512, "warps": 8, "dot": False, "one_block_k": 2048}
+# output features a program (for N ≥ 2,048 and below), the K block, warps, and the K up to which
+# all of K is one block read in a single pass (0: never). From the GPU sweeps (bench/RESULTS.md,
+# calls K and L): at 130M the single pass at 8 warps took 5.0 + 3.3 µs a layer against 6.5 + 8.0 for the norm kernel + cuBLAS, and decoding ran 0.434 ms/token with it.
+TILES = {"BN_wide": 8, "BN_narrow": 8, "BK": 512, "warps": 8, "one_block_k": 2048}
 MAX_ROWS = 16  # rows one program holds
 
 
@@ -142,16 +137,14 @@ def _launch(pro: int, x: Tensor, weight: Tensor, bias: Tensor | None, residual: 
     BN = TILES["BN_wide"] if N >= 2048 else TILES["BN_narrow"]
     one_block = K // gs == 1 and K <= TILES["one_block_k"]
     BK = triton.next_power_of_2(K) if one_block else min(TILES["BK"], triton.next_power_of_2(gs))
-    use_dot = TILES["dot"]
-    BM = MAX_ROWS if use_dot else triton.next_power_of_2(M)
+    BM = triton.next_power_of_2(M)
     nw = norm_weight if norm_weight is not None else weight
     _norm_gemv_kernel[(triton.cdiv(N, BN),)](
         x, r, zz, nw, weight, bias if bias is not None else weight, y, s, M, N, K // gs, gs, float(eps),
         x.stride(0), r.stride(0), zz.stride(0), weight.stride(0), y.stride(0), s.stride(0),
         PRO=pro, HAS_RES=residual is not None, HAS_BIAS=bias is not None,
         S_DT=_TL[sum_dtype or x.dtype], N_DT=_TL[nw.dtype if pro == 1 else x.dtype], BM=BM, BN=BN, BK=BK,
-        ONE_BLOCK=one_block, DOT=use_dot,
-        IP=input_precision(weight.dtype), num_warps=TILES["warps"])
+        ONE_BLOCK=one_block, num_warps=TILES["warps"])
     return y, (s if pro == 1 and residual is not None else None)
 
 
