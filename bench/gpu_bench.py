@@ -528,11 +528,9 @@ GEMV_VARIANTS = [dict(BN=8, BK=512, warps=4), dict(BN=8, BK=1024, warps=4), dict
 def _graph_us(fn, replays: int = 50) -> float:
     """µs per replay of ``fn`` captured as one CUDA graph (launch gaps included, as in decoding)."""
     import torch
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn()
-    torch.cuda.current_stream().wait_stream(side)
+
+    from biomamba.generate import _on_side_stream
+    _on_side_stream(fn)  # the warm-up capture wants
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         fn()
