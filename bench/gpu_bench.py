@@ -314,12 +314,17 @@ def build(kind: str, size: str, backend: str = "torch"):
 
 
 def case_train(kind: str, size: str, bsz: int, seqlen: int, backend: str = "torch", compile_: bool = False,
-               steps: int = 8, compile_mode: str | None = None, graphed: bool = False) -> dict:
+               steps: int = 8, compile_mode: str | None = None, graphed: bool = False,
+               conv_bwd: str | None = None) -> dict:
     """Training steps on random tokens. ``compile_`` wraps the loss in torch.compile (``compile_mode``
     e.g. "reduce-overhead" for its CUDA graphs); ``graphed`` (ours) replays forward + backward from
     the trainer's CUDA graph (the optimizer step stays eager). Peak memory is the steady state's;
-    for ``graphed`` it counts from the capture, where the graph's memory is allocated."""
+    for ``graphed`` it counts from the capture, where the graph's memory is allocated.
+    ``conv_bwd``: ours with that width-4 conv backward (``conv.BWD_KERNEL``)."""
     import torch
+    if conv_bwd:
+        from biomamba.kernels.triton import conv
+        conv.BWD_KERNEL = conv_bwd
     torch.manual_seed(0)
     model = build(kind, size, backend)
     nparams = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
@@ -476,13 +481,21 @@ def case_gen(kind: str, size: str, bsz: int, prompt: int, new: int, backend: str
 
 # ---- sweeps: tile / warp variants of our kernels, each checked, then timed --------------------
 
-CONV_VARIANTS = [(64, 128, 4), (64, 32, 4), (32, 64, 4), (128, 32, 4), (64, 64, 4), (64, 64, 8), (32, 32, 4),
-                 (16, 128, 4), (128, 64, 8)]
+# (backward kernel, its blocks): the tile kernel's default first, then the scan kernel's
+# (positions a program walks, channels, warps)
+CONV_BWD_VARIANTS = [("width4", (64, 32, 4)), ("width4-scan", (64, 512, 4)), ("width4-scan", (64, 1024, 4)),
+                     ("width4-scan", (64, 1024, 8)), ("width4-scan", (128, 512, 4)), ("width4-scan", (32, 512, 4)),
+                     ("width4-scan", (64, 256, 2)), ("width4-scan", (128, 256, 2)), ("width4-scan", (256, 512, 4)),
+                     ("generic", (64, 32, 4))]
+# the mixer's conv input: (batch, channels, in_proj width, the channels' offset in it) at 130M and 1.3B
+CONV_SHAPES = {"130m": (16, 1792, 3352, 1536), "1.3b": (8, 4352, 8512, 4096)}
 
 
-def case_sweep_conv() -> None:
-    """causal conv1d + SiLU with seq_idx at the 130M mixer shape: every (BL, BD, warps) for the
-    forward and the backward, then the generic backward, error against the torch reference, median ms."""
+def case_sweep_conv(size: str = "130m") -> None:
+    """causal conv1d + SiLU backward with seq_idx (documents of 300 tokens) at a mixer's shape, x
+    a strided view of in_proj's output: for every backward kernel and blocking, y, dx, dw, db
+    against the torch reference and the backward kernels' CUDA time (µs a call, the weight
+    gradient's partial-sum reduction included)."""
     import torch
 
     import biomamba.kernels.triton as ours
@@ -490,9 +503,10 @@ def case_sweep_conv() -> None:
     from biomamba.kernels.triton import conv
 
     torch.manual_seed(0)
-    b, l, d = 16, 1024, 1792
-    wide = torch.randn(b, l, 3352, device="cuda", dtype=torch.bfloat16)
-    xv = wide[..., 1536:1536 + d].detach().requires_grad_()
+    b, d, width, offset = CONV_SHAPES[size]
+    l = 1024
+    wide = torch.randn(b, l, width, device="cuda", dtype=torch.bfloat16)
+    xv = wide[..., offset:offset + d].detach().requires_grad_()
     w = torch.randn(d, 4, device="cuda", requires_grad=True)
     bias = torch.randn(d, device="cuda", requires_grad=True)
     seq = (torch.arange(l, device="cuda") // 300).to(torch.int32)[None].expand(b, l).contiguous()
@@ -502,27 +516,28 @@ def case_sweep_conv() -> None:
     yr = ref.causal_conv1d(xr, wr, br, seq_idx=seq)
     yr.backward(dy.float())
     default, default_kernel = dict(conv.BLOCKS), conv.BWD_KERNEL
-    runs = [(c, "width4", f"BL{c[0]} BD{c[1]} w{c[2]}") for c in CONV_VARIANTS] \
-        + [((64, 32, 4), "generic", "BL64 BD32 w4 generic-bwd")]
-    for cfg, kernel, label in runs:
-        conv.BLOCKS.update(fwd=cfg, bwd=cfg)
+    for kernel, blocks in CONV_BWD_VARIANTS:
+        conv.BLOCKS.update(default)
+        conv.BLOCKS["bwd_scan" if kernel == "width4-scan" else "bwd"] = blocks
         conv.BWD_KERNEL = kernel
         for t in (xv, w, bias):
             t.grad = None
         y = ours.causal_conv1d(xv, w, bias, seq_idx=seq)
         y.backward(dy)
         err = {"y": _rel(y, yr), "dx": _rel(xv.grad, xr.grad), "dw": _rel(w.grad, wr.grad), "db": _rel(bias.grad, br.grad)}
-        f = lambda: ours.causal_conv1d(xv, w, bias, seq_idx=seq)  # noqa: E731
-        row = _time_fwd_fwdbwd({"rel_err_vs_torch": err}, {"ours": f}, dy)
-        row["bwd_ms"] = round(row["ours_fwdbwd_ms"] - row["ours_fwd_ms"], 3)
-        emit(f"sweep conv {label}", **row)
+        y = ours.causal_conv1d(xv, w, bias, seq_idx=seq)
+        kern = _profile_top(lambda: torch.autograd.grad(y, (xv, w, bias), dy, retain_graph=True), steps=5, top=8)
+        emit(f"sweep conv {size} {kernel} BL{blocks[0]} BD{blocks[1]} w{blocks[2]}", rel_err_vs_torch=err,
+             bwd_us=round(sum(k["us_per_call"] for k in kern), 1), kernels={k["kernel"]: k["us_per_call"] for k in kern})
     conv.BLOCKS.update(default)
     conv.BWD_KERNEL = default_kernel
 
 
-GEMV_VARIANTS = [dict(BN=8, BK=512, warps=4), dict(BN=8, BK=1024, warps=4), dict(BN=8, BK=1024, warps=8),
-                 dict(BN=8, BK=512, warps=4, one_block_k=2048), dict(BN=8, BK=512, warps=8, one_block_k=2048),
-                 dict(BN=4, BK=512, warps=2), dict(BN=16, BK=512, warps=4), dict(BN=4, BK=512, warps=4, one_block_k=2048)]
+GEMV_VARIANTS = [dict(BN=8, BK=512, warps=8, one_block_k=2048),  # the first: gemv.TILES
+                 dict(BN=8, BK=1024, warps=8),
+                 dict(BN=8, BK=512, warps=4, one_block_k=2048), dict(BN=16, BK=512, warps=8, one_block_k=2048),
+                 dict(BN=4, BK=512, warps=4, one_block_k=2048)]
+GEMV_SWEEP_ROWS = (1, 2, 4, 8, 16)  # the batches timed at the default tiling (the variants: at 1)
 
 
 def _graph_us(fn, replays: int = 50) -> float:
@@ -545,10 +560,11 @@ def _graph_us(fn, replays: int = 50) -> float:
 
 
 def case_sweep_gemv() -> None:
-    """A decode step's two norm + projection pairs at batch 1, bf16, for every layer of the model
-    (distinct weights, so they stream from HBM as in decoding, not from L2), and the final norm +
-    LM head, each captured as a CUDA graph: µs a layer (the head: µs) for the norm kernel + cuBLAS
-    (``composed``) and for the fused norm + GEMV at each tiling; the fused result's error
+    """A decode step's two norm + projection pairs, bf16, for every layer of the model (distinct
+    weights, so they stream from HBM as in decoding, not from L2), and the final norm + LM head,
+    each captured as a CUDA graph: µs a layer (the head: µs) for the norm kernel + cuBLAS
+    (``composed``) and for the fused norm + GEMV (the head too, whatever GEMV_MAX_WEIGHT says), at
+    each tiling for one row and at the default tiling for GEMV_SWEEP_ROWS; the fused result's error
     against the reference."""
     import torch
 
@@ -557,55 +573,58 @@ def case_sweep_gemv() -> None:
     from biomamba.kernels.triton import gemv
 
     torch.manual_seed(0)
-    default, default_rows = dict(gemv.TILES), T.GEMV_ROWS
+    default, default_rows, default_weight = dict(gemv.TILES), T.GEMV_ROWS, T.GEMV_MAX_WEIGHT
+    T.GEMV_MAX_WEIGHT = VOCAB * 2048
     bf = dict(device="cuda", dtype=torch.bfloat16)
+
+    def tiled(variant: dict) -> str:
+        gemv.TILES.update(default)
+        gemv.TILES.update(BN_wide=variant["BN"], BN_narrow=variant["BN"], BK=variant["BK"],
+                          warps=variant["warps"], one_block_k=variant.get("one_block_k", 0))
+        return "BN{BN} BK{BK} w{warps}".format(**variant) + (
+            f" one-block≤{variant['one_block_k']}" if variant.get("one_block_k") else "")
+
     for size, (layers, d, di, n_in) in {"130m": (24, 768, 1536, 3352), "1.3b": (48, 2048, 4096, 8512)}.items():
         w_in = [torch.randn(n_in, d, **bf) * 0.03 for _ in range(layers)]
         w_out = [torch.randn(d, di, **bf) * 0.03 for _ in range(layers)]
         w_head = torch.randn(VOCAB, d, **bf) * 0.03  # 50,288: already a multiple of 16
         nw_in, nw_out = torch.ones(d, **bf), torch.ones(di, **bf)
-        x, r = torch.randn(1, d, **bf), torch.randn(1, d, device="cuda")
-        y, z = torch.randn(1, di, **bf), torch.randn(1, di, **bf)
-        chains = {"in_us": (layers, lambda: [T.norm_linear(x, r, nw_in, 1e-5, w, None) for w in w_in]),
-                  "out_us": (layers, lambda: [T.gated_norm_linear(y, z, nw_out, 1e-5, di, w, None) for w in w_out]),
-                  "head_us": (1, lambda: T.norm_linear(x, r, nw_in, 1e-5, w_head, None))}
-        with torch.no_grad():
-            refs = (R.norm_linear(x, r, nw_in, 1e-5, w_in[0], None)[0],
-                    R.gated_norm_linear(y, z, nw_out, 1e-5, di, w_out[0], None))
-            T.GEMV_ROWS = 0
-            row = {"composed": {k: round(_graph_us(fn) / n, 2) for k, (n, fn) in chains.items()}}
-            T.GEMV_ROWS = 16
-            for variant in GEMV_VARIANTS:
-                name = "BN{BN} BK{BK} w{warps}".format(**variant) + (
-                    f" one-block≤{variant['one_block_k']}" if variant.get("one_block_k") else "")
-                gemv.TILES.update(default)
-                gemv.TILES.update(BN_wide=variant["BN"], BN_narrow=variant["BN"], BK=variant["BK"],
-                                  warps=variant["warps"], one_block_k=variant.get("one_block_k", 0))
-                try:
-                    got = (T.norm_linear(x, r, nw_in, 1e-5, w_in[0], None)[0],
-                           T.gated_norm_linear(y, z, nw_out, 1e-5, di, w_out[0], None))
-                    row[name] = {k: round(_graph_us(fn) / n, 2) for k, (n, fn) in chains.items()}
-                    row[name]["rel_err"] = max(_rel(a, b) for a, b in zip(got, refs))
-                except Exception as exc:  # a tiling the compiler rejects: say which, go on
-                    row[name] = {"error": str(exc).strip().splitlines()[-1][:160]}
-        emit(f"sweep gemv {size} b1", **row)
-        gemv.TILES.update(default)
-    T.GEMV_ROWS = default_rows
+        for rows in GEMV_SWEEP_ROWS:
+            x, r = torch.randn(rows, d, **bf), torch.randn(rows, d, device="cuda")
+            y, z = torch.randn(rows, di, **bf), torch.randn(rows, di, **bf)
+            chains = {"in_us": (layers, lambda: [T.norm_linear(x, r, nw_in, 1e-5, w, None) for w in w_in]),
+                      "out_us": (layers, lambda: [T.gated_norm_linear(y, z, nw_out, 1e-5, di, w, None)
+                                                  for w in w_out]),
+                      "head_us": (1, lambda: T.norm_linear(x, r, nw_in, 1e-5, w_head, None))}
+            with torch.no_grad():
+                refs = (R.norm_linear(x, r, nw_in, 1e-5, w_in[0], None)[0],
+                        R.gated_norm_linear(y, z, nw_out, 1e-5, di, w_out[0], None))
+                T.GEMV_ROWS = 0
+                row = {"composed": {k: round(_graph_us(fn) / n, 2) for k, (n, fn) in chains.items()}}
+                T.GEMV_ROWS = gemv.MAX_ROWS
+                for variant in GEMV_VARIANTS if rows == 1 else GEMV_VARIANTS[:1]:
+                    name = tiled(variant)
+                    try:
+                        got = (T.norm_linear(x, r, nw_in, 1e-5, w_in[0], None)[0],
+                               T.gated_norm_linear(y, z, nw_out, 1e-5, di, w_out[0], None))
+                        row[name] = {k: round(_graph_us(fn) / n, 2) for k, (n, fn) in chains.items()}
+                        row[name]["rel_err"] = max(_rel(a, b) for a, b in zip(got, refs))
+                    except Exception as exc:  # a tiling the compiler rejects: say which, go on
+                        row[name] = {"error": str(exc).strip().splitlines()[-1][:160]}
+            emit(f"sweep gemv {size} b{rows}", **row)
+            gemv.TILES.update(default)
+    T.GEMV_ROWS, T.GEMV_MAX_WEIGHT = default_rows, default_weight
 
 
 # the first (the default) is the reference for the gradients; dx and dC/dB tiles vary separately
-SSD_BWD_VARIANTS = [dict(BM=64, BK=32, dcdb_BM=64, dcdb_BK=64), dict(BM=64, BK=32, dcdb_BM=64, dcdb_BK=32),
-                    dict(BM=64, BK=32, dcdb_BM=128, dcdb_BK=64, dcdb_warps=8),
-                    dict(BM=64, BK=32, dcdb_BM=64, dcdb_BK=64, dcdb_warps=8),
-                    dict(BM=64, BK=64, dcdb_BM=64, dcdb_BK=64)]
-
-
-SSD_BWD_VARIANTS_1_3B = [dict(dcdb_heads=None), dict(dcdb_heads=32), dict(dcdb_heads=16), dict(dcdb_heads=8)]
+# heads a dC/dB program sums (the first: a group's all, the gradients' reference; None: the default rule)
+SSD_BWD_VARIANTS = [dict(dcdb_heads=24), dict(dcdb_heads=None), dict(dcdb_heads=8), dict(dcdb_heads=6)]
+SSD_BWD_VARIANTS_1_3B = [dict(dcdb_heads=64), dict(dcdb_heads=None), dict(dcdb_heads=8)]
 
 
 def case_sweep_ssd_bwd(size: str = "130m") -> None:
-    """SSD backward tiles / warps at the 130M shape: gradients against the first variant (the
-    default), median fwd+bwd ms and each backward kernel's CUDA time."""
+    """SSD backward variants at the 130M or 1.3B shape: gradients against the first variant,
+    median fwd+bwd ms and each backward kernel's CUDA time."""
     import torch
 
     import biomamba.kernels.triton as ours
@@ -689,7 +708,8 @@ CASES = [
     ("profile gen 130m b1 fused", "case_profile_gen", ["130m", 1, None, True], {}),
     ("kernels ssd", "case_kernels_ssd", [], {}),
     ("kernels other", "case_kernels_other", [], {}),
-    ("sweep conv", "case_sweep_conv", [], {}),
+    ("sweep conv 130m", "case_sweep_conv", ["130m"], {}),
+    ("sweep conv 1.3b", "case_sweep_conv", ["1.3b"], {}),
     ("sweep ssd_bwd 130m", "case_sweep_ssd_bwd", [], {}),
     ("sweep ssd_bwd 1.3b", "case_sweep_ssd_bwd", ["1.3b"], {}),
     ("sweep ssd_fwd", "case_sweep_ssd_fwd", [], {}),
@@ -705,6 +725,8 @@ CASES = [
      {"backend": "triton", "compile_": True, "compile_mode": "reduce-overhead"}),
     ("train ours-triton-graphed 130m b16x1024", "case_train", ["ours", "130m", 16, 1024],
      {"backend": "triton", "graphed": True}),
+    ("train ours-triton-graphed-convscan 130m b16x1024", "case_train", ["ours", "130m", 16, 1024],
+     {"backend": "triton", "graphed": True, "conv_bwd": "width4-scan"}),
     ("recipe 130m graphs", "case_recipe", ["130m", 100, 32, "true"], {}),
     ("recipe 130m eager", "case_recipe", ["130m", 100, 32, "false"], {}),
     ("recipe 1.3b graphs", "case_recipe", ["1.3b", 30, 16, "true"], {}),
@@ -732,6 +754,8 @@ CASES = [
     ("train hf-mamba2 1.3b b8x1024", "case_train", ["hf-mamba2", "1.3b", 8, 1024], {}),
     ("train ours-triton-graphed 1.3b b8x1024", "case_train", ["ours", "1.3b", 8, 1024],
      {"backend": "triton", "graphed": True}),
+    ("train ours-triton-graphed-convscan 1.3b b8x1024", "case_train", ["ours", "1.3b", 8, 1024],
+     {"backend": "triton", "graphed": True, "conv_bwd": "width4-scan"}),
     ("gen ours-triton 1.3b b1 p256+256 cg", "case_gen", ["ours", "1.3b", 1, 256, 256], {"backend": "triton"}),
     ("gen ssm-mamba2 1.3b b1 p256+256 cg", "case_gen", ["ssm-mamba2", "1.3b", 1, 256, 256], {}),
     ("gen ours-triton-oneblock 1.3b b1 p256+256 cg", "case_gen", ["ours", "1.3b", 1, 256, 256],

@@ -68,12 +68,12 @@ def check_grads(got: list[torch.Tensor], ref: list[torch.Tensor], tol: float, na
 def test_ssd_scan_without_optionals(tiles, monkeypatch):
     """No D, no dt_bias, no initial state, no clamp, final state unused (its gradient is None);
     also with the forward output and backward kernels' inner block half their row block (the
-    GPU defaults' shape for the output and dx kernels, 64/32), and with a group's heads split
-    over two dC/dB programs (their partial sums added afterwards)."""
+    GPU defaults' shape for the output and dx kernels, 64/32), and with a group's heads in one
+    dC/dB program or split over two (their partial sums added afterwards)."""
     from biomamba.kernels.triton import ssd
 
-    if tiles == "head-split":
-        monkeypatch.setitem(ssd.BWD_TILES, "dcdb_heads", SSD_SHAPE["h"] // 2)
+    # (elsewhere the default splits the heads: the interpreter's grids are small)
+    monkeypatch.setitem(ssd.BWD_TILES, "dcdb_heads", SSD_SHAPE["h"] // (2 if tiles == "head-split" else 1))
 
     if tiles == "narrow-inner":
         half = min(SSD_SHAPE["T"], 64)
@@ -136,7 +136,8 @@ def test_ssd_scan_chains_through_initial_state():
 
 
 @pytest.mark.parametrize("dtype,kernel", [(torch.float32, "width4"), (torch.bfloat16, "width4"),
-                                          (torch.bfloat16, "generic"), (torch.bfloat16, "width3")])
+                                          (torch.bfloat16, "width4-scan"), (torch.bfloat16, "generic"),
+                                          (torch.bfloat16, "width3")])
 @pytest.mark.parametrize("form", ["bias+silu", "no-bias", "no-silu"])
 @pytest.mark.parametrize("with_seq", [False, True])
 @pytest.mark.parametrize("li", [0, 1])
@@ -145,6 +146,9 @@ def test_causal_conv1d(dtype, form, with_seq, li, kernel, monkeypatch):
     from biomamba.kernels.triton import conv
 
     monkeypatch.setattr(conv, "BWD_KERNEL", "width4" if kernel == "width3" else kernel)
+    if not CUDA:  # several time and channel blocks: halos across blocks, a partial last block
+        for kind in ("bwd", "bwd_scan"):
+            monkeypatch.setitem(conv.BLOCKS, kind, (8, 16, 4))
     b, d, l = CONV_SHAPE["b"], CONV_SHAPE["d"], CONV_SHAPE["lengths"][li]
     gen = torch.Generator().manual_seed(torch.seed() % 2**31)
     wide = torch.randn(b, l, d + 8, generator=gen)  # a strided view, as the mixer passes it
@@ -314,8 +318,9 @@ def test_norm_linear_and_gated_norm_linear(dtype, product, monkeypatch):
     from biomamba.kernels.triton import gemv
 
     monkeypatch.setattr(T, "GEMV_ROWS", 16)
+    monkeypatch.setattr(T, "GEMV_MAX_WEIGHT", 1 << 26)  # the 1.3B projections below too
     monkeypatch.setitem(gemv.TILES, "one_block_k", 4096 if product == "one-block" else 0)  # all K at once
-    assert K.describe()["norm_linear"] == "triton (norm + GEMV as one kernel up to 16 rows)"  # `biomamba env`
+    assert K.describe()["norm_linear"] == "triton (norm + GEMV as one kernel up to 16 rows and 67108864 weight elements)"  # `biomamba env`
     N, Kd = (3352, 768) if CUDA else (37, 24)
     if not CUDA:
         monkeypatch.setitem(gemv.TILES, "BK", 8)  # several K blocks, the last one partial
@@ -357,6 +362,11 @@ def test_norm_linear_and_gated_norm_linear(dtype, product, monkeypatch):
         assert K.norm_linear(x, x, nw, 1e-5, w)[0].shape == (2, 1, N)
         assert K.gated_norm_linear(x, x, nw, 1e-5, Kd, w).shape == (2, 1, N)
         x17 = torch.randn(17, Kd, device=DEV).to(dtype)
+        assert T._gemv_applies(x, w, b) and not T._gemv_applies(x17, w, b)
+        monkeypatch.setattr(T, "GEMV_MAX_WEIGHT", N * Kd - 1)  # a large weight's route: norm kernel + cuBLAS
+        assert not T._gemv_applies(x, w, b)
+        assert rel(K.norm_linear(x, x, nw, 1e-5, w, b)[0], R.norm_linear(x, x, nw, 1e-5, w, b)[0]) < tol
+        monkeypatch.setattr(T, "GEMV_MAX_WEIGHT", N * Kd)
         assert rel(K.norm_linear(x17, x17, nw, 1e-5, w, b)[0], R.norm_linear(x17, x17, nw, 1e-5, w, b)[0]) < tol
         ops = torch.ops.biomamba
         plain = ("test_schema", "test_faketensor")

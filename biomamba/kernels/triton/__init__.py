@@ -79,18 +79,23 @@ def add_rmsnorm(x: Tensor, residual: Tensor, weight: Tensor, eps: float) -> tupl
     return _ops.add_rmsnorm_fwd(x, residual, weight, float(eps))
 
 
-# rows up to which norm_linear and gated_norm_linear run as one fused norm + GEMV kernel (at most
-# gemv.MAX_ROWS); above it, and while this is 0, the norm kernel then cuBLAS (bench/gpu_bench.py
-# `gen …-nogemv` and `sweep gemv` measure both). Measured faster at 1 row (bench/RESULTS.md, call
-# L); at 16 rows its multiply-and-sum tile takes 255 registers a thread (bench/compile_check.py)
-# and is unmeasured, so cuBLAS keeps batches above 4 until a GPU run says otherwise.
-GEMV_ROWS = 4
+# norm_linear and gated_norm_linear run as one fused norm + GEMV kernel for up to GEMV_ROWS rows
+# (at most gemv.MAX_ROWS) and weights of up to GEMV_MAX_WEIGHT elements; otherwise, and while
+# GEMV_ROWS is 0, as the norm kernel then cuBLAS. From the in-graph sweep (`sweep gemv`,
+# bench/RESULTS.md, session 5 call A; µs a layer, fused against norm + cuBLAS): 130M at 1 row,
+# in_proj 5.0 / 6.5 and out_proj 3.3 / 8.0; at 2 rows 6.4 / 6.6 and 4.3 / 7.9; at 4 rows in_proj
+# loses (9.2 / 6.8). Where the weight is large, streaming it dominates and cuBLAS streams it
+# faster: the LM head (130M: 34.3 / 25.9), 1.3B's in_proj (13.9 / 13.3, 17.4 M elements) and
+# out_proj (18.6 / 11.3).
+GEMV_ROWS = 2
+GEMV_MAX_WEIGHT = 1 << 22
 
 
 def _gemv_applies(x: Tensor, weight: Tensor, bias: Tensor | None, *others: Tensor) -> bool:
     """The fused kernels serve inference only: a few rows, no autocast, no gradient wanted."""
     rows = x.numel() // x.shape[-1]
-    return (0 < rows <= min(GEMV_ROWS, gemv.MAX_ROWS) and (bias is None or bias.dtype == weight.dtype)
+    return (0 < rows <= min(GEMV_ROWS, gemv.MAX_ROWS) and weight.numel() <= GEMV_MAX_WEIGHT
+            and (bias is None or bias.dtype == weight.dtype)
             and not torch.is_autocast_enabled(x.device.type)
             and not (torch.is_grad_enabled() and any(t.requires_grad for t in (x, weight, *others))))
 
@@ -160,7 +165,8 @@ _unfused_conv_ssd_step = compose_conv_ssd_step(conv_step, ssd_step)
 
 def op_details() -> dict[str, str]:
     """How the ops with a switch run now, for `biomamba env`."""
-    gemv_how = f"norm + GEMV as one kernel up to {GEMV_ROWS} rows" if GEMV_ROWS else "norm kernel + cuBLAS"
+    gemv_how = (f"norm + GEMV as one kernel up to {GEMV_ROWS} rows and {GEMV_MAX_WEIGHT} weight elements"
+                if GEMV_ROWS else "norm kernel + cuBLAS")
     return {"norm_linear": gemv_how, "gated_norm_linear": gemv_how,
             "conv_ssd_step": "one fused kernel" if FUSED_DECODE_STEP else "conv_step + ssd_step; the fused kernel is off"}
 

@@ -220,14 +220,123 @@ def _conv4_bwd_kernel(x_ptr, w_ptr, bias_ptr, seq_ptr, dy_ptr, dx_ptr, dw_ptr, d
         tl.store(db_ptr + (pb * tl.num_programs(1) + pl) * D + c, tl.sum(da0, 0), mask=cm)
 
 
+@triton.jit
+def _row(ptr, pb, u, c, cm, L, sb, sl, V: tl.constexpr):
+    """Row u of a (b, L, D) tensor at channels c as fp32 (BD,), zero outside [0, L)."""
+    off = pb * sb + u * sl
+    if V > 1:
+        off = tl.multiple_of(off, V)
+    uc = u + tl.zeros_like(c)  # a row-wide mask (the interpreter rejects a scalar one beside cm)
+    return tl.load(ptr + off + c, mask=cm & (uc >= 0) & (uc < L), other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _conv4_bwd_scan_kernel(x_ptr, w_ptr, bias_ptr, seq_ptr, dy_ptr, dx_ptr, dw_ptr, db_ptr, L, D,
+                           sxb, sxl, swd, swk, ssb, ssl, sdyb, sdyl, sdxb, sdxl,
+                           HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr, SILU: tl.constexpr,
+                           BL: tl.constexpr, BD: tl.constexpr, XV: tl.constexpr, DV: tl.constexpr):
+    """The width-4 backward as a scan: a program walks its BL positions one row of BD channels at a
+    time, holding the last three rows of x and of the activation gradient in registers, so every
+    row of x and dy is read once (plus three rows of halo) and a thread keeps a few values a
+    channel. The tile kernel above holds eleven shifted (BL, BD) tiles: 255 registers a thread at
+    64 × 32 (bench/compile_check.py), two programs an SM. Step u recomputes a[u] from x[u−3 … u],
+    forms da[u], adds its weight-gradient terms (u in the block), and finishes dx[u−3]."""
+    pb = tl.program_id(0)
+    pl = tl.program_id(1)
+    c = tl.program_id(2) * BD + tl.arange(0, BD)
+    cm = c < D
+    t0 = pl * BL
+    w0 = tl.load(w_ptr + c * swd + 0 * swk, mask=cm, other=0.0).to(tl.float32)
+    w1 = tl.load(w_ptr + c * swd + 1 * swk, mask=cm, other=0.0).to(tl.float32)
+    w2 = tl.load(w_ptr + c * swd + 2 * swk, mask=cm, other=0.0).to(tl.float32)
+    w3 = tl.load(w_ptr + c * swd + 3 * swk, mask=cm, other=0.0).to(tl.float32)
+    bias = tl.zeros((BD,), dtype=tl.float32)
+    if HAS_BIAS:
+        bias += tl.load(bias_ptr + c, mask=cm, other=0.0).to(tl.float32)
+    # x at u−1, u−2, u−3 and their documents (−1 before the start: never equal), da at u−1 … u−3
+    xm1 = _row(x_ptr, pb, t0 - 1, c, cm, L, sxb, sxl, XV)
+    xm2 = _row(x_ptr, pb, t0 - 2, c, cm, L, sxb, sxl, XV)
+    xm3 = _row(x_ptr, pb, t0 - 3, c, cm, L, sxb, sxl, XV)
+    dm1 = -1
+    dm2 = -1
+    dm3 = -1
+    if HAS_SEQ:
+        dm1 = tl.load(seq_ptr + pb * ssb + (t0 - 1) * ssl, mask=t0 >= 1, other=-1)
+        dm2 = tl.load(seq_ptr + pb * ssb + (t0 - 2) * ssl, mask=t0 >= 2, other=-1)
+        dm3 = tl.load(seq_ptr + pb * ssb + (t0 - 3) * ssl, mask=t0 >= 3, other=-1)
+    gm1 = tl.zeros((BD,), dtype=tl.float32)
+    gm2 = tl.zeros((BD,), dtype=tl.float32)
+    gm3 = tl.zeros((BD,), dtype=tl.float32)
+    dw0 = tl.zeros((BD,), dtype=tl.float32)
+    dw1 = tl.zeros((BD,), dtype=tl.float32)
+    dw2 = tl.zeros((BD,), dtype=tl.float32)
+    dw3 = tl.zeros((BD,), dtype=tl.float32)
+    db = tl.zeros((BD,), dtype=tl.float32)
+    x_next = _row(x_ptr, pb, t0, c, cm, L, sxb, sxl, XV)  # one row ahead: its load overlaps a step
+    dy_next = _row(dy_ptr, pb, t0, c, cm, L, sdyb, sdyl, DV)
+    for u in range(t0, t0 + BL + 3):
+        xu = x_next
+        dyu = dy_next
+        x_next = _row(x_ptr, pb, u + 1, c, cm, L, sxb, sxl, XV)
+        dy_next = _row(dy_ptr, pb, u + 1, c, cm, L, sdyb, sdyl, DV)
+        du = 0
+        if HAS_SEQ:
+            du = tl.load(seq_ptr + pb * ssb + u * ssl, mask=u < L, other=-2)
+            t1 = tl.where(dm1 == du, xm1, 0.0)
+            t2 = tl.where(dm2 == du, xm2, 0.0)
+            t3 = tl.where(dm3 == du, xm3, 0.0)
+        else:
+            t1 = xm1
+            t2 = xm2
+            t3 = xm3
+        a = bias + w3 * xu + w2 * t1 + w1 * t2 + w0 * t3
+        g = dyu
+        if SILU:
+            sg = tl.sigmoid(a)
+            g = dyu * sg * (1.0 + a * (1.0 - sg))
+        if u < t0 + BL:  # an output of this block: its weight and bias gradient terms
+            dw3 += g * xu
+            dw2 += g * t1
+            dw1 += g * t2
+            dw0 += g * t3
+            db += g
+        if u >= t0 + 3:  # dx[s], s = u − 3: the outputs at s … u that read x[s], in its document
+            s_ = u - 3
+            if HAS_SEQ:
+                dx = w3 * gm3 + w2 * tl.where(dm2 == dm3, gm2, 0.0) + w1 * tl.where(dm1 == dm3, gm1, 0.0) \
+                    + w0 * tl.where(du == dm3, g, 0.0)
+            else:
+                dx = w3 * gm3 + w2 * gm2 + w1 * gm1 + w0 * g
+            tl.store(dx_ptr + pb * sdxb + s_ * sdxl + c, dx.to(dx_ptr.dtype.element_ty), mask=cm & (s_ + tl.zeros_like(c) < L))
+        xm3 = xm2
+        xm2 = xm1
+        xm1 = xu
+        gm3 = gm2
+        gm2 = gm1
+        gm1 = g
+        if HAS_SEQ:
+            dm3 = dm2
+            dm2 = dm1
+            dm1 = du
+    part = (pb * tl.num_programs(1) + pl) * 4
+    tl.store(dw_ptr + (part + 3) * D + c, dw3, mask=cm)
+    tl.store(dw_ptr + (part + 2) * D + c, dw2, mask=cm)
+    tl.store(dw_ptr + (part + 1) * D + c, dw1, mask=cm)
+    tl.store(dw_ptr + (part + 0) * D + c, dw0, mask=cm)
+    if HAS_BIAS:
+        tl.store(db_ptr + (pb * tl.num_programs(1) + pl) * D + c, db, mask=cm)
+
+
 # (time block, channel block, warps) per kernel, from a sweep at the 130M shape on an H200
 # (bench/RESULTS.md): the backward holds many live tiles and spilled at 64 × 128 (1.68 ms generic,
 # 5.6 ms width-4); at 64 × 32 the width-4 backward takes 0.55 ms (again in call G, best of 9 tilings).
 # The forward's best was 16 × 128. A module-level table so that a benchmark can sweep it.
-BLOCKS = {"fwd": (16, 128, 4), "bwd": (64, 32, 4)}
-# the backward at width 4: "width4" or "generic" (the any-width one, for A/B timing); other
-# widths always run the generic one
+BLOCKS = {"fwd": (16, 128, 4), "bwd": (64, 32, 4), "bwd_scan": (64, 512, 4)}
+# the backward at width 4: "width4" (tiles), "width4-scan" (rows walked in order; its own blocks:
+# positions a program walks, channels, warps) or "generic" (the any-width one, for A/B timing);
+# other widths always run the generic one
 BWD_KERNEL = "width4"
+_WIDTH4 = {"width4": _conv4_bwd_kernel, "width4-scan": _conv4_bwd_scan_kernel}
 
 
 def _blocks(kind: str, L: int, D: int) -> tuple[int, int, int]:
@@ -257,9 +366,9 @@ def conv_bwd(dy: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None, seq_idx
     x, dy = last_unit(x), last_unit(dy)
     b, L, D = x.shape
     K = weight.shape[-1]
-    if BWD_KERNEL not in ("width4", "generic"):
-        raise ValueError(f"BWD_KERNEL {BWD_KERNEL!r}: not width4 or generic")
-    BL, BD, warps = _blocks("bwd", L, D)
+    if BWD_KERNEL not in (*_WIDTH4, "generic"):
+        raise ValueError(f"BWD_KERNEL {BWD_KERNEL!r}: not one of {[*_WIDTH4, 'generic']}")
+    BL, BD, warps = _blocks("bwd_scan" if K == 4 and BWD_KERNEL == "width4-scan" else "bwd", L, D)
     nl = triton.cdiv(L, BL)
     dx = torch.empty((b, L, D), device=x.device, dtype=x.dtype)
     dw_part = torch.empty((b * nl, K, D), device=x.device, dtype=torch.float32)
@@ -272,8 +381,8 @@ def conv_bwd(dy: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None, seq_idx
     flags = dict(HAS_BIAS=bias is not None, HAS_SEQ=seq_idx is not None, SILU=silu, BL=BL, BD=BD,
                  XV=row_divisor(x.stride(0), x.stride(1)), DV=row_divisor(dy.stride(0), dy.stride(1)),
                  num_warps=warps)
-    if K == 4 and BWD_KERNEL == "width4":
-        _conv4_bwd_kernel[(b, nl, triton.cdiv(D, BD))](*args, **flags)
+    if K == 4 and BWD_KERNEL in _WIDTH4:
+        _WIDTH4[BWD_KERNEL][(b, nl, triton.cdiv(D, BD))](*args, **flags)
     else:
         _conv_bwd_kernel[(b, nl, triton.cdiv(D, BD))](*args, K=K, **flags)
     # (D, K) contiguous, as the op's fake implementation promises (Inductor asserts the strides)

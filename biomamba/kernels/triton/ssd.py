@@ -552,11 +552,22 @@ def _dt_limits(dt_lo: float, dt_hi: float) -> dict:
 # dC/dB kernels (dcdb_BM, dcdb_BK), and their warps. Module-level so that a benchmark can sweep it
 # on the GPU (bench/RESULTS.md, calls F and G, the 130M shape on an H200): dx is fastest at 64/32
 # (407 µs), dC + dB at 64/64 (260 + 204 µs; 349 + 252 at 64/32). BK must not exceed BM.
-# "dcdb_heads": heads a dC/dB program sums (None: all of its group's). At 130M the grid is
-# b·chunks·4 = 256 programs of 24 heads; at 1.3B (b8, 64 heads) only 128 programs for 132 SMs, so
-# splitting the heads may pay there (not measured yet: `sweep ssd_bwd 1.3b`).
+# "dcdb_heads": heads a dC/dB program sums; None: split a group's heads into the fewest equal parts
+# that give the grid at least "dcdb_programs" programs. At 1.3B (b8, 64 heads) the unsplit grid is
+# b·chunks·4 = 128 programs for 132 SMs; 16 heads a program (512 programs) took dC + dB from
+# 608 + 461 to 305 + 205 µs, the best of 64/32/16/8 (bench/RESULTS.md, session 5 call A).
 BWD_TILES = {"BM": 64, "BK": 32, "dx_warps": 4, "dcdb_BM": 64, "dcdb_BK": 64, "dcdb_warps": 4, "dcdb_heads": None,
-             "stages": None}
+             "dcdb_programs": 512, "stages": None}
+
+
+def _dcdb_heads(heads: int, programs: int) -> int:
+    """Heads a dC/dB program sums when BWD_TILES["dcdb_heads"] is None (``programs``: the grid unsplit)."""
+    for parts in range(1, heads + 1):
+        if heads % parts == 0 and programs * parts >= BWD_TILES["dcdb_programs"]:
+            return heads // parts
+    return 1
+
+
 # Forward tiling of the output kernel (rows, inner block, warps) and the warps of the chunk
 # outer-product kernel; "stages" (None: Triton's default) is the software-pipelining depth.
 # From a sweep of 7 variants on an H200 (call F, bench/RESULTS.md): the output kernel took
@@ -656,7 +667,7 @@ def _dcdb(x, B, C, dy, cb, delta, acs, seq_idx, starts, dz, dda_row, dims, cfg):
     b, L, H, P, G, N, T, NC = dims
     seq, ssb, ssl = _seq_args(seq_idx, x)
     ip = input_precision(x.dtype)
-    hpp = BWD_TILES["dcdb_heads"] or H // G
+    hpp = BWD_TILES["dcdb_heads"] or _dcdb_heads(H // G, b * NC * G * (T // cfg.cBM))
     if (H // G) % hpp:
         raise ValueError(f"BWD_TILES['dcdb_heads'] = {hpp} must divide the {H // G} heads of a group")
     HS = (H // G) // hpp  # programs sharing a group's heads; HS > 1: fp32 partial sums, added below
