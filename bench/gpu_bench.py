@@ -314,17 +314,12 @@ def build(kind: str, size: str, backend: str = "torch"):
 
 
 def case_train(kind: str, size: str, bsz: int, seqlen: int, backend: str = "torch", compile_: bool = False,
-               steps: int = 8, compile_mode: str | None = None, graphed: bool = False,
-               conv_bwd: str | None = None) -> dict:
+               steps: int = 8, compile_mode: str | None = None, graphed: bool = False) -> dict:
     """Training steps on random tokens. ``compile_`` wraps the loss in torch.compile (``compile_mode``
     e.g. "reduce-overhead" for its CUDA graphs); ``graphed`` (ours) replays forward + backward from
     the trainer's CUDA graph (the optimizer step stays eager). Peak memory is the steady state's;
-    for ``graphed`` it counts from the capture, where the graph's memory is allocated.
-    ``conv_bwd``: ours with that width-4 conv backward (``conv.BWD_KERNEL``)."""
+    for ``graphed`` it counts from the capture, where the graph's memory is allocated."""
     import torch
-    if conv_bwd:
-        from biomamba.kernels.triton import conv
-        conv.BWD_KERNEL = conv_bwd
     torch.manual_seed(0)
     model = build(kind, size, backend)
     nparams = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
@@ -483,10 +478,9 @@ def case_gen(kind: str, size: str, bsz: int, prompt: int, new: int, backend: str
 
 # (backward kernel, its blocks): the tile kernel's default first, then the scan kernel's
 # (positions a program walks, channels, warps)
-CONV_BWD_VARIANTS = [("width4", (64, 32, 4)), ("width4-scan", (64, 512, 4)), ("width4-scan", (64, 1024, 4)),
-                     ("width4-scan", (64, 1024, 8)), ("width4-scan", (128, 512, 4)), ("width4-scan", (32, 512, 4)),
-                     ("width4-scan", (64, 256, 2)), ("width4-scan", (128, 256, 2)), ("width4-scan", (256, 512, 4)),
-                     ("generic", (64, 32, 4))]
+# (backward kernel, its blocks): the width-4 default first (positions a program walks, channels, warps)
+CONV_BWD_VARIANTS = [("width4", (64, 256, 2)), ("width4", (64, 512, 4)), ("width4", (128, 512, 4)),
+                     ("width4", (128, 256, 2)), ("width4", (64, 1024, 8)), ("generic", (64, 32, 4))]
 # the mixer's conv input: (batch, channels, in_proj width, the channels' offset in it) at 130M and 1.3B
 CONV_SHAPES = {"130m": (16, 1792, 3352, 1536), "1.3b": (8, 4352, 8512, 4096)}
 
@@ -518,7 +512,7 @@ def case_sweep_conv(size: str = "130m") -> None:
     default, default_kernel = dict(conv.BLOCKS), conv.BWD_KERNEL
     for kernel, blocks in CONV_BWD_VARIANTS:
         conv.BLOCKS.update(default)
-        conv.BLOCKS["bwd_scan" if kernel == "width4-scan" else "bwd"] = blocks
+        conv.BLOCKS["bwd4" if kernel == "width4" else "bwd"] = blocks
         conv.BWD_KERNEL = kernel
         for t in (xv, w, bias):
             t.grad = None
@@ -725,8 +719,6 @@ CASES = [
      {"backend": "triton", "compile_": True, "compile_mode": "reduce-overhead"}),
     ("train ours-triton-graphed 130m b16x1024", "case_train", ["ours", "130m", 16, 1024],
      {"backend": "triton", "graphed": True}),
-    ("train ours-triton-graphed-convscan 130m b16x1024", "case_train", ["ours", "130m", 16, 1024],
-     {"backend": "triton", "graphed": True, "conv_bwd": "width4-scan"}),
     ("recipe 130m graphs", "case_recipe", ["130m", 100, 32, "true"], {}),
     ("recipe 130m eager", "case_recipe", ["130m", 100, 32, "false"], {}),
     ("recipe 1.3b graphs", "case_recipe", ["1.3b", 30, 16, "true"], {}),
@@ -754,8 +746,6 @@ CASES = [
     ("train hf-mamba2 1.3b b8x1024", "case_train", ["hf-mamba2", "1.3b", 8, 1024], {}),
     ("train ours-triton-graphed 1.3b b8x1024", "case_train", ["ours", "1.3b", 8, 1024],
      {"backend": "triton", "graphed": True}),
-    ("train ours-triton-graphed-convscan 1.3b b8x1024", "case_train", ["ours", "1.3b", 8, 1024],
-     {"backend": "triton", "graphed": True, "conv_bwd": "width4-scan"}),
     ("gen ours-triton 1.3b b1 p256+256 cg", "case_gen", ["ours", "1.3b", 1, 256, 256], {"backend": "triton"}),
     ("gen ssm-mamba2 1.3b b1 p256+256 cg", "case_gen", ["ssm-mamba2", "1.3b", 1, 256, 256], {}),
     ("gen ours-triton-oneblock 1.3b b1 p256+256 cg", "case_gen", ["ours", "1.3b", 1, 256, 256],

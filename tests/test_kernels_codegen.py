@@ -45,22 +45,24 @@ CONV_PTRS = {"x_ptr": "*bf16", "dy_ptr": "*bf16", "dx_ptr": "*bf16", "y_ptr": "*
 
 
 @pytest.mark.parametrize("which", ["fwd", "bwd width 4"])
-def test_conv_loads_x_rows_128_bits_at_a_time(which):
+def test_conv_loads_x_rows_as_vectors(which):
     from biomamba.kernels.triton import conv
 
     # the 130M call: x's row stride sxl = 3,352 is not among the arguments divisible by 16
     if which == "fwd":
         kernel, flags, hints = conv._conv_fwd_kernel, dict(K=4, BL=16, BD=128), {"XV": 8, "YV": 16}
         divisible = ["L", "D", "sxb", "syb", "syl", "ssb"]
-    else:
-        kernel, flags, hints = conv._conv4_bwd_kernel, dict(BL=64, BD=32), {"XV": 8, "DV": 16}
+    else:  # its default blocks: a row of 256 channels over 64 threads, 4 bf16 (64 bits) a thread
+        kernel, flags, hints = conv._conv4_bwd_kernel, dict(BL=64, BD=256), {"XV": 8, "DV": 16}
         divisible = ["L", "D", "sxb", "sdyb", "sdyl", "sdxb", "sdxl", "ssb"]
     names = inspect.signature(kernel.fn).parameters
     ptrs = {k: v for k, v in CONV_PTRS.items() if k in names}
     consts = dict(HAS_BIAS=True, HAS_SEQ=True, SILU=True, **flags)
-    hinted = ptx_loads(kernel, ptrs, dict(consts, **hints), list(ptrs) + divisible)
-    unhinted = ptx_loads(kernel, ptrs, dict(consts, **{k: 1 for k in hints}), list(ptrs) + divisible)
-    assert "ld.global.b16" not in hinted and hinted.get("ld.global.v4.b32", 0) > 0, hinted
+    warps = 4 if which == "fwd" else 2
+    hinted = ptx_loads(kernel, ptrs, dict(consts, **hints), list(ptrs) + divisible, warps)
+    unhinted = ptx_loads(kernel, ptrs, dict(consts, **{k: 1 for k in hints}), list(ptrs) + divisible, warps)
+    vector = "ld.global.v4.b32" if which == "fwd" else "ld.global.v2.b32"
+    assert "ld.global.b16" not in hinted and hinted.get(vector, 0) > 0, hinted
     assert unhinted.get("ld.global.b16", 0) > 0, unhinted  # the hint is what makes the difference
 
 

@@ -136,8 +136,7 @@ def test_ssd_scan_chains_through_initial_state():
 
 
 @pytest.mark.parametrize("dtype,kernel", [(torch.float32, "width4"), (torch.bfloat16, "width4"),
-                                          (torch.bfloat16, "width4-scan"), (torch.bfloat16, "generic"),
-                                          (torch.bfloat16, "width3")])
+                                          (torch.bfloat16, "generic"), (torch.bfloat16, "width3")])
 @pytest.mark.parametrize("form", ["bias+silu", "no-bias", "no-silu"])
 @pytest.mark.parametrize("with_seq", [False, True])
 @pytest.mark.parametrize("li", [0, 1])
@@ -147,7 +146,7 @@ def test_causal_conv1d(dtype, form, with_seq, li, kernel, monkeypatch):
 
     monkeypatch.setattr(conv, "BWD_KERNEL", "width4" if kernel == "width3" else kernel)
     if not CUDA:  # several time and channel blocks: halos across blocks, a partial last block
-        for kind in ("bwd", "bwd_scan"):
+        for kind in ("bwd", "bwd4"):
             monkeypatch.setitem(conv.BLOCKS, kind, (8, 16, 4))
     b, d, l = CONV_SHAPE["b"], CONV_SHAPE["d"], CONV_SHAPE["lengths"][li]
     gen = torch.Generator().manual_seed(torch.seed() % 2**31)

@@ -1,13 +1,12 @@
 """Depthwise causal conv1d (+SiLU, document boundaries) forward/backward, and its decode step.
 
-Channels last: x (b, l, d) with any batch/time strides and unit channel stride. One program
-owns a (time block × channel block) tile; the k taps are read as k shifted loads of the same
-tile. The backward recomputes the pre-activation for the k positions each input feeds, so
-nothing but the inputs is saved. Measured time grows with the number of shifted tile loads
-(each costs about a pass over memory), so the width-4 backward (every Mamba checkpoint's
-width) loads each of its seven shifted tiles once; other widths use the generic backward.
-(A width-4 backward that walked a time segment in short sub-blocks, to keep fewer tiles live,
-measured slower at every tiling: 0.72–1.07 against 0.55 ms, bench/RESULTS.md call G.)
+Channels last: x (b, l, d) with any batch/time strides and unit channel stride. The forward and
+the generic backward: one program owns a (time block × channel block) tile and reads the k taps
+as k shifted loads of it; the backward recomputes the pre-activation for the k positions each
+input feeds, so nothing but the inputs is saved. The width-4 backward (every Mamba checkpoint's
+width) walks its positions row by row instead, keeping the last rows in registers. (Tile kernels
+that held every shifted tile at once ran out of registers; a variant walking 16- or 32-row tile
+blocks measured 0.72–1.07 ms against 0.55, bench/RESULTS.md call G; the row walk takes 0.09 ms.)
 """
 
 from __future__ import annotations
@@ -115,112 +114,6 @@ def _conv_bwd_kernel(x_ptr, w_ptr, bias_ptr, seq_ptr, dy_ptr, dx_ptr, dw_ptr, db
 
 
 @triton.jit
-def _shifted(x_ptr, pb, t, o: tl.constexpr, c, cm, L, sxb, sxl, V: tl.constexpr):
-    """x[t + o] as fp32 (BL, BD), zero outside [0, L)."""
-    u = t + o
-    m = (u >= 0) & (u < L)
-    return tl.load(x_ptr + pb * sxb + row_offsets(u, sxl, V) + c[None, :], mask=m[:, None] & cm[None, :],
-                   other=0.0).to(tl.float32)
-
-
-@triton.jit
-def _doc_at(seq_ptr, pb, t, o: tl.constexpr, L, ssb, ssl):
-    u = t + o
-    return tl.load(seq_ptr + pb * ssb + u * ssl, mask=(u >= 0) & (u < L), other=-1)
-
-
-@triton.jit
-def _if_same(v, doc_v, doc_ref, HAS_SEQ: tl.constexpr):
-    """v where its position is in the same document as the reference position, else 0."""
-    if HAS_SEQ:
-        return tl.where((doc_v == doc_ref)[:, None], v, 0.0)
-    else:
-        return v
-
-
-@triton.jit
-def _conv4_bwd_kernel(x_ptr, w_ptr, bias_ptr, seq_ptr, dy_ptr, dx_ptr, dw_ptr, db_ptr, L, D,
-                      sxb, sxl, swd, swk, ssb, ssl, sdyb, sdyl, sdxb, sdxl,
-                      HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr, SILU: tl.constexpr,
-                      BL: tl.constexpr, BD: tl.constexpr, XV: tl.constexpr, DV: tl.constexpr):
-    """The backward for width 4 (every Mamba checkpoint): the seven shifted tiles x[t−3 … t+3]
-    are loaded once and every recomputed pre-activation a[t+j] and weight-gradient term is
-    formed from them, instead of 4 taps reloaded per j (24 tile loads → 11)."""
-    pb = tl.program_id(0)
-    pl = tl.program_id(1)
-    t = pl * BL + tl.arange(0, BL)
-    c = tl.program_id(2) * BD + tl.arange(0, BD)
-    cm = c < D
-    tm = t < L
-    # the output at u reads x[u − s] through tap 3 − s
-    w0 = tl.load(w_ptr + c * swd + 0 * swk, mask=cm, other=0.0).to(tl.float32)[None, :]
-    w1 = tl.load(w_ptr + c * swd + 1 * swk, mask=cm, other=0.0).to(tl.float32)[None, :]
-    w2 = tl.load(w_ptr + c * swd + 2 * swk, mask=cm, other=0.0).to(tl.float32)[None, :]
-    w3 = tl.load(w_ptr + c * swd + 3 * swk, mask=cm, other=0.0).to(tl.float32)[None, :]
-    xm3 = _shifted(x_ptr, pb, t, -3, c, cm, L, sxb, sxl, XV)
-    xm2 = _shifted(x_ptr, pb, t, -2, c, cm, L, sxb, sxl, XV)
-    xm1 = _shifted(x_ptr, pb, t, -1, c, cm, L, sxb, sxl, XV)
-    x0 = _shifted(x_ptr, pb, t, 0, c, cm, L, sxb, sxl, XV)
-    xp1 = _shifted(x_ptr, pb, t, 1, c, cm, L, sxb, sxl, XV)
-    xp2 = _shifted(x_ptr, pb, t, 2, c, cm, L, sxb, sxl, XV)
-    xp3 = _shifted(x_ptr, pb, t, 3, c, cm, L, sxb, sxl, XV)
-    if HAS_SEQ:  # document ids at the seven positions
-        dm3 = _doc_at(seq_ptr, pb, t, -3, L, ssb, ssl)
-        dm2 = _doc_at(seq_ptr, pb, t, -2, L, ssb, ssl)
-        dm1 = _doc_at(seq_ptr, pb, t, -1, L, ssb, ssl)
-        d0 = _doc_at(seq_ptr, pb, t, 0, L, ssb, ssl)
-        dp1 = _doc_at(seq_ptr, pb, t, 1, L, ssb, ssl)
-        dp2 = _doc_at(seq_ptr, pb, t, 2, L, ssb, ssl)
-        dp3 = _doc_at(seq_ptr, pb, t, 3, L, ssb, ssl)
-    else:  # placeholders, never read
-        dm3 = t
-        dm2 = t
-        dm1 = t
-        d0 = t
-        dp1 = t
-        dp2 = t
-        dp3 = t
-    b = tl.zeros((1, BD), dtype=tl.float32)
-    if HAS_BIAS:
-        b += tl.load(bias_ptr + c, mask=cm, other=0.0).to(tl.float32)[None, :]
-    # taps of the output at t (also the weight-gradient terms), then at t+1, t+2, t+3
-    t1 = _if_same(xm1, dm1, d0, HAS_SEQ)
-    t2 = _if_same(xm2, dm2, d0, HAS_SEQ)
-    t3 = _if_same(xm3, dm3, d0, HAS_SEQ)
-    a0 = b + w3 * x0 + w2 * t1 + w1 * t2 + w0 * t3
-    a1 = b + w3 * xp1 + w2 * _if_same(x0, d0, dp1, HAS_SEQ) + w1 * _if_same(xm1, dm1, dp1, HAS_SEQ) \
-        + w0 * _if_same(xm2, dm2, dp1, HAS_SEQ)
-    a2 = b + w3 * xp2 + w2 * _if_same(xp1, dp1, dp2, HAS_SEQ) + w1 * _if_same(x0, d0, dp2, HAS_SEQ) \
-        + w0 * _if_same(xm1, dm1, dp2, HAS_SEQ)
-    a3 = b + w3 * xp3 + w2 * _if_same(xp2, dp2, dp3, HAS_SEQ) + w1 * _if_same(xp1, dp1, dp3, HAS_SEQ) \
-        + w0 * _if_same(x0, d0, dp3, HAS_SEQ)
-    da0 = _shifted(dy_ptr, pb, t, 0, c, cm, L, sdyb, sdyl, DV)
-    da1 = _shifted(dy_ptr, pb, t, 1, c, cm, L, sdyb, sdyl, DV)
-    da2 = _shifted(dy_ptr, pb, t, 2, c, cm, L, sdyb, sdyl, DV)
-    da3 = _shifted(dy_ptr, pb, t, 3, c, cm, L, sdyb, sdyl, DV)
-    if SILU:
-        s0 = tl.sigmoid(a0)
-        s1 = tl.sigmoid(a1)
-        s2 = tl.sigmoid(a2)
-        s3 = tl.sigmoid(a3)
-        da0 = da0 * s0 * (1.0 + a0 * (1.0 - s0))
-        da1 = da1 * s1 * (1.0 + a1 * (1.0 - s1))
-        da2 = da2 * s2 * (1.0 + a2 * (1.0 - s2))
-        da3 = da3 * s3 * (1.0 + a3 * (1.0 - s3))
-    dx = w3 * da0 + w2 * _if_same(da1, dp1, d0, HAS_SEQ) + w1 * _if_same(da2, dp2, d0, HAS_SEQ) \
-        + w0 * _if_same(da3, dp3, d0, HAS_SEQ)
-    tl.store(dx_ptr + pb * sdxb + t[:, None] * sdxl + c[None, :], dx.to(dx_ptr.dtype.element_ty),
-             mask=tm[:, None] & cm[None, :])
-    part = (pb * tl.num_programs(1) + pl) * 4
-    tl.store(dw_ptr + (part + 3) * D + c, tl.sum(da0 * x0, 0), mask=cm)
-    tl.store(dw_ptr + (part + 2) * D + c, tl.sum(da0 * t1, 0), mask=cm)
-    tl.store(dw_ptr + (part + 1) * D + c, tl.sum(da0 * t2, 0), mask=cm)
-    tl.store(dw_ptr + (part + 0) * D + c, tl.sum(da0 * t3, 0), mask=cm)
-    if HAS_BIAS:
-        tl.store(db_ptr + (pb * tl.num_programs(1) + pl) * D + c, tl.sum(da0, 0), mask=cm)
-
-
-@triton.jit
 def _row(ptr, pb, u, c, cm, L, sb, sl, V: tl.constexpr):
     """Row u of a (b, L, D) tensor at channels c as fp32 (BD,), zero outside [0, L)."""
     off = pb * sb + u * sl
@@ -231,16 +124,19 @@ def _row(ptr, pb, u, c, cm, L, sb, sl, V: tl.constexpr):
 
 
 @triton.jit
-def _conv4_bwd_scan_kernel(x_ptr, w_ptr, bias_ptr, seq_ptr, dy_ptr, dx_ptr, dw_ptr, db_ptr, L, D,
+def _conv4_bwd_kernel(x_ptr, w_ptr, bias_ptr, seq_ptr, dy_ptr, dx_ptr, dw_ptr, db_ptr, L, D,
                            sxb, sxl, swd, swk, ssb, ssl, sdyb, sdyl, sdxb, sdxl,
                            HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr, SILU: tl.constexpr,
                            BL: tl.constexpr, BD: tl.constexpr, XV: tl.constexpr, DV: tl.constexpr):
-    """The width-4 backward as a scan: a program walks its BL positions one row of BD channels at a
-    time, holding the last three rows of x and of the activation gradient in registers, so every
-    row of x and dy is read once (plus three rows of halo) and a thread keeps a few values a
-    channel. The tile kernel above holds eleven shifted (BL, BD) tiles: 255 registers a thread at
-    64 × 32 (bench/compile_check.py), two programs an SM. Step u recomputes a[u] from x[u−3 … u],
-    forms da[u], adds its weight-gradient terms (u in the block), and finishes dx[u−3]."""
+    """The backward for width 4 (every Mamba checkpoint) as a scan: a program walks its BL
+    positions one row of BD channels at a time, holding the last three rows of x and of the
+    activation gradient in registers, so every row of x and dy is read once (plus three rows of
+    halo) and a thread keeps a few values a channel. Step u recomputes a[u] from x[u−3 … u], forms
+    da[u], adds its weight-gradient terms (u in the block), and finishes dx[u−3].
+    It replaced a tile kernel that loaded the seven shifted tiles x[t−3 … t+3] at once: 255
+    registers a thread at 64 × 32, so two programs an SM to hide memory latency with; this one
+    takes 106 and ran 4× faster (398 → 91 µs at 130M, 481 → 118 µs at 1.3B, bench/RESULTS.md,
+    session 5 call B)."""
     pb = tl.program_id(0)
     pl = tl.program_id(1)
     c = tl.program_id(2) * BD + tl.arange(0, BD)
@@ -327,16 +223,15 @@ def _conv4_bwd_scan_kernel(x_ptr, w_ptr, bias_ptr, seq_ptr, dy_ptr, dx_ptr, dw_p
         tl.store(db_ptr + (pb * tl.num_programs(1) + pl) * D + c, db, mask=cm)
 
 
-# (time block, channel block, warps) per kernel, from a sweep at the 130M shape on an H200
-# (bench/RESULTS.md): the backward holds many live tiles and spilled at 64 × 128 (1.68 ms generic,
-# 5.6 ms width-4); at 64 × 32 the width-4 backward takes 0.55 ms (again in call G, best of 9 tilings).
-# The forward's best was 16 × 128. A module-level table so that a benchmark can sweep it.
-BLOCKS = {"fwd": (16, 128, 4), "bwd": (64, 32, 4), "bwd_scan": (64, 512, 4)}
-# the backward at width 4: "width4" (tiles), "width4-scan" (rows walked in order; its own blocks:
-# positions a program walks, channels, warps) or "generic" (the any-width one, for A/B timing);
+# (time block, channel block, warps) per kernel, from sweeps on an H200 (bench/RESULTS.md): the
+# forward's best was 16 × 128 at 130M; the generic backward spilled at 64 × 128 (1.68 ms) and
+# takes 64 × 32. The width-4 backward ("bwd4": positions a program walks, channels, warps), of
+# 8 blockings (session 5 call B): 64 × 256 with 2 warps 134 µs at 1.3B (64 × 512: 136; 128 ×
+# 512: 151) and 115 µs at 130M (128 × 512: 101). A module-level table so that a benchmark can sweep it.
+BLOCKS = {"fwd": (16, 128, 4), "bwd": (64, 32, 4), "bwd4": (64, 256, 2)}
+# the backward at width 4: "width4" (the scan) or "generic" (the any-width one, for A/B timing);
 # other widths always run the generic one
 BWD_KERNEL = "width4"
-_WIDTH4 = {"width4": _conv4_bwd_kernel, "width4-scan": _conv4_bwd_scan_kernel}
 
 
 def _blocks(kind: str, L: int, D: int) -> tuple[int, int, int]:
@@ -366,9 +261,10 @@ def conv_bwd(dy: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None, seq_idx
     x, dy = last_unit(x), last_unit(dy)
     b, L, D = x.shape
     K = weight.shape[-1]
-    if BWD_KERNEL not in (*_WIDTH4, "generic"):
-        raise ValueError(f"BWD_KERNEL {BWD_KERNEL!r}: not one of {[*_WIDTH4, 'generic']}")
-    BL, BD, warps = _blocks("bwd_scan" if K == 4 and BWD_KERNEL == "width4-scan" else "bwd", L, D)
+    if BWD_KERNEL not in ("width4", "generic"):
+        raise ValueError(f"BWD_KERNEL {BWD_KERNEL!r}: not width4 or generic")
+    width4 = K == 4 and BWD_KERNEL == "width4"
+    BL, BD, warps = _blocks("bwd4" if width4 else "bwd", L, D)
     nl = triton.cdiv(L, BL)
     dx = torch.empty((b, L, D), device=x.device, dtype=x.dtype)
     dw_part = torch.empty((b * nl, K, D), device=x.device, dtype=torch.float32)
@@ -381,8 +277,8 @@ def conv_bwd(dy: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None, seq_idx
     flags = dict(HAS_BIAS=bias is not None, HAS_SEQ=seq_idx is not None, SILU=silu, BL=BL, BD=BD,
                  XV=row_divisor(x.stride(0), x.stride(1)), DV=row_divisor(dy.stride(0), dy.stride(1)),
                  num_warps=warps)
-    if K == 4 and BWD_KERNEL in _WIDTH4:
-        _WIDTH4[BWD_KERNEL][(b, nl, triton.cdiv(D, BD))](*args, **flags)
+    if width4:
+        _conv4_bwd_kernel[(b, nl, triton.cdiv(D, BD))](*args, **flags)
     else:
         _conv_bwd_kernel[(b, nl, triton.cdiv(D, BD))](*args, K=K, **flags)
     # (D, K) contiguous, as the op's fake implementation promises (Inductor asserts the strides)
