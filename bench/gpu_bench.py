@@ -476,8 +476,6 @@ def case_gen(kind: str, size: str, bsz: int, prompt: int, new: int, backend: str
 
 # ---- sweeps: tile / warp variants of our kernels, each checked, then timed --------------------
 
-# (backward kernel, its blocks): the tile kernel's default first, then the scan kernel's
-# (positions a program walks, channels, warps)
 # (backward kernel, its blocks): the width-4 default first (positions a program walks, channels, warps)
 CONV_BWD_VARIANTS = [("width4", (64, 256, 2)), ("width4", (64, 512, 4)), ("width4", (128, 512, 4)),
                      ("width4", (128, 256, 2)), ("width4", (64, 1024, 8)), ("generic", (64, 32, 4))]

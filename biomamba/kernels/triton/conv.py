@@ -125,10 +125,10 @@ def _row(ptr, pb, u, c, cm, L, sb, sl, V: tl.constexpr):
 
 @triton.jit
 def _conv4_bwd_kernel(x_ptr, w_ptr, bias_ptr, seq_ptr, dy_ptr, dx_ptr, dw_ptr, db_ptr, L, D,
-                           sxb, sxl, swd, swk, ssb, ssl, sdyb, sdyl, sdxb, sdxl,
-                           HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr, SILU: tl.constexpr,
-                           BL: tl.constexpr, BD: tl.constexpr, XV: tl.constexpr, DV: tl.constexpr):
-    """The backward for width 4 (every Mamba checkpoint) as a scan: a program walks its BL
+                      sxb, sxl, swd, swk, ssb, ssl, sdyb, sdyl, sdxb, sdxl,
+                      HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr, SILU: tl.constexpr,
+                      BL: tl.constexpr, BD: tl.constexpr, XV: tl.constexpr, DV: tl.constexpr):
+    """The backward for width 4 (every Mamba checkpoint) as a row walk: a program walks its BL
     positions one row of BD channels at a time, holding the last three rows of x and of the
     activation gradient in registers, so every row of x and dy is read once (plus three rows of
     halo) and a thread keeps a few values a channel. Step u recomputes a[u] from x[u−3 … u], forms
@@ -203,7 +203,8 @@ def _conv4_bwd_kernel(x_ptr, w_ptr, bias_ptr, seq_ptr, dy_ptr, dx_ptr, dw_ptr, d
                     + w0 * tl.where(du == dm3, g, 0.0)
             else:
                 dx = w3 * gm3 + w2 * gm2 + w1 * gm1 + w0 * g
-            tl.store(dx_ptr + pb * sdxb + s_ * sdxl + c, dx.to(dx_ptr.dtype.element_ty), mask=cm & (s_ + tl.zeros_like(c) < L))
+            tl.store(dx_ptr + pb * sdxb + s_ * sdxl + c, dx.to(dx_ptr.dtype.element_ty),
+                     mask=cm & (s_ + tl.zeros_like(c) < L))
         xm3 = xm2
         xm2 = xm1
         xm1 = xu
@@ -229,7 +230,7 @@ def _conv4_bwd_kernel(x_ptr, w_ptr, bias_ptr, seq_ptr, dy_ptr, dx_ptr, dw_ptr, d
 # 8 blockings (session 5 call B): 64 × 256 with 2 warps 134 µs at 1.3B (64 × 512: 136; 128 ×
 # 512: 151) and 115 µs at 130M (128 × 512: 101). A module-level table so that a benchmark can sweep it.
 BLOCKS = {"fwd": (16, 128, 4), "bwd": (64, 32, 4), "bwd4": (64, 256, 2)}
-# the backward at width 4: "width4" (the scan) or "generic" (the any-width one, for A/B timing);
+# the backward at width 4: "width4" (the row walk) or "generic" (the any-width one, for A/B timing);
 # other widths always run the generic one
 BWD_KERNEL = "width4"
 
