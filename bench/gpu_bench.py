@@ -611,7 +611,10 @@ def case_sweep_gemv() -> None:
 # the first (the default) is the reference for the gradients; dx and dC/dB tiles vary separately
 # heads a dC/dB program sums (the first: a group's all, the gradients' reference; None: the default rule)
 SSD_BWD_VARIANTS = [dict(dcdb_heads=24), dict(dcdb_heads=None), dict(dcdb_heads=8), dict(dcdb_heads=6)]
-SSD_BWD_VARIANTS_1_3B = [dict(dcdb_heads=64), dict(dcdb_heads=None), dict(dcdb_heads=8)]
+SSD_BWD_VARIANTS_1_3B = [dict(dcdb_heads=64), dict(dcdb_heads=None), dict(dcdb_heads=8),
+                         # the dx kernel's tiles (26 ms of the 1.3B step in call C), the split at its default
+                         dict(BM=64, BK=64), dict(BM=32, BK=32), dict(BM=64, BK=32, dx_warps=8),
+                         dict(BM=128, BK=32, dx_warps=8), dict(BM=64, BK=16)]
 
 
 def case_sweep_ssd_bwd(size: str = "130m") -> None:
