@@ -4,9 +4,9 @@ Channels last: x (b, l, d) with any batch/time strides and unit channel stride. 
 the generic backward: one program owns a (time block × channel block) tile and reads the k taps
 as k shifted loads of it; the backward recomputes the pre-activation for the k positions each
 input feeds, so nothing but the inputs is saved. The width-4 backward (every Mamba checkpoint's
-width) walks its positions row by row instead, keeping the last rows in registers. (Tile kernels
-that held every shifted tile at once ran out of registers; a variant walking 16- or 32-row tile
-blocks measured 0.72–1.07 ms against 0.55, bench/RESULTS.md call G; the row walk takes 0.09 ms.)
+width) walks its positions row by row instead, keeping the last rows in registers. (The tile
+kernel it replaced held all seven shifted tiles at once, 255 registers a thread: 398 µs a call at
+130M against the row walk's 91.5, bench/RESULTS.md session 5 call B.)
 """
 
 from __future__ import annotations
@@ -153,9 +153,6 @@ def _conv4_bwd_kernel(x_ptr, w_ptr, bias_ptr, seq_ptr, dy_ptr, dx_ptr, dw_ptr, d
     xm1 = _row(x_ptr, pb, t0 - 1, c, cm, L, sxb, sxl, XV)
     xm2 = _row(x_ptr, pb, t0 - 2, c, cm, L, sxb, sxl, XV)
     xm3 = _row(x_ptr, pb, t0 - 3, c, cm, L, sxb, sxl, XV)
-    dm1 = -1
-    dm2 = -1
-    dm3 = -1
     if HAS_SEQ:
         dm1 = tl.load(seq_ptr + pb * ssb + (t0 - 1) * ssl, mask=t0 >= 1, other=-1)
         dm2 = tl.load(seq_ptr + pb * ssb + (t0 - 2) * ssl, mask=t0 >= 2, other=-1)
@@ -175,7 +172,6 @@ def _conv4_bwd_kernel(x_ptr, w_ptr, bias_ptr, seq_ptr, dy_ptr, dx_ptr, dw_ptr, d
         dyu = dy_next
         x_next = _row(x_ptr, pb, u + 1, c, cm, L, sxb, sxl, XV)
         dy_next = _row(dy_ptr, pb, u + 1, c, cm, L, sdyb, sdyl, DV)
-        du = 0
         if HAS_SEQ:
             du = tl.load(seq_ptr + pb * ssb + u * ssl, mask=u < L, other=-2)
             t1 = tl.where(dm1 == du, xm1, 0.0)
