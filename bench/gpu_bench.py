@@ -422,13 +422,14 @@ def case_fwd(kind: str, size: str, bsz: int, seqlen: int, backend: str = "torch"
 
 def case_gen(kind: str, size: str, bsz: int, prompt: int, new: int, backend: str = "torch",
              cuda_graph: bool = True, gemv_rows: int | None = None, fused_step: bool = False,
-             prefill_graph: bool = True, gemv_tiles: dict | None = None) -> dict:
+             prefill_graph: bool = True, gemv_tiles: dict | None = None, state_dtype: str = "float32") -> dict:
     """Greedy decoding, end to end as a user calls it (prefill + ``new`` tokens), ms per new token,
     and the prefill alone (the same call with one new token).
     Ours: ``biomamba.generate.generate_ids`` (CUDA-graph step and prefill unless ``cuda_graph`` /
     ``prefill_graph`` is off; each norm + projection as one fused GEMV for batches up to
     ``gemv_rows``, the module's default when None, tiled as the defaults updated by ``gemv_tiles``;
-    conv + SSM step as one kernel with ``fused_step``);
+    conv + SSM step as one kernel with ``fused_step``; SSM states kept in ``state_dtype``, and when
+    that is not fp32, how many of the greedy tokens equal those decoded with fp32 states);
     the peer: mamba_ssm's ``generate(cg=True)``, timed the same way (as peer_bench.py does)."""
     import torch
     if kind == "ours":
@@ -443,6 +444,8 @@ def case_gen(kind: str, size: str, bsz: int, prompt: int, new: int, backend: str
         gemv.TILES.update(gemv_tiles or {})
     torch.manual_seed(0)
     model = build(kind, size, backend).to(torch.bfloat16).eval()
+    if kind == "ours":
+        model.ssm_state_dtype = getattr(torch, state_dtype)
     x = torch.randint(0, VOCAB - 16, (bsz, prompt), device="cuda")
     if kind == "ssm-mamba2":
         def run(n):
@@ -470,8 +473,17 @@ def case_gen(kind: str, size: str, bsz: int, prompt: int, new: int, backend: str
         torch.cuda.reset_peak_memory_stats()
         dt = median_s(new)
         first = median_s(1)
-    return dict(ms_per_tok=round(dt / new * 1e3, 3), tok_s=round(bsz * new / dt, 1),
-                prefill_and_one_ms=round(first * 1e3, 2), peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2))
+        row = dict(ms_per_tok=round(dt / new * 1e3, 3), tok_s=round(bsz * new / dt, 1),
+                   prefill_and_one_ms=round(first * 1e3, 2),
+                   peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2))
+        if kind == "ours" and state_dtype != "float32":
+            got = run(new)
+            model.ssm_state_dtype = torch.float32
+            want = run(new)
+            same = [next((i for i, (a, b) in enumerate(zip(g, w)) if a != b), len(w)) for g, w in zip(got, want)]
+            row["tokens_before_divergence_vs_fp32_state"] = dict(min=min(same), median=sorted(same)[len(same) // 2],
+                                                                 of=new)
+    return row
 
 
 # ---- sweeps: tile / warp variants of our kernels, each checked, then timed --------------------
@@ -608,12 +620,11 @@ def case_sweep_gemv() -> None:
     T.GEMV_ROWS, T.GEMV_MAX_WEIGHT = default_rows, default_weight
 
 
-# heads a dC/dB program sums (the first: a group's all, the gradients' reference; None: the default rule)
-SSD_BWD_VARIANTS = [dict(dcdb_heads=24), dict(dcdb_heads=None), dict(dcdb_heads=8), dict(dcdb_heads=6)]
-SSD_BWD_VARIANTS_1_3B = [dict(dcdb_heads=64), dict(dcdb_heads=None), dict(dcdb_heads=8),
-                         # the dx kernel's tiles (26 ms of the 1.3B step in call C), the split at its default
-                         dict(BM=64, BK=64), dict(BM=32, BK=32), dict(BM=64, BK=32, dx_warps=8),
-                         dict(BM=128, BK=32, dx_warps=8), dict(BM=64, BK=16)]
+# the backward's tiles (ssd.BWD_TILES), the first the default and the gradients' reference. The dC/dB
+# head split was swept in session 5 (call A: 64/auto/8 heads at 1.3B; call B: 24/auto/8/6 at 130M);
+# these time the dx kernel (one product a loop step since session 6) at its tilings
+SSD_BWD_VARIANTS = [dict(), dict(BK=16), dict(BK=64), dict(dx_warps=8), dict(BM=128, BK=32, dx_warps=8),
+                    dict(BM=128, BK=64, dx_warps=8), dict(BK=16, dx_warps=8)]
 
 
 def case_sweep_ssd_bwd(size: str = "130m") -> None:
@@ -625,7 +636,7 @@ def case_sweep_ssd_bwd(size: str = "130m") -> None:
     from biomamba.kernels.triton import ssd
 
     b, l, heads = (16, 1024, 24) if size == "130m" else (8, 1024, 64)
-    variants = SSD_BWD_VARIANTS if size == "130m" else SSD_BWD_VARIANTS_1_3B
+    variants = SSD_BWD_VARIANTS
     torch.manual_seed(0)
     x, dt, A, B, C, D, bias, dy = _ssd_inputs(b, l, heads, 64, 128)
     seq = (torch.arange(l, device="cuda") // 300).to(torch.int32)[None].expand(b, l).contiguous()
@@ -649,11 +660,61 @@ def case_sweep_ssd_bwd(size: str = "130m") -> None:
             def f():
                 ours.ssd_scan(x, dt, A, B, C, chunk_size=256, D=D, dt_bias=bias, seq_idx=s_)[0].backward(dy)
             kern = [k for k in _profile_top(f, steps=2, top=20) if k["kernel"].startswith("_bwd_")]
-            label = (f"sweep ssd_bwd {size} " + " ".join(f"{k}{v}" for k, v in variant.items())
+            label = (f"sweep ssd_bwd {size} " + (" ".join(f"{k}{v}" for k, v in variant.items()) or "default")
                      + (" seq_idx" if with_seq else ""))
             emit(label, rel_err_vs_first=err, fwdbwd_ms=round(_bench(f), 3),
                  bwd_kernels_us={k["kernel"]: k["us_per_call"] for k in kern})
     ssd.BWD_TILES.update(default)
+
+
+# the norm backward's launch (norm.BWD_LAUNCH): the first is the default
+NORM_BWD_VARIANTS = [dict(), dict(prefetch=True), dict(tile=2048), dict(tile=2048, prefetch=True),
+                     dict(tile=8192), dict(tile=2048, programs=1024), dict(tile=2048, warps=4),
+                     dict(tile=2048, warps=16, prefetch=True), dict(programs=1024, prefetch=True)]
+# (rows, d_model, d_inner) of a training micro-batch: 130M at 16 x 1,024, 1.3B at 8 x 1,024
+NORM_SHAPES = {"130m": (16384, 768, 1536), "1.3b": (8192, 2048, 4096)}
+
+
+def case_sweep_norm_bwd(size: str = "1.3b") -> None:
+    """Norm backward launches at a training shape, as the model calls them under bf16 autocast:
+    the gated RMSNorm (y bf16, z a view of in_proj's output, one group) and the block's RMSNorm
+    (the fp32 residual); dx / dz / dw against the default and the backward kernel's CUDA time.
+    Bytes each must move: gated 5 x rows x d_inner x 2 B, block 2 x rows x d_model x 4 B + 2 B."""
+    import torch
+
+    import biomamba.kernels.triton as ours
+    from biomamba.kernels.triton import norm
+
+    rows, d, di = NORM_SHAPES[size]
+    torch.manual_seed(0)
+    wide = torch.randn(rows, 2 * di + 2 * 128 + di // 64 + di, device="cuda", dtype=torch.bfloat16)
+    z = wide[:, :di].detach().requires_grad_()
+    y = torch.randn(rows, di, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    wg = (1 + 0.1 * torch.randn(di, device="cuda")).requires_grad_()
+    res = torch.randn(rows, d, device="cuda", requires_grad=True)
+    wb = (1 + 0.1 * torch.randn(d, device="cuda")).requires_grad_()
+    dy_g = torch.randn(rows, di, device="cuda", dtype=torch.bfloat16)
+    dy_b = torch.randn(rows, d, device="cuda", dtype=torch.bfloat16)
+    default = dict(norm.BWD_LAUNCH)
+    first = None
+    for variant in NORM_BWD_VARIANTS:
+        norm.BWD_LAUNCH.update(default)
+        norm.BWD_LAUNCH.update(variant)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out_g = ours.gated_rmsnorm(y, z, wg, 1e-5, di)
+            out_b = ours.rmsnorm(res, wb, 1e-5)
+        grads = (torch.autograd.grad(out_g, (y, z, wg), dy_g, retain_graph=True)
+                 + torch.autograd.grad(out_b, (res, wb), dy_b, retain_graph=True))
+        first = first or grads
+        err = {k: _rel(a, b) for k, a, b in zip(("dy", "dz", "dwg", "dres", "dwb"), grads, first)}
+        kern_g = _profile_top(lambda: torch.autograd.grad(out_g, (y, z, wg), dy_g, retain_graph=True), steps=5, top=6)
+        kern_b = _profile_top(lambda: torch.autograd.grad(out_b, (res, wb), dy_b, retain_graph=True), steps=5, top=6)
+        emit(f"sweep norm_bwd {size} " + (" ".join(f"{k}{v}" for k, v in variant.items()) or "default"),
+             rel_err_vs_first=err,
+             gated_us={k["kernel"]: k["us_per_call"] for k in kern_g},
+             block_us={k["kernel"]: k["us_per_call"] for k in kern_b},
+             floor_us=dict(gated=round(5 * rows * di * 2 / 4.8e6, 1), block=round(rows * d * 10 / 4.8e6, 1)))
+    norm.BWD_LAUNCH.update(default)
 
 
 SSD_FWD_VARIANTS = [dict(out_BM=64, out_BK=64, out_warps=4, outer_warps=4),
@@ -707,6 +768,8 @@ CASES = [
     ("sweep ssd_bwd 130m", "case_sweep_ssd_bwd", [], {}),
     ("sweep ssd_bwd 1.3b", "case_sweep_ssd_bwd", ["1.3b"], {}),
     ("sweep ssd_fwd", "case_sweep_ssd_fwd", [], {}),
+    ("sweep norm_bwd 1.3b", "case_sweep_norm_bwd", ["1.3b"], {}),
+    ("sweep norm_bwd 130m", "case_sweep_norm_bwd", ["130m"], {}),
     ("sweep gemv", "case_sweep_gemv", [], {}),
     ("train ours-triton 130m b16x1024", "case_train", ["ours", "130m", 16, 1024], {"backend": "triton"}),
     ("train ours-triton 130m b32x1024", "case_train", ["ours", "130m", 32, 1024], {"backend": "triton"}),
@@ -754,6 +817,12 @@ CASES = [
      {"backend": "triton", "gemv_rows": 0}),
     ("gen ours-triton 1.3b b64 p256+128 cg", "case_gen", ["ours", "1.3b", 64, 256, 128], {"backend": "triton"}),
     ("gen ssm-mamba2 1.3b b64 p256+128 cg", "case_gen", ["ssm-mamba2", "1.3b", 64, 256, 128], {}),
+    ("gen ours-triton-bf16state 1.3b b64 p256+128 cg", "case_gen", ["ours", "1.3b", 64, 256, 128],
+     {"backend": "triton", "state_dtype": "bfloat16"}),
+    ("gen ours-triton-bf16state 1.3b b1 p256+256 cg", "case_gen", ["ours", "1.3b", 1, 256, 256],
+     {"backend": "triton", "state_dtype": "bfloat16"}),
+    ("gen ours-triton-bf16state 130m b1 p256+256 cg", "case_gen", ["ours", "130m", 1, 256, 256],
+     {"backend": "triton", "state_dtype": "bfloat16"}),
 ]
 
 

@@ -148,6 +148,40 @@ def test_step_runner_kept_per_batch_size_and_weights():
     assert step_runner(model, 2, greedy=True, cuda_graph=False) is not runner  # eager: never kept
 
 
+def test_bf16_ssm_state_halves_the_cache_and_tracks_the_fp32_one():
+    """``ssm_state_dtype = bf16``: each SSM state is stored in bf16 (half the bytes), the conv
+    windows are untouched, and 32 steps' logits stay close to the fp32-state ones (the step
+    computes in fp32; only the stored state is rounded, once a step)."""
+    model = randomize_weights(MambaLM(model_preset("tiny")), seed=7).eval()
+    prompts = [[510, 1234, 7, 99], [42, 5, 6, 8]]
+    logits = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        model.ssm_state_dtype = dtype
+        cache = model.allocate_cache(2)
+        assert all(s.ssm.dtype == dtype and s.conv.dtype == torch.float32 for s in cache.layers)
+        with torch.no_grad():
+            out = [model.lm_head(model.hidden(torch.tensor(prompts), cache=cache)[:, -1])]
+            tokens = torch.tensor([3, 4])
+            for i in range(32):
+                out.append(model.step(tokens, cache))
+                tokens = torch.tensor([(7 * i + 3) % 500, (11 * i + 4) % 500])  # the same inputs for both
+        logits[dtype] = torch.stack(out)
+    model.ssm_state_dtype = torch.float32
+    fp32, bf16 = logits[torch.float32], logits[torch.bfloat16]
+    assert torch.equal(fp32[0], bf16[0])  # the prefill's logits do not read the stored state
+    err = ((bf16[1:] - fp32[1:]).norm(dim=-1) / fp32[1:].norm(dim=-1)).max().item()
+    assert 0 < err < 2e-2, err
+
+
+def test_cli_state_dtype_flag(exported, capsys):
+    _, path = exported
+    args = ["generate", "--model", str(path), "--prompt", PROMPT, "--max-new-tokens", "8"]
+    assert cli(args + ["--state_dtype=bfloat16"]) == 0
+    assert capsys.readouterr().out.startswith(PROMPT)
+    assert cli(args + ["--state_dtype=int8"]) != 0
+    assert "state_dtype must be one of" in capsys.readouterr().err
+
+
 def test_left_padded_prefill_equals_each_prompt_alone():
     """The CUDA-graph prefill's layout (each prompt left-padded to the bucket, the pad a document
     of its own): one forward gives each row the states and logits of its prompt alone."""

@@ -77,7 +77,7 @@ def test_gated_norm_loads_z_rows_128_bits_at_a_time(which):
         hints = {"XV": 16, "ZV": 8}
     else:
         kernel, ints = norm._norm_bwd_kernel, ["M", "G", "sxm", "sdym", "sdxm", "sdzm", "rows_per_prog"]
-        hints = {"XV": 16, "ZV": 8, "DV": 16}
+        hints = {"XV": 16, "ZV": 8, "DV": 16, "PREFETCH": norm.BWD_LAUNCH["prefetch"]}
     names = inspect.signature(kernel.fn).parameters
     ptrs = {k: v for k, v in ptrs.items() if k in names}
     consts = dict(HAS_Z=True, BM=2, BG=2048)  # the 130M gated norm: one group of 1,536 channels
@@ -98,8 +98,8 @@ def test_gated_norm_with_one_row_a_program_compiles(which):
 
     kernel = norm._norm_fwd_kernel if which == "fwd" else norm._norm_bwd_kernel
     ptrs = {n: "*bf16" for n in ("x_ptr", "z_ptr", "y_ptr", "dy_ptr", "dx_ptr", "dz_ptr")}
-    _compiles(kernel, ptrs, dict(HAS_Z=True, BM=1, BG=4096, XV=16, ZV=16, **({"DV": 16} if which == "bwd" else {})),
-              warps=8)
+    bwd = {"DV": 16, "PREFETCH": norm.BWD_LAUNCH["prefetch"]} if which == "bwd" else {}
+    _compiles(kernel, ptrs, dict(HAS_Z=True, BM=1, BG=4096, XV=16, ZV=16, **bwd), warps=8)
 
 
 def test_row_divisor():

@@ -52,13 +52,14 @@ def split_overrides(parser: argparse.ArgumentParser, rest: list[str]) -> list[st
 
 @dataclass
 class ModelArgs:
-    """How a verb loads a checkpoint: shared by generate, serve and eval."""
+    """How a verb loads a checkpoint: shared by generate and serve."""
 
     model: str = ""  # checkpoint directory (any layout) or hub id
     tokenizer: str | None = None  # default: the checkpoint's own tokenizer.json, else GPT-NeoX
     device: str = "auto"  # auto: cuda when available
     dtype: str = "auto"  # auto: bf16 on GPU, fp32 on CPU
     backend: str = "auto"  # kernel backend: auto | torch | triton | mamba_ssm
+    state_dtype: str = "float32"  # decoding's SSM state: float32 | bfloat16 (half the memory)
 
 
 def parse_verb_args(parser: argparse.ArgumentParser, argv: list[str], cfg_cls: type[T],

@@ -61,7 +61,8 @@ def main(argv: list[str]) -> int:
                         flag_fields={"model": "model", "prompt": "prompt", "file": "file",
                                      "max_new_tokens": "max_new_tokens"})
     cfg: GenerateConfig = v.config
-    model, tokenizer = load_model_and_tokenizer(cfg.model, cfg.tokenizer, cfg.device, cfg.dtype, cfg.backend)
+    model, tokenizer = load_model_and_tokenizer(cfg.model, cfg.tokenizer, cfg.device, cfg.dtype, cfg.backend,
+                                                cfg.state_dtype)
     sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
                               top_p=cfg.top_p, seed=cfg.seed, stop=cfg.stop)
     if cfg.prompt is not None:

@@ -31,7 +31,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--port", type=int)
     v = parse_verb_args(parser, argv, ServeConfig, flag_fields={"model": "model", "host": "host", "port": "port"})
     cfg: ServeConfig = v.config
-    model, tokenizer = load_model_and_tokenizer(cfg.model, cfg.tokenizer, cfg.device, cfg.dtype, cfg.backend)
+    model, tokenizer = load_model_and_tokenizer(cfg.model, cfg.tokenizer, cfg.device, cfg.dtype, cfg.backend,
+                                                cfg.state_dtype)
     server, _ = make_server(model, tokenizer, cfg.host, cfg.port, model_name=cfg.model_name or cfg.model,
                             max_batch=cfg.max_batch, max_prompt_tokens=cfg.max_prompt_tokens,
                             max_new_tokens_limit=cfg.max_new_tokens)

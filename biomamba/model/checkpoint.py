@@ -314,16 +314,23 @@ def export_state_spaces(model: MambaLM, directory: str | Path) -> Path:
     return directory
 
 
+STATE_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
 def load_model_and_tokenizer(model: str, tokenizer: str | None = None, device: str = "auto", dtype: str = "auto",
-                             backend: str = "auto"):
+                             backend: str = "auto", state_dtype: str = "float32"):
     """The model of a checkpoint (any layout or hub id) and its tokenizer: the one named, else the
-    ``tokenizer.json`` stored beside the weights, else the GPT-NeoX default."""
+    ``tokenizer.json`` stored beside the weights, else the GPT-NeoX default. ``state_dtype`` is
+    the dtype decoding keeps the SSM states in (``MambaLM.ssm_state_dtype``)."""
     from biomamba.data.tokenizer import DEFAULT_TOKENIZER, load_tokenizer
     from biomamba.utils.device import resolve_device, resolve_dtype
 
+    if state_dtype not in STATE_DTYPES:
+        raise ValueError(f"state_dtype must be one of {sorted(STATE_DTYPES)}, got {state_dtype!r}")
     dev = resolve_device(device)
     directory = resolve_checkpoint_dir(model)
     lm = load_model(directory, device=dev, dtype=resolve_dtype(dtype, dev), backend=backend).eval()
+    lm.ssm_state_dtype = STATE_DTYPES[state_dtype]
     if tokenizer is None:
         tokenizer = str(directory) if (directory / "tokenizer.json").is_file() else DEFAULT_TOKENIZER
     return lm, load_tokenizer(tokenizer)

@@ -21,7 +21,7 @@ from biomamba.model.mamba2 import init_dt_bias
 @dataclass
 class Mamba1State:
     conv: Tensor  # (b, d_inner, d_conv)
-    ssm: Tensor  # (b, d_inner, d_state), fp32
+    ssm: Tensor  # (b, d_inner, d_state), fp32 unless the model's ssm_state_dtype says otherwise
 
 
 class Mamba1Mixer(nn.Module):
@@ -77,9 +77,10 @@ class Mamba1Mixer(nn.Module):
         state.ssm.copy_(new_state)
         return self.out_proj(y[:, 0])
 
-    def new_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> Mamba1State:
+    def new_state(self, batch_size: int, device: torch.device, dtype: torch.dtype,
+                  ssm_dtype: torch.dtype = torch.float32) -> Mamba1State:
         cfg = self.cfg
         return Mamba1State(
             conv=torch.zeros(batch_size, cfg.d_inner, cfg.d_conv, device=device, dtype=dtype),
-            ssm=torch.zeros(batch_size, cfg.d_inner, cfg.d_state, device=device, dtype=torch.float32),
+            ssm=torch.zeros(batch_size, cfg.d_inner, cfg.d_state, device=device, dtype=ssm_dtype),
         )

@@ -25,7 +25,8 @@ from biomamba.model.config import ModelConfig
 
 @dataclass
 class Mamba2State:
-    """Decoding state of one layer: the last d_conv conv inputs and the SSM state (fp32)."""
+    """Decoding state of one layer: the last d_conv conv inputs and the SSM state (fp32 unless
+    the model's ``ssm_state_dtype`` says otherwise)."""
 
     conv: Tensor  # (b, conv_dim, d_conv)
     ssm: Tensor  # (b, nheads, headdim, d_state)
@@ -120,9 +121,10 @@ class Mamba2Mixer(nn.Module):
             self._decay_key = key
         return self._decay
 
-    def new_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> Mamba2State:
+    def new_state(self, batch_size: int, device: torch.device, dtype: torch.dtype,
+                  ssm_dtype: torch.dtype = torch.float32) -> Mamba2State:
         cfg = self.cfg
         return Mamba2State(
             conv=torch.zeros(batch_size, cfg.conv_dim, cfg.d_conv, device=device, dtype=dtype),
-            ssm=torch.zeros(batch_size, cfg.nheads, cfg.headdim, cfg.d_state, device=device, dtype=torch.float32),
+            ssm=torch.zeros(batch_size, cfg.nheads, cfg.headdim, cfg.d_state, device=device, dtype=ssm_dtype),
         )

@@ -49,10 +49,24 @@ def _norm_fwd_kernel(x_ptr, z_ptr, w_ptr, y_ptr, rstd_ptr, M, G, NG, eps, sxm, s
 
 
 @triton.jit
+def _norm_bwd_load(x_ptr, z_ptr, dy_ptr, rows, m, ch, sxm, szm, sdym, HAS_Z: tl.constexpr, XV: tl.constexpr,
+                   ZV: tl.constexpr, DV: tl.constexpr):
+    x = tl.load(x_ptr + row_offsets(rows, sxm, XV) + ch[None, :], mask=m, other=0.0)
+    z = x
+    if HAS_Z:
+        z = tl.load(z_ptr + row_offsets(rows, szm, ZV) + ch[None, :], mask=m, other=0.0)
+    dy = tl.load(dy_ptr + row_offsets(rows, sdym, DV) + ch[None, :], mask=m, other=0.0)
+    return x, z, dy
+
+
+@triton.jit
 def _norm_bwd_kernel(x_ptr, z_ptr, w_ptr, rstd_ptr, dy_ptr, dx_ptr, dz_ptr, dw_ptr, M, G, NG,
                      sxm, szm, sdym, sdxm, sdzm, rows_per_prog,
                      HAS_Z: tl.constexpr, BM: tl.constexpr, BG: tl.constexpr, XV: tl.constexpr,
-                     ZV: tl.constexpr, DV: tl.constexpr):
+                     ZV: tl.constexpr, DV: tl.constexpr, PREFETCH: tl.constexpr):
+    """A program walks its rows BM at a time; with PREFETCH it loads the next block's rows before
+    working on the current one, so that their latency overlaps the row reductions (a loop
+    without a dot is not software-pipelined by Triton)."""
     pid = tl.program_id(0)
     g = tl.program_id(1)
     cols = tl.arange(0, BG)
@@ -61,20 +75,32 @@ def _norm_bwd_kernel(x_ptr, z_ptr, w_ptr, rstd_ptr, dy_ptr, dx_ptr, dz_ptr, dw_p
     w = tl.load(w_ptr + ch, mask=cm, other=0.0).to(tl.float32)
     dw = tl.zeros((BG,), dtype=tl.float32)
     start = pid * rows_per_prog
+    end = tl.minimum(start + rows_per_prog, M)
+    rows = start + tl.arange(0, BM)
+    m = (rows < end)[:, None] & cm[None, :]
+    if PREFETCH:
+        x_in, z_in, dy_in = _norm_bwd_load(x_ptr, z_ptr, dy_ptr, rows, m, ch, sxm, szm, sdym, HAS_Z, XV, ZV, DV)
     for r0 in range(start, start + rows_per_prog, BM):
         rows = r0 + tl.arange(0, BM)
-        rm = (rows < M) & (rows < start + rows_per_prog)
+        rm = rows < end
         m = rm[:, None] & cm[None, :]
-        x = tl.load(x_ptr + row_offsets(rows, sxm, XV) + ch[None, :], mask=m, other=0.0).to(tl.float32)
+        if PREFETCH:
+            x, z, dy = x_in, z_in, dy_in
+            nxt = rows + BM
+            x_in, z_in, dy_in = _norm_bwd_load(x_ptr, z_ptr, dy_ptr, nxt, (nxt < end)[:, None] & cm[None, :], ch,
+                                               sxm, szm, sdym, HAS_Z, XV, ZV, DV)
+        else:
+            x, z, dy = _norm_bwd_load(x_ptr, z_ptr, dy_ptr, rows, m, ch, sxm, szm, sdym, HAS_Z, XV, ZV, DV)
+        x = x.to(tl.float32)
+        dy = dy.to(tl.float32)
         if HAS_Z:
-            z = tl.load(z_ptr + row_offsets(rows, szm, ZV) + ch[None, :], mask=m, other=0.0).to(tl.float32)
+            z = z.to(tl.float32)
             sz = tl.sigmoid(z)
             xg = x * z * sz
         else:
             xg = x
         rstd = tl.load(rstd_ptr + rows * NG + g, mask=rm, other=0.0)
         n = xg * rstd[:, None]
-        dy = tl.load(dy_ptr + row_offsets(rows, sdym, DV) + ch[None, :], mask=m, other=0.0).to(tl.float32)
         dw += tl.sum(dy * n, 0)
         dn = dy * w[None, :]
         dxg = rstd[:, None] * (dn - n * (tl.sum(dn * n, 1) / G)[:, None])
@@ -141,6 +167,23 @@ def norm_fwd(x: Tensor, z: Tensor | None, weight: Tensor, eps: float, group_size
     return y, rstd
 
 
+# Backward launch: at most "programs" programs (each walks its rows BM at a time and writes one
+# partial weight-gradient row), "warps" a program (None: by the group's padded width, below),
+# "stages" the loop's software pipelining (None: Triton's default), "prefetch" whether a program
+# loads its next rows before working on the current ones, "tile" the elements of a row block
+# (rows × the padded group width: BM = tile // BG, at least 1). Module-level for
+# ``bench/gpu_bench.py sweep norm_bwd``. The defaults, from 9 launches at the 130M and 1.3B
+# training shapes (H200, session 6 call 2, kernel µs, old defaults → these): 1.3B gated 204 → 100,
+# 130M gated 145 → 84 (the memory floor: 70 and 52), the block norms 50 → 49 and 35 → 33.
+BWD_LAUNCH = {"programs": 512, "warps": None, "stages": None, "prefetch": True, "tile": 2048}
+
+
+def _bwd_warps(BG: int) -> int:
+    """16 warps for a 4,096-wide group (the 1.3B gated norm: 204 → 132 µs, 16 against 8, session 6
+    call 1); they made the 2,048-wide ones slower (130M gated 145 → 221 µs, 1.3B block norm 50 → 123)."""
+    return 4 if BG <= 1024 else 8 if BG <= 2048 else 16
+
+
 def norm_bwd(dy: Tensor, x: Tensor, z: Tensor | None, weight: Tensor, rstd: Tensor,
              group_size: int) -> tuple[Tensor, Tensor, Tensor]:
     d = x.shape[-1]
@@ -150,13 +193,16 @@ def norm_bwd(dy: Tensor, x: Tensor, z: Tensor | None, weight: Tensor, rstd: Tens
     M, NG, G = x2.shape[0], d // group_size, group_size
     dx = torch.empty(x.shape, device=x.device, dtype=x.dtype)
     dz = torch.empty(z.shape, device=x.device, dtype=z.dtype) if z is not None else dx
-    BG, BM = triton.next_power_of_2(G), _bm(G)
-    nprog = min(triton.cdiv(M, BM), 512)
+    BG = triton.next_power_of_2(G)
+    BM = max(1, min(16, BWD_LAUNCH["tile"] // BG))
+    nprog = min(triton.cdiv(M, BM), BWD_LAUNCH["programs"])
     rows_per_prog = triton.cdiv(triton.cdiv(M, nprog), BM) * BM
     nprog = triton.cdiv(M, rows_per_prog)
     dw_part = torch.empty((nprog, d), device=x.device, dtype=torch.float32)
     _norm_bwd_kernel[(nprog, NG)](
         x2, z2, weight, rstd, dy2, dx, dz, dw_part, M, G, NG, x2.stride(0), z2.stride(0), dy2.stride(0),
         d, d, rows_per_prog, HAS_Z=z is not None, BM=BM, BG=BG, XV=row_divisor(x2.stride(0)),
-        ZV=row_divisor(z2.stride(0)), DV=row_divisor(dy2.stride(0)), num_warps=4 if BG <= 1024 else 8)
+        ZV=row_divisor(z2.stride(0)), DV=row_divisor(dy2.stride(0)), PREFETCH=BWD_LAUNCH["prefetch"],
+        num_warps=BWD_LAUNCH["warps"] or _bwd_warps(BG),
+        **({} if BWD_LAUNCH["stages"] is None else {"num_stages": BWD_LAUNCH["stages"]}))
     return dx, dz, dw_part.sum(0).to(weight.dtype)
