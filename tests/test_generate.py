@@ -182,6 +182,23 @@ def test_cli_state_dtype_flag(exported, capsys):
     assert "state_dtype must be one of" in capsys.readouterr().err
 
 
+def test_state_drift_bench_script(exported, capsys):
+    """bench/state_drift.py on a checkpoint: both measures come out, over the prompts asked for."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "state_drift.py"
+    spec = importlib.util.spec_from_file_location("state_drift", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--model", str(exported[1]), "--limit", "3", "--new", "6", "--device", "cpu"]) == 0
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert row["prompts"] == 3 and row["new_tokens"] == 6 and 0 <= row["greedy_identical_rows"] <= 3
+    drift = row["teacher_forced_logits_rel_diff"]
+    assert 0 < drift["median"] <= drift["max"] < 0.1  # rounded, but close
+    assert row["teacher_forced_argmax_differs"].endswith("of 15 steps")  # 3 rows × 5 fed tokens
+
+
 def test_left_padded_prefill_equals_each_prompt_alone():
     """The CUDA-graph prefill's layout (each prompt left-padded to the bucket, the pad a document
     of its own): one forward gives each row the states and logits of its prompt alone."""
