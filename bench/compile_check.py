@@ -2,7 +2,7 @@
 training step and decoding launch at a model preset's real widths: each launch is intercepted,
 specialised the way Triton specialises it at run time (ints equal to 1 become constants,
 16-divisible ints and 16-byte-aligned pointers get the divisibility attribute) and compiled to
-a cubin, whose registers and local memory are read back (local memory, i.e. spills, is listed
+a cubin, whose registers and stack frame are read back (the stack, i.e. spills, is listed
 when > 0); nothing runs. Kernels' outputs are left unwritten, which is fine: only shapes, dtypes and
 strides decide what is compiled.
 
@@ -70,7 +70,7 @@ def _interceptor(failures: dict, compiled: dict):
 
 
 def _resource_usage(cubin: bytes) -> str:
-    """Registers a thread and local memory (spills) of the cubin Triton's own ptxas made, read
+    """Registers a thread and stack bytes (spills) of the cubin Triton's own ptxas made, read
     with the cuobjdump Triton bundles: what the GPU would report on loading it, known here."""
     import os
     import re
@@ -88,7 +88,10 @@ def _resource_usage(cubin: bytes) -> str:
     usage = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", out)
     if not usage:
         return "usage unknown"
-    return f"{usage[1]} registers, {usage[4]} B local (spills)"  # (shared memory is dynamic: not in the cubin)
+    # spilled registers live in the thread's stack frame (STACK), not in LOCAL (declared local
+    # arrays, which Triton kernels have none of): at 255 registers a 1.3B dC specialisation has 112 B
+    # of stack and 21 spill stores in its SASS, with LOCAL:0. (Shared memory is dynamic: not here.)
+    return f"{usage[1]} registers, {int(usage[2]) + int(usage[4])} B stack (spills)"
 
 
 def check(presets: list[str]) -> tuple[dict, dict]:
@@ -148,7 +151,7 @@ def main(argv: list[str]) -> int:
     print(f"triton {triton.__version__}, presets {args.presets}: {len(compiled)} specialisations compiled, "
           f"{len(failures)} failed ({time.time() - t0:.0f} s)")
     for what in compiled.values():
-        if args.verbose or not what.endswith(" 0 B local (spills)"):
+        if args.verbose or not what.endswith(" 0 B stack (spills)"):
             print("  ", what)
     for what in failures.values():
         print("  FAILED", what)

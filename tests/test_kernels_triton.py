@@ -64,13 +64,18 @@ def check_grads(got: list[torch.Tensor], ref: list[torch.Tensor], tol: float, na
         assert e < t, f"d{name}: relative error {e:.2e} ≥ {t:.0e}"
 
 
-@pytest.mark.parametrize("tiles", [None, "narrow-inner", "head-split"])
+@pytest.mark.parametrize("tiles", [None, "narrow-inner", "head-split", "register-cap"])
 def test_ssd_scan_without_optionals(tiles, monkeypatch):
     """No D, no dt_bias, no initial state, no clamp, final state unused (its gradient is None);
     also with the forward output and backward kernels' inner block half their row block (the
-    GPU defaults' shape for the output and dx kernels, 64/32), and with a group's heads in one
-    dC/dB program or split over two (their partial sums added afterwards)."""
+    GPU defaults' shape for the output and dx kernels, 64/32), with a group's heads in one
+    dC/dB program or split over two (their partial sums added afterwards), and with the backward
+    kernels' registers capped (on the GPU they spill; the interpreter only takes the option)."""
     from biomamba.kernels.triton import ssd
+
+    if tiles == "register-cap":
+        monkeypatch.setitem(ssd.BWD_TILES, "dx_maxnreg", 168)
+        monkeypatch.setitem(ssd.BWD_TILES, "dcdb_maxnreg", 168)
 
     # (elsewhere the default splits the heads: the interpreter's grids are small)
     monkeypatch.setitem(ssd.BWD_TILES, "dcdb_heads", SSD_SHAPE["h"] // (2 if tiles == "head-split" else 1))

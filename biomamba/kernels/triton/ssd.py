@@ -562,8 +562,11 @@ def _dt_limits(dt_lo: float, dt_hi: float) -> dict:
 # that give the grid at least "dcdb_programs" programs. At 1.3B (b8, 64 heads) the unsplit grid is
 # b·chunks·4 = 128 programs for 132 SMs; 16 heads a program (512 programs) took dC + dB from
 # 608 + 461 to 305 + 205 µs, the best of 64/32/16/8 (bench/RESULTS.md, session 5 call A).
+# "dx_maxnreg" / "dcdb_maxnreg" (None: the compiler's choice) cap the registers a thread: the three
+# kernels use 224–255 (bench/compile_check.py, Triton 3.6), two 4-warp programs an SM; a cap lets
+# more programs share an SM at the price of spills.
 BWD_TILES = {"BM": 64, "BK": 32, "dx_warps": 4, "dcdb_BM": 64, "dcdb_BK": 64, "dcdb_warps": 4, "dcdb_heads": None,
-             "dcdb_programs": 512, "stages": None}
+             "dcdb_programs": 512, "stages": None, "dx_maxnreg": None, "dcdb_maxnreg": None}
 
 
 def _dcdb_heads(heads: int, programs: int) -> int:
@@ -581,8 +584,12 @@ def _dcdb_heads(heads: int, programs: int) -> int:
 FWD_TILES = {"out_BM": 64, "out_BK": 32, "out_warps": 4, "outer_warps": 4, "stages": None}
 
 
-def _stages(table: dict) -> dict:
-    return {} if table["stages"] is None else {"num_stages": table["stages"]}
+def _launch_opts(table: dict, maxnreg: str | None = None) -> dict:
+    """Launch options that are left to Triton unless the table sets them."""
+    opts = {} if table["stages"] is None else {"num_stages": table["stages"]}
+    if maxnreg is not None and table[maxnreg] is not None:
+        opts["maxnreg"] = table[maxnreg]
+    return opts
 
 
 class _Cfg:
@@ -641,7 +648,7 @@ def _chunk_prefix(x, B, C, delta, acs, seq_idx, initial_state, dims, cfg):
         x, B, delta, acs, seq, z, L, H, G, P, N, NC, x.stride(0), x.stride(1), x.stride(2),
         B.stride(0), B.stride(1), B.stride(2), ssb, ssl,
         MODE=0, HAS_SEQ=seq_idx is not None, T=T, BP=cfg.BPo, BN=cfg.BNK, BK=cfg.BK, IP=ip,
-        num_warps=FWD_TILES["outer_warps"], **_stages(FWD_TILES))
+        num_warps=FWD_TILES["outer_warps"], **_launch_opts(FWD_TILES))
     starts = torch.empty_like(z)
     final = torch.empty((b, H, P, N), device=x.device, dtype=torch.float32)
     PN = P * N
@@ -665,7 +672,7 @@ def ssd_fwd(x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus, dt_lo, dt_hi, s
         L, H, G, P, N, NC, x.stride(0), x.stride(1), x.stride(2), C.stride(0), C.stride(1), C.stride(2),
         ssb, ssl, y.stride(0), y.stride(1), y.stride(2),
         HAS_SEQ=seq_idx is not None, HAS_D=D is not None, T=T, BM=cfg.oBM, BK=cfg.oBK, BP=cfg.BPo, BN=cfg.BNK,
-        IP=input_precision(x.dtype), num_warps=FWD_TILES["out_warps"], **_stages(FWD_TILES))
+        IP=input_precision(x.dtype), num_warps=FWD_TILES["out_warps"], **_launch_opts(FWD_TILES))
     return y, final
 
 
@@ -681,7 +688,7 @@ def _dcdb(x, B, C, dy, cb, delta, acs, seq_idx, starts, dz, dda_row, dims, cfg):
     dC = torch.empty(shape, device=x.device, dtype=C.dtype if HS == 1 else torch.float32)
     dB = torch.empty(shape, device=x.device, dtype=B.dtype if HS == 1 else torch.float32)
     flags = dict(HAS_SEQ=seq_idx is not None, HS=HS, T=T, BM=cfg.cBM, BK=cfg.cBK, BP=cfg.BP, BN=cfg.BN, IP=ip,
-                 num_warps=BWD_TILES["dcdb_warps"], **_stages(BWD_TILES))
+                 num_warps=BWD_TILES["dcdb_warps"], **_launch_opts(BWD_TILES, "dcdb_maxnreg"))
     _bwd_dc_kernel[(b * NC * G * HS, T // cfg.cBM)](
         x, C, cb, dy, delta, acs, seq, starts, B, dC, dda_row,
         L, H, G, P, N, NC, x.stride(0), x.stride(1), x.stride(2), B.stride(0), B.stride(1), B.stride(2),
@@ -715,7 +722,7 @@ def ssd_bwd(dy, dfinal, x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus, dt_
         dy, C, delta, acs, seq, E, L, H, G, P, N, NC, dy.stride(0), dy.stride(1), dy.stride(2),
         C.stride(0), C.stride(1), C.stride(2), ssb, ssl,
         MODE=1, HAS_SEQ=HSQ, T=T, BP=cfg.BPo, BN=cfg.BNK, BK=cfg.BK, IP=ip,
-        num_warps=FWD_TILES["outer_warps"], **_stages(FWD_TILES))
+        num_warps=FWD_TILES["outer_warps"], **_launch_opts(FWD_TILES))
     PN = P * N
     nblk = triton.cdiv(PN, cfg.BS)
     dz = torch.empty_like(E)
@@ -735,7 +742,7 @@ def ssd_bwd(dy, dfinal, x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus, dt_
         L, H, G, P, N, NC, x.stride(0), x.stride(1), x.stride(2), B.stride(0), B.stride(1), B.stride(2),
         dy.stride(0), dy.stride(1), dy.stride(2), ssb, ssl, dx.stride(0), dx.stride(1), dx.stride(2),
         HAS_SEQ=HSQ, HAS_D=D is not None, T=T, BM=cfg.bBM, BK=cfg.bBK, BP=cfg.BP, BN=cfg.BNK, IP=ip,
-        num_warps=BWD_TILES["dx_warps"], **_stages(BWD_TILES))
+        num_warps=BWD_TILES["dx_warps"], **_launch_opts(BWD_TILES, "dx_maxnreg"))
     # per group: dC (+ the row part of the log-decay gradient) and dB
     dC, dB = _dcdb(x, B, C, dy, cb, delta, acs, seq_idx, starts, dz, dda_row, dims, cfg)
     # log-decay gradient per position → per step (reverse cumsum in the chunk) → Δ, A, dt, dt_bias,
