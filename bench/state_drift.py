@@ -23,25 +23,25 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-DEMO_PUBMEDQA = Path(__file__).resolve().parents[1] / "biomamba" / "demo_data" / "pubmedqa" / "demo-pqal.json"
-
-
 def demo_prompts(limit: int) -> list[str]:
-    records = json.loads(DEMO_PUBMEDQA.read_text())
-    return [f"Question: {r['QUESTION']}\nAnswer:" for r in list(records.values())[:limit]]
+    from biomamba.demo_corpus import DEMO_DATA
+    from biomamba.tasks.yesno import load_pubmedqa
+
+    pubmedqa = DEMO_DATA / "pubmedqa"
+    items = load_pubmedqa(pubmedqa / "demo-pqal.json", pubmedqa / "demo-test-ids.json", "test", binary=False)
+    return [f"Question: {ex['question']}\nAnswer:" for ex in items[:limit]]
 
 
-def teacher_forced_logits(model, prompt_ids: list[list[int]], tokens, state_dtype):
-    """Logits (steps, rows, vocab) of the steps fed ``tokens`` (rows, steps) after equal-length prompts."""
+def teacher_forced_step_logits(model, prompt_ids: list[list[int]], tokens, state_dtype):
+    """Logits (steps, rows, vocab) of the decode steps fed ``tokens`` (rows, steps) after the prompts
+    (the prefill's own logits left out: they do not read a stored state)."""
     import torch
 
+    from biomamba.generate import prefill
+
     model.ssm_state_dtype = state_dtype
-    cache = model.allocate_cache(len(prompt_ids))
-    device = model.backbone.embedding.weight.device
-    out = [model.lm_head(model.hidden(torch.tensor(prompt_ids, device=device), cache=cache)[:, -1])]
-    for i in range(tokens.shape[1] - 1):
-        out.append(model.step(tokens[:, i], cache))
-    return torch.stack(out)
+    cache, _ = prefill(model, prompt_ids)
+    return torch.stack([model.step(tokens[:, i], cache) for i in range(tokens.shape[1] - 1)])
 
 
 def main(argv: list[str]) -> int:
@@ -70,16 +70,11 @@ def main(argv: list[str]) -> int:
             greedy[dtype] = generate_ids(model, ids, cfg, eos_id=None)
         same_until = [next((i for i, (a, b) in enumerate(zip(x, y)) if a != b), len(x))
                       for x, y in zip(greedy[torch.float32], greedy[torch.bfloat16])]
-        rel, flips, steps = [], 0, 0
-        for length in sorted({len(p) for p in ids}):  # equal-length prompts share a forward pass
-            rows = [r for r, p in enumerate(ids) if len(p) == length]
-            tokens = torch.tensor([greedy[torch.float32][r] for r in rows])
-            ref = teacher_forced_logits(model, [ids[r] for r in rows], tokens, torch.float32)
-            low = teacher_forced_logits(model, [ids[r] for r in rows], tokens, torch.bfloat16)
-            ref, low = ref[1:], low[1:]  # the prefill's logits do not read a stored state
-            rel += ((low - ref).norm(dim=-1) / ref.norm(dim=-1)).flatten().tolist()
-            flips += int((low.argmax(-1) != ref.argmax(-1)).sum())
-            steps += ref.shape[0] * ref.shape[1]
+        tokens = torch.tensor(greedy[torch.float32], device=model.backbone.embedding.weight.device)
+        ref = teacher_forced_step_logits(model, ids, tokens, torch.float32)
+        low = teacher_forced_step_logits(model, ids, tokens, torch.bfloat16)
+        rel = ((low - ref).norm(dim=-1) / ref.norm(dim=-1)).flatten().tolist()
+        flips, steps = int((low.argmax(-1) != ref.argmax(-1)).sum()), ref.shape[0] * ref.shape[1]
     model.ssm_state_dtype = torch.float32
     row = {
         "model": args.model, "prompts": len(ids), "new_tokens": args.new,

@@ -219,8 +219,8 @@ def step_runner(model: MambaLM, batch: int, greedy: bool, cuda_graph: bool) -> S
 
     With CUDA graphs the runner (its captured graphs and its static states) is kept on the model
     and reused by later calls of the same batch size, as long as no parameter was replaced or
-    changed in place (training in between), nor the backend or the SSM state dtype: a capture costs an eager step plus
-    a captured one, which at 130M is many decode steps' worth."""
+    changed in place (training in between), nor the backend or the SSM state dtype: a capture
+    costs an eager step plus a captured one, which at 130M is many decode steps' worth."""
     if not cuda_graph:
         return StepRunner(model, batch, greedy=greedy, cuda_graph=False)
     key = (batch, greedy, model.backend_name, model.ssm_state_dtype,

@@ -314,7 +314,7 @@ def export_state_spaces(model: MambaLM, directory: str | Path) -> Path:
     return directory
 
 
-STATE_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+STATE_DTYPES = ("float32", "fp32", "bfloat16", "bf16")  # names resolve_dtype maps to fp32 / bf16
 
 
 def load_model_and_tokenizer(model: str, tokenizer: str | None = None, device: str = "auto", dtype: str = "auto",
@@ -326,11 +326,11 @@ def load_model_and_tokenizer(model: str, tokenizer: str | None = None, device: s
     from biomamba.utils.device import resolve_device, resolve_dtype
 
     if state_dtype not in STATE_DTYPES:
-        raise ValueError(f"state_dtype must be one of {sorted(STATE_DTYPES)}, got {state_dtype!r}")
+        raise ValueError(f"state_dtype must be one of {', '.join(STATE_DTYPES)}, got {state_dtype!r}")
     dev = resolve_device(device)
     directory = resolve_checkpoint_dir(model)
     lm = load_model(directory, device=dev, dtype=resolve_dtype(dtype, dev), backend=backend).eval()
-    lm.ssm_state_dtype = STATE_DTYPES[state_dtype]
+    lm.ssm_state_dtype = resolve_dtype(state_dtype)
     if tokenizer is None:
         tokenizer = str(directory) if (directory / "tokenizer.json").is_file() else DEFAULT_TOKENIZER
     return lm, load_tokenizer(tokenizer)

@@ -325,7 +325,7 @@ def _bwd_dx_kernel(x_ptr, B_ptr, cb_ptr, dy_ptr, delta_ptr, acs_ptr, seq_ptr, dz
             # the column part and the dC kernel's row part of the log-decay gradient nearly
             # cancel; with w rounded to bf16 once, dA was off by 25 % at the GPU test shape
             acc += dot((w - w_hi.to(tl.float32)).to(dy_t.dtype), dy_t, IP)
-    xf = tl.load(x_ptrs, mask=xmask, other=0.0).to(tl.float32)
+    xf = tl.load(x_ptrs, mask=xmask, other=0.0).to(tl.float32)  # again (from L2): not live in the loop
     x_dx = tl.sum(xf * acc, 1)  # x_s·dX_s/Δ_s: dΔ through x; times −Δ_s, the column part + q
     dy_s = tl.load(dy_ptr + pb * sdyb + sg[:, None] * sdyl + h * sdyh + p[None, :], mask=sm[:, None] & pmask[None, :],
                    other=0.0).to(tl.float32)
