@@ -620,15 +620,14 @@ def case_sweep_gemv() -> None:
     T.GEMV_ROWS, T.GEMV_MAX_WEIGHT = default_rows, default_weight
 
 
-# the backward's tiles (ssd.BWD_TILES), the first the default and the gradients' reference. The dC/dB
-# head split was swept in session 5 (call A: 64/auto/8 heads at 1.3B; call B: 24/auto/8/6 at 130M);
-# these time the dx kernel (one product a loop step since session 6) at its tilings
-SSD_BWD_VARIANTS = [dict(), dict(BK=16), dict(BK=64), dict(dx_warps=8), dict(BM=128, BK=32, dx_warps=8),
-                    dict(BM=128, BK=64, dx_warps=8), dict(BK=16, dx_warps=8),
-                    # registers capped so that 3 (168) or 4 (128) 4-warp programs fit an SM, at the price of
-                    # spills (bench/compile_check.py at 168: dx 40 B, dC 608, dB 200 of stack; today dC
-                    # already spills 64 B at 255 registers) — not yet measured
-                    dict(dx_maxnreg=168, dcdb_maxnreg=168), dict(dx_maxnreg=128, dcdb_maxnreg=128)]
+# the SSD backward's tiles (ssd.BWD_TILES), the first the default and the gradients' reference. Swept
+# before: the dC/dB head split (session 5), the dx tilings (session 6: BK 16 / 64, 8 warps, BM 128:
+# none faster), the register caps (session 7 call 1: dx at 168 faster, dC / dB at 168 or 128 slower)
+# the PW kernel's options (session 7 call 2: 8 warps slower, dcdb_BK 32 faster) and the dC / dB split
+# apart from PW's (session 8 call 1: 256 programs faster than 512 and 128). These: the PW split, and
+# the defaults before session 8.
+SSD_BWD_VARIANTS = [dict(), dict(pw_programs=1024), dict(pw_programs=1024, dcdb_programs=512),
+                    dict(pw_heads=8), dict(dcdb_BK=64, dcdb_programs=512)]
 
 
 def case_sweep_ssd_bwd(size: str = "130m") -> None:

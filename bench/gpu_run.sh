@@ -17,7 +17,7 @@ python3 -c "import pytest" 2>/dev/null || {
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/tsite .gpu-wheels/test/*.whl
   export PYTHONPATH=$PYTHONPATH:/tmp/tsite; }
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-  python3 -m biomamba.cli env 2>&1 | tail -18; } | tee "$OUT/env.log"  # the versions, for RESULTS.md
+  python3 -m biomamba.cli env 2>&1; } | tee "$OUT/env.log"  # the versions, for RESULTS.md
 if [ "${1:-}" = "--no-tests" ]; then shift; else
   t0=$(date +%s)
   timeout ${TEST_TIMEOUT:-240} python3 -m pytest ${TESTS:-tests/test_train_cuda_graph.py tests/test_kernels_triton.py tests/test_kernels_mamba_ssm.py} -v -p no:cacheprovider -o addopts= -rfs 2>&1 \

@@ -139,7 +139,8 @@ def test_head_split_backward_compiles_for_sm90():
     bf16 = {n: "*bf16" for n in ("x_ptr", "C_ptr", "B_ptr", "dy_ptr", "dc_ptr", "db_ptr")}
     bf16["seq_ptr"] = "*i32"
     for kernel in (ssd._bwd_dc_kernel, ssd._bwd_db_kernel):
-        _compiles(kernel, bf16, dict(HAS_SEQ=True, HS=4, T=256, BM=64, BK=64, BP=64, BN=128, IP="tf32"))
+        _compiles(kernel, bf16, dict(HAS_SEQ=True, HS=4, PWS=2, T=256, BM=64, BK=64, BP=64, BN=128, IP="tf32"))
+    _compiles(ssd._bwd_pw_kernel, bf16, dict(HAS_SEQ=True, HS=2, T=256, BM=64, BP=64, IP="tf32"))
 
 
 def test_every_kernel_a_model_launches_compiles_for_sm90():

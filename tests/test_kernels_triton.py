@@ -64,13 +64,15 @@ def check_grads(got: list[torch.Tensor], ref: list[torch.Tensor], tol: float, na
         assert e < t, f"d{name}: relative error {e:.2e} ≥ {t:.0e}"
 
 
-@pytest.mark.parametrize("tiles", [None, "narrow-inner", "head-split", "register-cap"])
+@pytest.mark.parametrize("tiles", [None, "narrow-inner", "head-split", "register-cap", "pw-tiles"])
 def test_ssd_scan_without_optionals(tiles, monkeypatch):
     """No D, no dt_bias, no initial state, no clamp, final state unused (its gradient is None);
     also with the forward output and backward kernels' inner block half their row block (the
     GPU defaults' shape for the output and dx kernels, 64/32), with a group's heads in one
-    dC/dB program or split over two (their partial sums added afterwards), and with the backward
-    kernels' registers capped (on the GPU they spill; the interpreter only takes the option)."""
+    dC/dB program or split over two (their partial sums added afterwards), with the backward
+    kernels' registers capped (on the GPU they spill; the interpreter only takes the option), and
+    with four dC/dB row blocks a chunk (so ten PW tile pairs, the row parts summed over four s-tiles:
+    elsewhere on the CPU a chunk is one block), both with the PW kernel's heads split in two."""
     from biomamba.kernels.triton import ssd
 
     if tiles == "register-cap":
@@ -78,8 +80,13 @@ def test_ssd_scan_without_optionals(tiles, monkeypatch):
         monkeypatch.setitem(ssd.BWD_TILES, "dcdb_maxnreg", 168)
 
     # (elsewhere the default splits the heads: the interpreter's grids are small)
-    monkeypatch.setitem(ssd.BWD_TILES, "dcdb_heads", SSD_SHAPE["h"] // (2 if tiles == "head-split" else 1))
+    for key in ("dcdb_heads", "pw_heads"):
+        monkeypatch.setitem(ssd.BWD_TILES, key, SSD_SHAPE["h"] // (2 if tiles in ("head-split", "pw-tiles") else 1))
 
+    if tiles == "pw-tiles":
+        rows = SSD_SHAPE["T"] // 4
+        monkeypatch.setitem(ssd.BWD_TILES, "dcdb_BM", rows)
+        monkeypatch.setitem(ssd.BWD_TILES, "dcdb_BK", rows // 2)
     if tiles == "narrow-inner":
         half = min(SSD_SHAPE["T"], 64)
         for table, rows, inner in ((ssd.BWD_TILES, "BM", "BK"), (ssd.BWD_TILES, "dcdb_BM", "dcdb_BK"),
@@ -454,6 +461,17 @@ def test_custom_ops_are_traceable():
     torch.library.opcheck(ops.ssd_scan_bwd.default, (torch.randn_like(y), torch.randn_like(final), d(x), d(dt), A,
                                                      d(B), d(C), T, D, bias_h, True, 0.0, float("inf"), seq, init),
                           test_utils=plain)
+    # the mixer's one op: in_proj's output of d_inner 2·p, one group of n, 2 heads; conv over x, B, C
+    cdim = 2 * p + 2 * n
+    zx = torch.randn(b, l, 2 * p + cdim + h, device=DEV, requires_grad=True)
+    cw, cbias = torch.randn(cdim, 4, device=DEV, requires_grad=True), torch.randn(cdim, device=DEV)
+    core = (zx, cw, cbias, A, D, bias_h, torch.ones(2 * p, device=DEV), seq, 2 * p, 1, n, p, T, 0.0, float("inf"), 1e-5)
+    torch.library.opcheck(ops.mamba2_core_fwd.default, core + (torch.float32,), test_utils=utils)
+    yn, fin_c, *kept = ops.mamba2_core_fwd(*(d(t) if isinstance(t, torch.Tensor) else t for t in core), torch.float32)
+    torch.library.opcheck(ops.mamba2_core_bwd.default,
+                          (torch.randn_like(yn), torch.randn_like(fin_c), d(zx), *kept, d(cw), cbias, A, D,
+                           bias_h, torch.ones(2 * p, device=DEV), seq, 2 * p, 1, n, p, T, 0.0, float("inf")),
+                          test_utils=plain)
     hid, head = torch.randn(2 * l, 8, device=DEV), torch.randn(40, 8, device=DEV)
     tgt = torch.randint(0, 40, (2 * l,), device=DEV)
     torch.library.opcheck(ops.linear_cross_entropy_fwd.default, (hid, head, tgt, -100, 16, True, True),
@@ -575,12 +593,61 @@ def test_ssd_scan(dtype, ngroups, with_seq, li):
     check_grads(got, ref, 2 * tol, ["x", "dt", "B", "C", "A", "D", "dt_bias", "initial_state"], wider)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("ngroups", [1, 2])
+def test_mamba2_core_one_op_matches_the_composed_ops(dtype, ngroups):
+    """The mixer between its projections as one op (conv → SSD → gated norm, from in_proj's output)
+    against the same three ops composed: output, final state and every gradient, with documents
+    and a final-state gradient. Its backward writes in_proj's output gradient into one buffer: no
+    concatenation runs (the composed ops' backward has two); and it reads the SSD's Δ, CB and chunk
+    states that its forward kept, where the composed SSD backward recomputes them."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.seen.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    s = SSD_SHAPE
+    b, h, p, n, T, l = s["b"], s["h"], s["p"], s["n"], s["T"], s["lengths"][1]
+    di, gn = h * p, ngroups * n
+    gen = torch.Generator().manual_seed(torch.seed() % 2**31)
+    r = lambda *shape: torch.randn(*shape, generator=gen)  # noqa: E731
+    zxbcdt = torch.cat([r(b, l, 2 * di + 2 * gn), r(b, l, h) * 0.5 - 1.0], -1)
+    params = [r(di + 2 * gn, 4) * 0.5, r(di + 2 * gn) * 0.1, -torch.rand(h, generator=gen) * 4 - 0.2, r(h),
+              r(h) * 0.3, 1 + 0.1 * r(di)]  # conv weight, conv bias, A, D, dt_bias, norm weight
+    seq = seq_ids(b, l, gen)
+    kw = dict(d_inner=di, ngroups=ngroups, d_state=n, headdim=p, chunk_size=T, dt_limit=(0.0, 4.0), eps=1e-5,
+              seq_idx=seq)
+    composed = R.compose_mamba2_core(K.causal_conv1d, K.ssd_scan, K.gated_rmsnorm)
+    results = []
+    for fn in (K.mamba2_core, composed):
+        ins = leaves(zxbcdt, dtype=dtype) + leaves(*params)
+        out, final = fn(*ins, **kw)
+        gen.manual_seed(1234)  # both calls draw the same output gradients
+        dout = torch.randn(out.shape, generator=gen).to(DEV, out.dtype)
+        dfinal = torch.randn(final.shape, generator=gen).to(DEV)
+        with Ops() as ops:
+            torch.autograd.backward([out, final], [dout, dfinal])
+        results.append((out, final, ins, [op for op in ops.seen if "cat" in op]))
+    (out, final, ins, cats), (out_r, final_r, ins_r, cats_r) = results
+    assert cats == [] and len(cats_r) == 2, (cats, cats_r)
+    assert out.dtype == out_r.dtype and rel(out, out_r) < 1e-5 and rel(final, final_r) < 1e-5
+    for name, g, g_r in zip(("zxbcdt", "conv weight", "conv bias", "A", "D", "dt_bias", "norm weight"), ins, ins_r):
+        assert rel(g.grad, g_r.grad) < 1e-5, name
+
+
 def test_ssd_scan_bf16_log_decay_gradient_at_a_wide_chunk():
     """dA in bf16 at a 64-wide chunk and 64 channels a head, the median over three fresh draws:
     the log-decay gradient's column part (dx kernel) and row part (dC kernel) nearly cancel, so
     rounding the dx kernel's weights to bf16 once put dA off by 12-30 % here (and 25 % on the GPU
-    at the test shape), where the fp32-exact weights give 0.1-2 %. The tiny shapes above cannot
-    see it: their sums are too short."""
+    at the test shape), where the fp32-exact weights give 0.1-3 % (12 seeds: 0.08-3.3 %, two
+    above 2 %; hence the bound of 5 %). The tiny shapes above cannot see it: their sums are too
+    short."""
     b, h, p, n, T, l = 1, 2, 64, 32, 64, 128
     gen = torch.Generator().manual_seed(torch.seed() % 2**31)
     errors = []
@@ -599,7 +666,7 @@ def test_ssd_scan_bf16_log_decay_gradient_at_a_wide_chunk():
         (y.float() * dy).sum().backward()
         (y_r * dy).sum().backward()
         errors.append(rel(got[4].grad, ref[4].grad))
-    assert sorted(errors)[1] < 2e-2, errors
+    assert sorted(errors)[1] < 5e-2, errors
 
 
 def test_model_compiles_in_one_graph():

@@ -19,12 +19,13 @@ from typing import Callable
 from biomamba.kernels import reference
 
 OPS = ("ssd_scan", "causal_conv1d", "gated_rmsnorm", "rmsnorm", "add_rmsnorm", "ssd_step", "conv_step",
-       "conv_ssd_step", "norm_linear", "gated_norm_linear", "selective_scan", "linear_cross_entropy")
+       "conv_ssd_step", "norm_linear", "gated_norm_linear", "selective_scan", "linear_cross_entropy", "mamba2_core")
 # ops that a backend without its own version gets composed from its own primitives (not the
 # reference's): op → (the composer in reference.py, the primitives it takes)
 COMPOSED = {"conv_ssd_step": ("compose_conv_ssd_step", ("conv_step", "ssd_step")),
             "norm_linear": ("compose_norm_linear", ("rmsnorm", "add_rmsnorm")),
-            "gated_norm_linear": ("compose_gated_norm_linear", ("gated_rmsnorm",))}
+            "gated_norm_linear": ("compose_gated_norm_linear", ("gated_rmsnorm",)),
+            "mamba2_core": ("compose_mamba2_core", ("causal_conv1d", "ssd_scan", "gated_rmsnorm"))}
 BACKENDS = {
     "torch": "biomamba.kernels.reference",
     "triton": "biomamba.kernels.triton",

@@ -195,8 +195,31 @@ def compose_gated_norm_linear(gated_rmsnorm_fn):
     return gated_norm_linear
 
 
+def compose_mamba2_core(conv_fn, ssd_fn, gated_rmsnorm_fn):
+    """``mamba2_core`` made of a backend's own conv, SSD scan and gated norm."""
+
+    def mamba2_core(zxbcdt: Tensor, conv_weight: Tensor, conv_bias: Tensor | None, A: Tensor, D: Tensor | None,
+                    dt_bias: Tensor | None, norm_weight: Tensor, *, d_inner: int, ngroups: int, d_state: int,
+                    headdim: int, chunk_size: int, dt_limit: tuple[float, float] = (0.0, math.inf), eps: float,
+                    seq_idx: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """A Mamba2 mixer between its projections, from in_proj's output [z, xBC, dt]: the gated
+        norm of SSD(SiLU(conv(xBC))) with z, (b, l, d_inner), and the final SSM state (b, h, p, n).
+        Δ = softplus(dt + dt_bias), clamped to ``dt_limit``, as the Mamba2 block always has it."""
+        b, l, _ = zxbcdt.shape
+        gn = ngroups * d_state
+        z, xBC, dt = zxbcdt.split([d_inner, d_inner + 2 * gn, zxbcdt.shape[-1] - 2 * d_inner - 2 * gn], dim=-1)
+        x, B, C = conv_fn(xBC, conv_weight, conv_bias, seq_idx=seq_idx, activation="silu").split(
+            [d_inner, gn, gn], dim=-1)
+        y, final = ssd_fn(x.reshape(b, l, d_inner // headdim, headdim), dt, A, B.reshape(b, l, ngroups, d_state),
+                          C.reshape(b, l, ngroups, d_state), chunk_size=chunk_size, D=D, dt_bias=dt_bias,
+                          dt_softplus=True, dt_limit=dt_limit, seq_idx=seq_idx)
+        return gated_rmsnorm_fn(y.reshape(b, l, d_inner), z, norm_weight, eps, d_inner // ngroups), final
+    return mamba2_core
+
+
 norm_linear = compose_norm_linear(rmsnorm, add_rmsnorm)
 gated_norm_linear = compose_gated_norm_linear(gated_rmsnorm)
+mamba2_core = compose_mamba2_core(causal_conv1d, ssd_scan, gated_rmsnorm)
 
 
 def ssd_step(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, *,

@@ -70,23 +70,17 @@ class Mamba2Mixer(nn.Module):
 
     def forward(self, u: Tensor, seq_idx: Tensor | None = None, state: Mamba2State | None = None) -> Tensor:
         """u (b, l, d_model) → (b, l, d_model). With ``state``, the final states are written into it."""
-        cfg, K = self.cfg, self.kernels
-        b, l, _ = u.shape
-        di, g, n, h, p = cfg.d_inner, cfg.ngroups, cfg.d_state, cfg.nheads, cfg.headdim
-        z, xBC, dt = self._split(self.in_proj(u))
-        conv_weight = self.conv1d.weight.squeeze(1)
+        cfg = self.cfg
+        zxbcdt = self.in_proj(u)
         if state is not None:
-            self._save_conv_state(state, xBC, seq_idx)
-        xBC = K.causal_conv1d(xBC, conv_weight, self.conv1d.bias, seq_idx=seq_idx, activation="silu")
-        x, B, C = xBC.split([di, g * n, g * n], dim=-1)
-        y, final_state = K.ssd_scan(
-            x.reshape(b, l, h, p), dt, -torch.exp(self.A_log.float()), B.reshape(b, l, g, n),
-            C.reshape(b, l, g, n), chunk_size=cfg.chunk_size, D=self.D, dt_bias=self.dt_bias,
-            dt_softplus=True, dt_limit=cfg.dt_limit, seq_idx=seq_idx,
-        )
+            self._save_conv_state(state, self._split(zxbcdt)[1], seq_idx)
+        # conv → SSD → gated norm, one op on the Triton backend (reference.compose_mamba2_core elsewhere)
+        y, final_state = self.kernels.mamba2_core(
+            zxbcdt, self.conv1d.weight.squeeze(1), self.conv1d.bias, -torch.exp(self.A_log.float()), self.D,
+            self.dt_bias, self.norm.weight, d_inner=cfg.d_inner, ngroups=cfg.ngroups, d_state=cfg.d_state,
+            headdim=cfg.headdim, chunk_size=cfg.chunk_size, dt_limit=cfg.dt_limit, eps=cfg.norm_eps, seq_idx=seq_idx)
         if state is not None:
             state.ssm.copy_(final_state)
-        y = K.gated_rmsnorm(y.reshape(b, l, di), z, self.norm.weight, cfg.norm_eps, di // g)
         return self.out_proj(y)
 
     def _save_conv_state(self, state: Mamba2State, xBC: Tensor, seq_idx: Tensor | None) -> None:

@@ -36,7 +36,7 @@ def available() -> tuple[bool, str]:
 
 
 from biomamba.kernels.reference import (  # noqa: E402
-    compose_conv_ssd_step, compose_gated_norm_linear, compose_norm_linear)
+    compose_conv_ssd_step, compose_gated_norm_linear, compose_mamba2_core, compose_norm_linear)
 from biomamba.kernels.triton import gemv  # noqa: E402
 from biomamba.kernels.triton import ops as _ops  # noqa: E402  (registers torch.ops.biomamba.*)
 
@@ -143,6 +143,26 @@ def ssd_scan(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, *, chunk_si
                                   initial_state=initial_state)
     return _ops.ssd_scan_fwd(x, dt, A, B, C, int(chunk_size), D, dt_bias, bool(dt_softplus), float(dt_limit[0]),
                              float(dt_limit[1]), seq_idx, initial_state)
+
+
+_composed_mamba2_core = compose_mamba2_core(causal_conv1d, ssd_scan, gated_rmsnorm)
+
+
+def mamba2_core(zxbcdt: Tensor, conv_weight: Tensor, conv_bias: Tensor | None, A: Tensor, D: Tensor | None,
+                dt_bias: Tensor | None, norm_weight: Tensor, *, d_inner: int, ngroups: int, d_state: int,
+                headdim: int, chunk_size: int, dt_limit: tuple[float, float] = (0.0, INF), eps: float,
+                seq_idx: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """One op (``biomamba.kernels.triton.mixer``): its backward writes in_proj's output gradient
+    into one buffer; a chunk size that is no power of two goes to the composed ops."""
+    if chunk_size & (chunk_size - 1):
+        return _composed_mamba2_core(zxbcdt, conv_weight, conv_bias, A, D, dt_bias, norm_weight, d_inner=d_inner,
+                                     ngroups=ngroups, d_state=d_state, headdim=headdim, chunk_size=chunk_size,
+                                     dt_limit=dt_limit, eps=eps, seq_idx=seq_idx)
+    out, final = _ops.mamba2_core_fwd(
+        zxbcdt, conv_weight, conv_bias, A, D, dt_bias, norm_weight, seq_idx, int(d_inner), int(ngroups),
+        int(d_state), int(headdim), int(chunk_size), float(dt_limit[0]), float(dt_limit[1]), float(eps),
+        _norm_out_dtype(zxbcdt, norm_weight))[:2]
+    return out, final
 
 
 def ssd_step(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, *,

@@ -254,7 +254,8 @@ def conv_fwd(x: Tensor, weight: Tensor, bias: Tensor | None, seq_idx: Tensor | N
 
 
 def conv_bwd(dy: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None, seq_idx: Tensor | None,
-             silu: bool) -> tuple[Tensor, Tensor, Tensor]:
+             silu: bool, dx_out: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """dx, dweight, dbias; ``dx_out`` (b, L, D), unit last stride: where dx goes, else a new tensor."""
     x, dy = last_unit(x), last_unit(dy)
     b, L, D = x.shape
     K = weight.shape[-1]
@@ -263,7 +264,7 @@ def conv_bwd(dy: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None, seq_idx
     width4 = K == 4 and BWD_KERNEL == "width4"
     BL, BD, warps = _blocks("bwd4" if width4 else "bwd", L, D)
     nl = triton.cdiv(L, BL)
-    dx = torch.empty((b, L, D), device=x.device, dtype=x.dtype)
+    dx = dx_out if dx_out is not None else torch.empty((b, L, D), device=x.device, dtype=x.dtype)
     dw_part = torch.empty((b * nl, K, D), device=x.device, dtype=torch.float32)
     db_part = torch.empty((b * nl, D), device=x.device, dtype=torch.float32)  # written whole when there is a bias
     seq = seq_idx if seq_idx is not None else x

@@ -185,14 +185,19 @@ def _bwd_warps(BG: int) -> int:
 
 
 def norm_bwd(dy: Tensor, x: Tensor, z: Tensor | None, weight: Tensor, rstd: Tensor,
-             group_size: int) -> tuple[Tensor, Tensor, Tensor]:
+             group_size: int, dz_out: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """dx, dz, dweight; ``dz_out`` (rows × d, unit last stride): where dz goes (a slice of a larger
+    gradient buffer), else a new tensor."""
     d = x.shape[-1]
     x2 = _rows(x, d)
     z2 = _rows(z, d) if z is not None else x2
     dy2 = _rows(dy, d)
     M, NG, G = x2.shape[0], d // group_size, group_size
     dx = torch.empty(x.shape, device=x.device, dtype=x.dtype)
-    dz = torch.empty(z.shape, device=x.device, dtype=z.dtype) if z is not None else dx
+    if z is None:
+        dz = dx
+    else:
+        dz = dz_out if dz_out is not None else torch.empty((M, d), device=x.device, dtype=z.dtype)
     BG = triton.next_power_of_2(G)
     BM = max(1, min(16, BWD_LAUNCH["tile"] // BG))
     nprog = min(triton.cdiv(M, BM), BWD_LAUNCH["programs"])
@@ -201,8 +206,10 @@ def norm_bwd(dy: Tensor, x: Tensor, z: Tensor | None, weight: Tensor, rstd: Tens
     dw_part = torch.empty((nprog, d), device=x.device, dtype=torch.float32)
     _norm_bwd_kernel[(nprog, NG)](
         x2, z2, weight, rstd, dy2, dx, dz, dw_part, M, G, NG, x2.stride(0), z2.stride(0), dy2.stride(0),
-        d, d, rows_per_prog, HAS_Z=z is not None, BM=BM, BG=BG, XV=row_divisor(x2.stride(0)),
+        d, dz.stride(0), rows_per_prog, HAS_Z=z is not None, BM=BM, BG=BG, XV=row_divisor(x2.stride(0)),
         ZV=row_divisor(z2.stride(0)), DV=row_divisor(dy2.stride(0)), PREFETCH=BWD_LAUNCH["prefetch"],
         num_warps=BWD_LAUNCH["warps"] or _bwd_warps(BG),
         **({} if BWD_LAUNCH["stages"] is None else {"num_stages": BWD_LAUNCH["stages"]}))
+    if z is not None and dz_out is None:
+        dz = dz.view(z.shape)
     return dx, dz, dw_part.sum(0).to(weight.dtype)

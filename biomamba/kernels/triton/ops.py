@@ -13,6 +13,7 @@ from torch import Tensor
 from biomamba.kernels.triton import ce as _ce
 from biomamba.kernels.triton import conv as _conv
 from biomamba.kernels.triton import gemv as _gemv
+from biomamba.kernels.triton import mixer as _mixer
 from biomamba.kernels.triton import norm as _norm
 from biomamba.kernels.triton import ssd as _ssd
 
@@ -159,6 +160,74 @@ def _ssd_backward(ctx, dy, dfinal):
 
 
 ssd_scan_fwd.register_autograd(_ssd_backward, setup_context=_ssd_setup)
+
+
+# ---- the Mamba2 mixer between its projections (conv → SSD → gated norm) ---------------------------
+
+@torch.library.custom_op(f"{lib}::mamba2_core_fwd", mutates_args=())
+def mamba2_core_fwd(zxbcdt: Tensor, conv_weight: Tensor, conv_bias: Optional[Tensor], A: Tensor, D: Optional[Tensor],
+                    dt_bias: Optional[Tensor], norm_weight: Tensor, seq_idx: Optional[Tensor], d_inner: int,
+                    ngroups: int, d_state: int, headdim: int, chunk_size: int, dt_lo: float, dt_hi: float, eps: float,
+                    out_dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
+                                                     Tensor]:
+    return _mixer.core_fwd(zxbcdt, conv_weight, conv_bias, A, D, dt_bias, norm_weight, seq_idx, d_inner, ngroups,
+                           d_state, headdim, chunk_size, dt_lo, dt_hi, eps, out_dtype)
+
+
+@mamba2_core_fwd.register_fake
+def _(zxbcdt, conv_weight, conv_bias, A, D, dt_bias, norm_weight, seq_idx, d_inner, ngroups, d_state, headdim,
+      chunk_size, dt_lo, dt_hi, eps, out_dtype):
+    b, l, _ = zxbcdt.shape
+    h, nc = d_inner // headdim, -(-l // chunk_size)
+    f32 = dict(dtype=torch.float32)
+    return (zxbcdt.new_empty((b, l, d_inner), dtype=out_dtype), zxbcdt.new_empty((b, h, headdim, d_state), **f32),
+            zxbcdt.new_empty((b, l, d_inner + 2 * ngroups * d_state)), zxbcdt.new_empty((b, l, d_inner)),
+            zxbcdt.new_empty((b * l, ngroups), **f32), zxbcdt.new_empty((b, h, nc * chunk_size), **f32),
+            zxbcdt.new_empty((b, h, nc * chunk_size), **f32),
+            zxbcdt.new_empty((b, nc, ngroups, chunk_size, chunk_size), **f32),
+            zxbcdt.new_empty((b, nc, h, headdim, d_state), **f32))
+
+
+@torch.library.custom_op(f"{lib}::mamba2_core_bwd", mutates_args=())
+def mamba2_core_bwd(dout: Tensor, dfinal: Optional[Tensor], zxbcdt: Tensor, post: Tensor, y: Tensor, rstd: Tensor,
+                    delta: Tensor, acs: Tensor, cb: Tensor, starts: Tensor, conv_weight: Tensor,
+                    conv_bias: Optional[Tensor], A: Tensor, D: Optional[Tensor], dt_bias: Optional[Tensor],
+                    norm_weight: Tensor, seq_idx: Optional[Tensor], d_inner: int, ngroups: int, d_state: int, headdim: int, chunk_size: int, dt_lo: float, dt_hi: float
+                    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    grad, dcw, dcb, dA, dD, ddt_bias, dnw = _mixer.core_bwd(
+        dout, dfinal, zxbcdt, post, y, rstd, (delta, acs, cb, starts), conv_weight, conv_bias, A, D, dt_bias,
+        norm_weight, seq_idx, d_inner, ngroups, d_state, headdim, chunk_size, dt_lo, dt_hi)
+    none = zxbcdt.new_empty(0)
+    return (grad, dcw, dcb, dA, dD if dD is not None else none, ddt_bias if ddt_bias is not None else none, dnw)
+
+
+@mamba2_core_bwd.register_fake
+def _(dout, dfinal, zxbcdt, post, y, rstd, delta, acs, cb, starts, conv_weight, conv_bias, A, D, dt_bias,
+      norm_weight, seq_idx, d_inner, ngroups, d_state, headdim, chunk_size, dt_lo, dt_hi):
+    like = lambda t: t.new_empty(t.shape) if t is not None else zxbcdt.new_empty(0)  # noqa: E731
+    db = conv_bias.new_empty(conv_bias.shape) if conv_bias is not None else conv_weight.new_empty(conv_weight.shape[0])
+    return like(zxbcdt), like(conv_weight), db, like(A), like(D), like(dt_bias), like(norm_weight)
+
+
+def _core_setup(ctx, inputs, output):
+    zxbcdt, conv_weight, conv_bias, A, D, dt_bias, norm_weight, seq_idx = inputs[:8]
+    _, _, post, y, rstd, delta, acs, cb, starts = output
+    ctx.save_for_backward(zxbcdt, post, y, rstd, delta, acs, cb, starts, conv_weight, conv_bias, A, D, dt_bias,
+                          norm_weight, seq_idx)
+    ctx.args = inputs[8:15]  # d_inner, ngroups, d_state, headdim, chunk_size, dt_lo, dt_hi
+
+
+def _core_backward(ctx, dout, dfinal, *_kept):
+    zxbcdt, post, y, rstd, delta, acs, cb, starts, conv_weight, conv_bias, A, D, dt_bias, norm_weight, seq_idx = \
+        ctx.saved_tensors
+    grad, dcw, dcb, dA, dD, ddt_bias, dnw = mamba2_core_bwd(
+        dout, dfinal, zxbcdt, post, y, rstd, delta, acs, cb, starts, conv_weight, conv_bias, A, D, dt_bias,
+        norm_weight, seq_idx, *ctx.args)
+    return (grad, dcw, dcb if conv_bias is not None else None, dA, dD if D is not None else None,
+            ddt_bias if dt_bias is not None else None, dnw) + (None,) * 10
+
+
+mamba2_core_fwd.register_autograd(_core_backward, setup_context=_core_setup)
 
 
 # ---- decode steps (state updated in place) -------------------------------------------------------

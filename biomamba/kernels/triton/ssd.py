@@ -342,21 +342,74 @@ def _bwd_dx_kernel(x_ptr, B_ptr, cb_ptr, dy_ptr, delta_ptr, acs_ptr, seq_ptr, dz
 
 
 # ---- backward: dC and dB per group, the heads merged before the product with B / C --------------
-# B and C are shared by a group's heads, so Σ_h (pw_h · B) = (Σ_h pw_h) · B: the (t, s) weights
-# of all heads are summed first and multiplied by B (or C) once, not once per head. At 24 heads
-# a group this halves the dC/dB FLOPs; on an H200 the two kernels went from 426 + 227 µs (one
-# product per head, at their best tiles) to 260 + 204 (call G). The loop order follows: s-blocks
-# outside, heads inside; the row part of the log-decay gradient (per head) is accumulated in place.
+# B and C are shared by a group's heads, so Σ_h (pw_h · B) = (Σ_h pw_h) · B: the within-chunk
+# weights of all heads, PW[t,s] = Σ_h (dy_t·x_s) e^{a_t−a_s} Δ_s (s ≤ t), are summed first and
+# multiplied by B (for dC) and, transposed, by C (for dB) once. The per-head products dy_t·x_s are
+# formed once, by the PW kernel, one (t, s) tile pair a program, which also writes each head's row
+# part of the log-decay gradient, Σ_s pw_h[t,s] (C_t·B_s), a partial sum per s-tile. (Until session
+# 7 the dC and dB kernels each formed every product, and dC added the row part in place, head by
+# head, with a barrier between.) Then dC and dB add the per-head terms through the states.
 
 @triton.jit
-def _bwd_dc_kernel(x_ptr, C_ptr, cb_ptr, dy_ptr, delta_ptr, acs_ptr, seq_ptr, starts_ptr, B_ptr,
-                   dc_ptr, dda_ptr,
-                   L, H, G, P, N, NC, sxb, sxl, sxh, sbb, sbl, sbg, scb, scl, scg, sdyb, sdyl, sdyh,
-                   ssb, ssl, sob, sol, sog, soz,
+def _bwd_pw_kernel(x_ptr, dy_ptr, cb_ptr, delta_ptr, acs_ptr, seq_ptr, pw_ptr, part_ptr,
+                   L, H, G, P, NC, sxb, sxl, sxh, sdyb, sdyl, sdyh, ssb, ssl, spw, spart,
                    HAS_SEQ: tl.constexpr, HS: tl.constexpr, T: tl.constexpr, BM: tl.constexpr,
-                   BK: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, IP: tl.constexpr):
+                   BP: tl.constexpr, IP: tl.constexpr):
+    """PW[t,s] over one slice of the group's heads (HS slices: fp32 partials at spw apart) for the
+    (t-tile, s-tile) pair of program axes 1, 2; the row parts at part_ptr + s-tile · spart."""
     pid = tl.program_id(0)
-    hs = pid % HS  # which slice of the group's heads (partial sums at soz apart, added on the host)
+    hs = pid % HS
+    g = (pid // HS) % G
+    pc = (pid // (HS * G)) % NC
+    pb = pid // (HS * G * NC)
+    ti = tl.program_id(1)
+    si = tl.program_id(2)
+    if si <= ti:  # the causal (lower) tiles only
+        t = ti * BM + tl.arange(0, BM)
+        s = si * BM + tl.arange(0, BM)
+        tg = pc * T + t
+        sg = pc * T + s
+        tm = tg < L
+        sm = sg < L
+        p = tl.arange(0, BP)
+        pmask = p < P
+        keep = (s[None, :] <= t[:, None]) & sm[None, :] & tm[:, None]
+        if HAS_SEQ:
+            doc_t = tl.load(seq_ptr + pb * ssb + tg * ssl, mask=tm, other=-1)
+            doc_s = tl.load(seq_ptr + pb * ssb + sg * ssl, mask=sm, other=-2)
+            keep = keep & (doc_s[None, :] == doc_t[:, None])
+        cb = tl.load(cb_ptr + ((pb * NC + pc) * G + g) * T * T + t[:, None] * T + s[None, :])
+        hpg = H // G
+        HPS = hpg // HS
+        pw_all = tl.zeros((BM, BM), dtype=tl.float32)
+        for hi in range(HPS):
+            h = g * hpg + hs * HPS + hi
+            base = (pb * H + h) * (NC * T) + pc * T
+            a_t = tl.load(acs_ptr + base + t)
+            a_s = tl.load(acs_ptr + base + s)
+            d_s = tl.load(delta_ptr + base + s)
+            dy_t = tl.load(dy_ptr + pb * sdyb + tg[:, None] * sdyl + h * sdyh + p[None, :],
+                           mask=tm[:, None] & pmask[None, :], other=0.0)
+            x_s = tl.load(x_ptr + pb * sxb + sg[:, None] * sxl + h * sxh + p[None, :],
+                          mask=sm[:, None] & pmask[None, :], other=0.0)
+            dyx = dot(dy_t, tl.trans(x_s), IP)  # (BM, BM): dy_t · x_s
+            pw = tl.where(keep, dyx * tl.exp(a_t[:, None] - a_s[None, :]) * d_s[None, :], 0.0)
+            tl.store(part_ptr + si * spart + base + t, tl.sum(pw * cb, 1))
+            pw_all += pw
+        tl.store(pw_ptr + hs * spw + ((pb * NC + pc) * G + g) * T * T + t[:, None] * T + s[None, :], pw_all)
+
+
+@triton.jit
+def _bwd_dc_kernel(C_ptr, dy_ptr, acs_ptr, seq_ptr, starts_ptr, B_ptr, pw_ptr, part_ptr, dc_ptr, dda_ptr,
+                   L, H, G, P, N, NC, sbb, sbl, sbg, scb, scl, scg, sdyb, sdyl, sdyh, ssb, ssl, spw, spart,
+                   sob, sol, sog, soz,
+                   HAS_SEQ: tl.constexpr, HS: tl.constexpr, PWS: tl.constexpr, T: tl.constexpr,
+                   BM: tl.constexpr, BK: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, IP: tl.constexpr):
+    """dC_t = Σ_h e^{a_t} dy_t·S_h + Σ_{s≤t} PW[t,s] B_s over one slice of the group's heads (HS
+    slices: partial sums at soz apart, added on the host; the first adds the PW part, summing the
+    PW kernel's PWS partials), and each head's row part of the log-decay gradient, complete."""
+    pid = tl.program_id(0)
+    hs = pid % HS
     g = (pid // HS) % G
     pc = (pid // (HS * G)) % NC
     pb = pid // (HS * G * NC)
@@ -375,7 +428,6 @@ def _bwd_dc_kernel(x_ptr, C_ptr, cb_ptr, dy_ptr, delta_ptr, acs_ptr, seq_ptr, st
                   other=0.0).to(tl.float32)
     hpg = H // G
     HPS = hpg // HS
-    # through the chunk's starting state, per head: dC_t += e^{a_t} dy_t · S
     dc = tl.zeros((BM, BN), dtype=tl.float32)
     for hi in range(HPS):
         h = g * hpg + hs * HPS + hi
@@ -388,51 +440,35 @@ def _bwd_dc_kernel(x_ptr, C_ptr, cb_ptr, dy_ptr, delta_ptr, acs_ptr, seq_ptr, st
         st = tl.load(starts_ptr + ((pb * NC + pc) * H + h) * P * N + p[:, None] * N + n[None, :],
                      mask=pmask[:, None] & nm[None, :], other=0.0)
         dcs = dot(dy_t, st.to(dy_t.dtype), IP) * e_t[:, None]
-        tl.store(dda_ptr + base + t, tl.sum(dcs * c_t, 1))
+        row = tl.sum(dcs * c_t, 1)
+        for si in range(0, pm + 1):  # the PW kernel's tiles are this kernel's row blocks
+            row += tl.load(part_ptr + si * spart + base + t)
+        tl.store(dda_ptr + base + t, row)
         dc += dcs
-    tl.debug_barrier()  # the row sums above are read back below
-    # within the chunk: dC_t += Σ_{s≤t} (Σ_h (dy_t·x_s) e^{a_t−a_s} Δ_s) B_s
-    cbase = cb_ptr + ((pb * NC + pc) * G + g) * T * T
-    for k0 in range(0, (pm + 1) * BM, BK):
-        s = k0 + tl.arange(0, BK)
-        sg = pc * T + s
-        sm = sg < L
-        keep = (s[None, :] <= t[:, None]) & sm[None, :]
-        if HAS_SEQ:
-            doc_s = tl.load(seq_ptr + pb * ssb + sg * ssl, mask=sm, other=-2)
-            keep = keep & (doc_s[None, :] == doc_t[:, None])
-        cb = tl.load(cbase + t[:, None] * T + s[None, :], mask=s[None, :] <= t[:, None], other=0.0)
-        pw_all = tl.zeros((BM, BK), dtype=tl.float32)
-        for hi in range(HPS):
-            h = g * hpg + hs * HPS + hi
-            base = (pb * H + h) * (NC * T) + pc * T
-            a_t = tl.load(acs_ptr + base + t)
-            a_s = tl.load(acs_ptr + base + s)
-            d_s = tl.load(delta_ptr + base + s)
-            dy_t = tl.load(dy_ptr + pb * sdyb + tg[:, None] * sdyl + h * sdyh + p[None, :],
-                           mask=tm[:, None] & pmask[None, :], other=0.0)
-            x_s = tl.load(x_ptr + pb * sxb + sg[:, None] * sxl + h * sxh + p[None, :],
-                          mask=sm[:, None] & pmask[None, :], other=0.0)
-            dyx = dot(dy_t, tl.trans(x_s), IP)  # (BM, BK): dy_t · x_s
-            pw = tl.where(keep, dyx * tl.exp(a_t[:, None] - a_s[None, :]) * d_s[None, :], 0.0)
-            row = tl.load(dda_ptr + base + t) + tl.sum(pw * cb, 1)
-            tl.store(dda_ptr + base + t, row)
-            pw_all += pw
-        b_s = tl.load(B_ptr + pb * sbb + sg[:, None] * sbl + g * sbg + n[None, :], mask=sm[:, None] & nm[None, :],
-                      other=0.0)
-        dc += dot(pw_all.to(b_s.dtype), b_s, IP)
-        tl.debug_barrier()
+    if hs == 0:
+        pwbase = pw_ptr + ((pb * NC + pc) * G + g) * T * T
+        for k0 in range(0, (pm + 1) * BM, BK):
+            s = k0 + tl.arange(0, BK)
+            sg = pc * T + s
+            sm = sg < L
+            pw = tl.load(pwbase + t[:, None] * T + s[None, :])
+            for a in range(1, PWS):
+                pw += tl.load(pwbase + a * spw + t[:, None] * T + s[None, :])
+            b_s = tl.load(B_ptr + pb * sbb + sg[:, None] * sbl + g * sbg + n[None, :], mask=sm[:, None] & nm[None, :],
+                          other=0.0)
+            dc += dot(pw.to(b_s.dtype), b_s, IP)
     tl.store(dc_ptr + hs * soz + pb * sob + tg[:, None] * sol + g * sog + n[None, :],
              dc.to(dc_ptr.dtype.element_ty),
              mask=tm[:, None] & nm[None, :])
 
 
 @triton.jit
-def _bwd_db_kernel(x_ptr, C_ptr, dy_ptr, delta_ptr, acs_ptr, seq_ptr, dz_ptr, db_ptr,
-                   L, H, G, P, N, NC, sxb, sxl, sxh, scb, scl, scg, sdyb, sdyl, sdyh, ssb, ssl,
+def _bwd_db_kernel(x_ptr, C_ptr, delta_ptr, acs_ptr, seq_ptr, dz_ptr, pw_ptr, db_ptr,
+                   L, H, G, P, N, NC, sxb, sxl, sxh, scb, scl, scg, ssb, ssl, spw,
                    sob, sol, sog, soz,
-                   HAS_SEQ: tl.constexpr, HS: tl.constexpr, T: tl.constexpr, BM: tl.constexpr,
-                   BK: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, IP: tl.constexpr):
+                   HAS_SEQ: tl.constexpr, HS: tl.constexpr, PWS: tl.constexpr, T: tl.constexpr,
+                   BM: tl.constexpr, BK: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, IP: tl.constexpr):
+    """dB_s = Σ_h e^{a_end−a_s} Δ_s x_s·dZ_h + Σ_{t≥s} PW[t,s] C_t, split as the dC kernel."""
     pid = tl.program_id(0)
     hs = pid % HS
     g = (pid // HS) % G
@@ -451,7 +487,6 @@ def _bwd_db_kernel(x_ptr, C_ptr, dy_ptr, delta_ptr, acs_ptr, seq_ptr, dz_ptr, db
         end_doc = tl.load(seq_ptr + pb * ssb + (tl.minimum(pc * T + T, L) - 1) * ssl)
     hpg = H // G
     HPS = hpg // HS
-    # through the chunk's end state, per head: dB_s += e^{a_end−a_s} Δ_s x_s · dZ
     db = tl.zeros((BM, BN), dtype=tl.float32)
     for hi in range(HPS):
         h = g * hpg + hs * HPS + hi
@@ -464,31 +499,18 @@ def _bwd_db_kernel(x_ptr, C_ptr, dy_ptr, delta_ptr, acs_ptr, seq_ptr, dz_ptr, db
         dz = tl.load(dz_ptr + ((pb * NC + pc) * H + h) * P * N + p[:, None] * N + n[None, :],
                      mask=pmask[:, None] & nm[None, :], other=0.0)
         db += dot(x_s, dz.to(x_s.dtype), IP) * f_s[:, None]
-    # within the chunk: dB_s += Σ_{t≥s} (Σ_h (x_s·dy_t) e^{a_t−a_s} Δ_s) C_t
-    for k0 in range(pm * BM, T, BK):
-        t = k0 + tl.arange(0, BK)
-        tg = pc * T + t
-        tm = tg < L
-        keep = (t[None, :] >= s[:, None]) & tm[None, :]
-        if HAS_SEQ:
-            doc_t = tl.load(seq_ptr + pb * ssb + tg * ssl, mask=tm, other=-2)
-            keep = keep & (doc_t[None, :] == doc_s[:, None])
-        pw_all = tl.zeros((BM, BK), dtype=tl.float32)
-        for hi in range(HPS):
-            h = g * hpg + hs * HPS + hi
-            base = (pb * H + h) * (NC * T) + pc * T
-            a_s = tl.load(acs_ptr + base + s)
-            d_s = tl.load(delta_ptr + base + s)
-            a_t = tl.load(acs_ptr + base + t)
-            x_s = tl.load(x_ptr + pb * sxb + sg[:, None] * sxl + h * sxh + p[None, :],
-                          mask=sm[:, None] & pmask[None, :], other=0.0)
-            dy_t = tl.load(dy_ptr + pb * sdyb + tg[:, None] * sdyl + h * sdyh + p[None, :],
-                           mask=tm[:, None] & pmask[None, :], other=0.0)
-            xdy = dot(x_s, tl.trans(dy_t), IP)  # (BM, BK): x_s · dy_t
-            pw_all += tl.where(keep, xdy * tl.exp(a_t[None, :] - a_s[:, None]) * d_s[:, None], 0.0)
-        c_t = tl.load(C_ptr + pb * scb + tg[:, None] * scl + g * scg + n[None, :], mask=tm[:, None] & nm[None, :],
-                      other=0.0)
-        db += dot(pw_all.to(c_t.dtype), c_t, IP)
+    if hs == 0:
+        pwbase = pw_ptr + ((pb * NC + pc) * G + g) * T * T
+        for k0 in range(pm * BM, T, BK):
+            t = k0 + tl.arange(0, BK)
+            tg = pc * T + t
+            tm = tg < L
+            pw = tl.load(pwbase + t[:, None] * T + s[None, :])  # (BK, BM): PW[t, s]
+            for a in range(1, PWS):
+                pw += tl.load(pwbase + a * spw + t[:, None] * T + s[None, :])
+            c_t = tl.load(C_ptr + pb * scb + tg[:, None] * scl + g * scg + n[None, :], mask=tm[:, None] & nm[None, :],
+                          other=0.0)
+            db += dot(tl.trans(pw.to(c_t.dtype)), c_t, IP)
     tl.store(db_ptr + hs * soz + pb * sob + sg[:, None] * sol + g * sog + n[None, :],
              db.to(db_ptr.dtype.element_ty),
              mask=sm[:, None] & nm[None, :])
@@ -498,7 +520,7 @@ def _bwd_db_kernel(x_ptr, C_ptr, dy_ptr, delta_ptr, acs_ptr, seq_ptr, dz_ptr, db
 
 @triton.jit
 def _bwd_tail_kernel(row_ptr, col_ptr, q_ptr, dgam_ptr, ddtx_ptr, delta_ptr, ddpos_ptr, dt_ptr, bias_ptr, A_ptr,
-                     ddt_ptr, dA_ptr, dbias_ptr, dD_ptr, L, H, NC, NBLK, sdtb, sdtl, dt_lo, dt_hi,
+                     ddt_ptr, dA_ptr, dbias_ptr, dD_ptr, L, H, NC, NBLK, sdtb, sdtl, sgb, sgl, dt_lo, dt_hi,
                      HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr, SOFTPLUS: tl.constexpr, CLAMP: tl.constexpr,
                      T: tl.constexpr, BH: tl.constexpr, BB: tl.constexpr):
     """One (batch, chunk, head block): the log-decay gradient per position (row + column parts, the
@@ -541,7 +563,7 @@ def _bwd_tail_kernel(row_ptr, col_ptr, q_ptr, dgam_ptr, ddtx_ptr, delta_ptr, ddp
     if SOFTPLUS:
         g = g * tl.sigmoid(v)
     g = tl.where(lm, g, 0.0)
-    tl.store(ddt_ptr + (pb * L + lpos[:, None]) * H + hh[None, :], g.to(ddt_ptr.dtype.element_ty), mask=lm)
+    tl.store(ddt_ptr + pb * sgb + lpos[:, None] * sgl + hh[None, :], g.to(ddt_ptr.dtype.element_ty), mask=lm)
     if HAS_BIAS:
         tl.store(dbias_ptr + part, tl.sum(g, 0), mask=hm)
 
@@ -563,16 +585,24 @@ def _dt_limits(dt_lo: float, dt_hi: float) -> dict:
 # b·chunks·4 = 128 programs for 132 SMs; 16 heads a program (512 programs) took dC + dB from
 # 608 + 461 to 305 + 205 µs, the best of 64/32/16/8 (bench/RESULTS.md, session 5 call A).
 # "dx_maxnreg" / "dcdb_maxnreg" (None: the compiler's choice) cap the registers a thread: the three
-# kernels use 224–255 (bench/compile_check.py, Triton 3.6), two 4-warp programs an SM; a cap lets
-# more programs share an SM at the price of spills.
-BWD_TILES = {"BM": 64, "BK": 32, "dx_warps": 4, "dcdb_BM": 64, "dcdb_BK": 64, "dcdb_warps": 4, "dcdb_heads": None,
-             "dcdb_programs": 512, "stages": None, "dx_maxnreg": None, "dcdb_maxnreg": None}
+# kernels use 224–255 uncapped (bench/compile_check.py, Triton 3.6), two 4-warp programs an SM. At 168
+# three fit; dx spills 40 B and gets faster (130M 329 → 274 µs, 1.3B 437 → 362), dC / dB spill
+# 608 / 200 B and get slower (236 → 449, 157 → 207 µs at 130M): bench/RESULTS.md, session 7 call 1.
+# "pw_heads", "pw_programs", "pw_warps": the same for the PW kernel (its grid: the causal tile pairs
+# of dcdb_BM). Since the PW kernel, dC / dB read PW tiles, not products, and want fewer programs:
+# dcdb_BK 32 and 256 programs (130M: 12 heads a program → 24; 1.3B: 16 → 32) measured fastest,
+# dC + dB at 130M 99.6 + 84.4 → 74.7 + 57.2 µs, at 1.3B 132.5 + 95.4 → 123.6 + 58.9 (session 7
+# call 2, session 8 call 1). A PW grid of 1,024 programs: PW faster, dC / dB slower (more partials).
+BWD_TILES = {"BM": 64, "BK": 32, "dx_warps": 4, "dcdb_BM": 64, "dcdb_BK": 32, "dcdb_warps": 4, "dcdb_heads": None,
+             "dcdb_programs": 256, "stages": None, "dx_maxnreg": 168, "dcdb_maxnreg": None,
+             "pw_heads": None, "pw_programs": 512, "pw_warps": 4}
 
 
-def _dcdb_heads(heads: int, programs: int) -> int:
-    """Heads a dC/dB program sums when BWD_TILES["dcdb_heads"] is None (``programs``: the grid unsplit)."""
+def _dcdb_heads(heads: int, programs: int, target: int) -> int:
+    """Heads a dC/dB (or PW) program sums when BWD_TILES["dcdb_heads"] (["pw_heads"]) is None:
+    the fewest equal parts of ``heads`` that take the unsplit grid of ``programs`` to ``target``."""
     for parts in range(1, heads + 1):
-        if heads % parts == 0 and programs * parts >= BWD_TILES["dcdb_programs"]:
+        if heads % parts == 0 and programs * parts >= target:
             return heads // parts
     return 1
 
@@ -659,7 +689,10 @@ def _chunk_prefix(x, B, C, delta, acs, seq_idx, initial_state, dims, cfg):
     return cb, starts, final
 
 
-def ssd_fwd(x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus, dt_lo, dt_hi, seq_idx, initial_state):
+def ssd_fwd(x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus, dt_lo, dt_hi, seq_idx, initial_state,
+            keep: bool = False):
+    """(y, the final state); with ``keep``, also what the backward would recompute, for ``saved``
+    there: (Δ, the log-decay cumsum, CB, the chunks' starting states)."""
     x, B, C = last_unit(x), last_unit(B), last_unit(C)
     b, L, H, P, G, N, T, NC, delta, acs = _prep(x, dt, A, B, C, chunk_size, dt_bias, dt_softplus, dt_lo, dt_hi)
     dims = (b, L, H, P, G, N, T, NC)
@@ -673,47 +706,77 @@ def ssd_fwd(x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus, dt_lo, dt_hi, s
         ssb, ssl, y.stride(0), y.stride(1), y.stride(2),
         HAS_SEQ=seq_idx is not None, HAS_D=D is not None, T=T, BM=cfg.oBM, BK=cfg.oBK, BP=cfg.BPo, BN=cfg.BNK,
         IP=input_precision(x.dtype), num_warps=FWD_TILES["out_warps"], **_launch_opts(FWD_TILES))
-    return y, final
+    return (y, final, (delta, acs, cb, starts)) if keep else (y, final)
 
 
-def _dcdb(x, B, C, dy, cb, delta, acs, seq_idx, starts, dz, dda_row, dims, cfg):
+def _dcdb(x, B, C, dy, cb, delta, acs, seq_idx, starts, dz, dda_row, dims, cfg, dB_out, dC_out):
     b, L, H, P, G, N, T, NC = dims
     seq, ssb, ssl = _seq_args(seq_idx, x)
     ip = input_precision(x.dtype)
-    hpp = BWD_TILES["dcdb_heads"] or _dcdb_heads(H // G, b * NC * G * (T // cfg.cBM))
-    if (H // G) % hpp:
-        raise ValueError(f"BWD_TILES['dcdb_heads'] = {hpp} must divide the {H // G} heads of a group")
-    HS = (H // G) // hpp  # programs sharing a group's heads; HS > 1: fp32 partial sums, added below
-    shape = (HS, b, L, G, N)
-    dC = torch.empty(shape, device=x.device, dtype=C.dtype if HS == 1 else torch.float32)
-    dB = torch.empty(shape, device=x.device, dtype=B.dtype if HS == 1 else torch.float32)
-    flags = dict(HAS_SEQ=seq_idx is not None, HS=HS, T=T, BM=cfg.cBM, BK=cfg.cBK, BP=cfg.BP, BN=cfg.BN, IP=ip,
-                 num_warps=BWD_TILES["dcdb_warps"], **_launch_opts(BWD_TILES, "dcdb_maxnreg"))
-    _bwd_dc_kernel[(b * NC * G * HS, T // cfg.cBM)](
-        x, C, cb, dy, delta, acs, seq, starts, B, dC, dda_row,
-        L, H, G, P, N, NC, x.stride(0), x.stride(1), x.stride(2), B.stride(0), B.stride(1), B.stride(2),
-        C.stride(0), C.stride(1), C.stride(2), dy.stride(0), dy.stride(1), dy.stride(2), ssb, ssl,
+    RB = cfg.cBM  # row block of dC / dB, and the PW kernel's tile
+    NT = T // RB
+    hpg = H // G
+    slices = {}
+    for key, programs in (("dcdb", b * NC * G * NT), ("pw", b * NC * G * NT * (NT + 1) // 2)):
+        heads = BWD_TILES[f"{key}_heads"] or _dcdb_heads(hpg, programs, BWD_TILES[f"{key}_programs"])
+        if hpg % heads:
+            raise ValueError(f"BWD_TILES['{key}_heads'] = {heads} must divide the {hpg} heads of a group")
+        slices[key] = hpg // heads  # programs sharing a group's heads; > 1: fp32 partial sums
+    HS, PWS = slices["dcdb"], slices["pw"]
+    # PW (its PWS partials) and the row parts of the log-decay gradient, one vector a PW tile column
+    pw = torch.empty((PWS, b, NC, G, T, T), device=x.device, dtype=torch.float32)
+    part = torch.empty((NT, b, H, NC * T), device=x.device, dtype=torch.float32)
+    _bwd_pw_kernel[(b * NC * G * PWS, NT, NT)](
+        x, dy, cb, delta, acs, seq, pw, part, L, H, G, P, NC, x.stride(0), x.stride(1), x.stride(2),
+        dy.stride(0), dy.stride(1), dy.stride(2), ssb, ssl, pw.stride(0), part.stride(0),
+        HAS_SEQ=seq_idx is not None, HS=PWS, T=T, BM=RB, BP=cfg.BP, IP=ip,
+        num_warps=BWD_TILES["pw_warps"], **_launch_opts(BWD_TILES))
+    if HS == 1:  # the kernels write dC, dB themselves (soz unused)
+        dC = (dC_out if dC_out is not None else torch.empty((b, L, G, N), device=x.device, dtype=C.dtype))[None]
+        dB = (dB_out if dB_out is not None else torch.empty((b, L, G, N), device=x.device, dtype=B.dtype))[None]
+    else:
+        dC = torch.empty((HS, b, L, G, N), device=x.device, dtype=torch.float32)
+        dB = torch.empty((HS, b, L, G, N), device=x.device, dtype=torch.float32)
+    flags = dict(HAS_SEQ=seq_idx is not None, HS=HS, PWS=PWS, T=T, BM=RB, BK=cfg.cBK, BP=cfg.BP, BN=cfg.BN,
+                 IP=ip, num_warps=BWD_TILES["dcdb_warps"], **_launch_opts(BWD_TILES, "dcdb_maxnreg"))
+    _bwd_dc_kernel[(b * NC * G * HS, NT)](
+        C, dy, acs, seq, starts, B, pw, part, dC, dda_row,
+        L, H, G, P, N, NC, B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
+        dy.stride(0), dy.stride(1), dy.stride(2), ssb, ssl, pw.stride(0), part.stride(0),
         dC.stride(1), dC.stride(2), dC.stride(3), dC.stride(0), **flags)
-    _bwd_db_kernel[(b * NC * G * HS, T // cfg.cBM)](
-        x, C, dy, delta, acs, seq, dz, dB,
+    _bwd_db_kernel[(b * NC * G * HS, NT)](
+        x, C, delta, acs, seq, dz, pw, dB,
         L, H, G, P, N, NC, x.stride(0), x.stride(1), x.stride(2), C.stride(0), C.stride(1), C.stride(2),
-        dy.stride(0), dy.stride(1), dy.stride(2), ssb, ssl, dB.stride(1), dB.stride(2), dB.stride(3),
-        dB.stride(0), **flags)
+        ssb, ssl, pw.stride(0), dB.stride(1), dB.stride(2), dB.stride(3), dB.stride(0), **flags)
     if HS == 1:
         return dC[0], dB[0]
-    return dC.sum(0).to(C.dtype), dB.sum(0).to(B.dtype)
+    return _into(dC.sum(0), dC_out, C.dtype), _into(dB.sum(0), dB_out, B.dtype)
+
+
+def _into(t: Tensor, out: Tensor | None, dtype: torch.dtype) -> Tensor:
+    """``t`` in ``dtype``, written into ``out`` when there is one."""
+    return t.to(dtype) if out is None else out.copy_(t)
 
 
 def ssd_bwd(dy, dfinal, x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus, dt_lo, dt_hi, seq_idx,
-            initial_state):
+            initial_state, dx_out=None, ddt_out=None, dB_out=None, dC_out=None, saved=None):
+    """The gradients (dx, ddt, dA, dB, dC, dD, ddt_bias, dinit); ``dx_out`` … ``dC_out`` (unit last
+    stride, the shapes of x, dt, B, C): where those four go (slices of one buffer), else new tensors.
+    ``saved``: what ``ssd_fwd(keep=True)`` kept, else it is recomputed (Δ, CB, the state pass)."""
     x, B, C, dy, dt = last_unit(x), last_unit(B), last_unit(C), last_unit(dy), last_unit(dt)
     if dy.dtype != x.dtype:
         dy = dy.to(x.dtype)
-    b, L, H, P, G, N, T, NC, delta, acs = _prep(x, dt, A, B, C, chunk_size, dt_bias, dt_softplus, dt_lo, dt_hi)
+    if saved is None:
+        b, L, H, P, G, N, T, NC, delta, acs = _prep(x, dt, A, B, C, chunk_size, dt_bias, dt_softplus, dt_lo, dt_hi)
+    else:
+        (b, L, H, P), (G, N), T = x.shape, B.shape[-2:], chunk_size
+        NC = triton.cdiv(L, T)
+        delta, acs, cb, starts = saved
     dims = (b, L, H, P, G, N, T, NC)
     cfg = _Cfg(T, P, N)
     ip = input_precision(x.dtype)
-    cb, starts, _ = _chunk_prefix(x, B, C, delta, acs, seq_idx, initial_state, dims, cfg)
+    if saved is None:
+        cb, starts, _ = _chunk_prefix(x, B, C, delta, acs, seq_idx, initial_state, dims, cfg)
     seq, ssb, ssl = _seq_args(seq_idx, x)
     HSQ = seq_idx is not None
     # dS: E_c = Σ_t e^{a_t} dy_t ⊗ C_t, then the reverse pass
@@ -733,7 +796,7 @@ def ssd_bwd(dy, dfinal, x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus, dt_
         L, H, NC, PN, nblk, ssb, ssl, HAS_SEQ=HSQ, HAS_DFINAL=dfinal is not None, T=T, BS=cfg.BS, num_warps=4)
     del E
     # per head: dx, dΔ through x, the column part of the log-decay gradient, dD
-    dx = torch.empty((b, L, H, P), device=x.device, dtype=x.dtype)
+    dx = dx_out if dx_out is not None else torch.empty((b, L, H, P), device=x.device, dtype=x.dtype)
     # five per-position fp32 vectors, one allocation (each wrapper call costs the host a dispatch)
     ddt_x, dda_col, q, dD_pos, dda_row = torch.empty((5, b, H, NC * T), device=x.device,
                                                      dtype=torch.float32).unbind(0)
@@ -744,16 +807,16 @@ def ssd_bwd(dy, dfinal, x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus, dt_
         HAS_SEQ=HSQ, HAS_D=D is not None, T=T, BM=cfg.bBM, BK=cfg.bBK, BP=cfg.BP, BN=cfg.BNK, IP=ip,
         num_warps=BWD_TILES["dx_warps"], **_launch_opts(BWD_TILES, "dx_maxnreg"))
     # per group: dC (+ the row part of the log-decay gradient) and dB
-    dC, dB = _dcdb(x, B, C, dy, cb, delta, acs, seq_idx, starts, dz, dda_row, dims, cfg)
+    dC, dB = _dcdb(x, B, C, dy, cb, delta, acs, seq_idx, starts, dz, dda_row, dims, cfg, dB_out, dC_out)
     # log-decay gradient per position → per step (reverse cumsum in the chunk) → Δ, A, dt, dt_bias,
     # in one kernel; the per-head sums come back per (batch, chunk) and are added here
-    ddt = torch.empty((b, L, H), device=x.device, dtype=dt.dtype)
+    ddt = ddt_out if ddt_out is not None else torch.empty((b, L, H), device=x.device, dtype=dt.dtype)
     parts = torch.empty((3, b * NC, H), device=x.device, dtype=torch.float32)  # per (batch, chunk): dA, dt_bias, D
     dA_part, dbias_part, dD_part = parts.unbind(0)
     BH = min(16, triton.next_power_of_2(H))
     _bwd_tail_kernel[(b, NC, triton.cdiv(H, BH))](
         dda_row, dda_col, q, dgam, ddt_x, delta, dD_pos, dt, dt_bias if dt_bias is not None else A, A,
-        ddt, dA_part, dbias_part, dD_part, L, H, NC, nblk, dt.stride(0), dt.stride(1),
+        ddt, dA_part, dbias_part, dD_part, L, H, NC, nblk, dt.stride(0), dt.stride(1), ddt.stride(0), ddt.stride(1),
         HAS_BIAS=dt_bias is not None, HAS_D=D is not None, SOFTPLUS=dt_softplus, T=T, BH=BH,
         BB=triton.next_power_of_2(nblk), num_warps=4, **_dt_limits(dt_lo, dt_hi))
     # three reductions, not one over the stack: a custom op's outputs may not share storage
