@@ -783,6 +783,7 @@ CASES = [
      {"backend": "triton", "compile_": True}),
     ("train ours-triton-compile-ro 130m b16x1024", "case_train", ["ours", "130m", 16, 1024],
      {"backend": "triton", "compile_": True, "compile_mode": "reduce-overhead"}),
+    ("train ours-mamba_ssm 130m b16x1024", "case_train", ["ours", "130m", 16, 1024], {"backend": "mamba_ssm"}),
     ("train ours-triton-graphed 130m b16x1024", "case_train", ["ours", "130m", 16, 1024],
      {"backend": "triton", "graphed": True}),
     ("recipe 130m graphs", "case_recipe", ["130m", 100, 32, "true"], {}),
