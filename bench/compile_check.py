@@ -141,10 +141,19 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--presets", default="130m,1.3b", help="comma-separated model presets")
     parser.add_argument("--triton", help="a directory holding another Triton package, put first on sys.path")
     parser.add_argument("--verbose", action="store_true", help="list every specialisation, not only those that spill")
+    parser.add_argument("--bwd-tile", action="append", default=[], metavar="KEY=INT",
+                        help="set an ssd.BWD_TILES entry first (e.g. pw_maxnreg=168), to see a variant's registers")
     args = parser.parse_args(argv)
     if args.triton:
         sys.path.insert(0, args.triton)
     import triton
+
+    from biomamba.kernels.triton import ssd
+    for item in args.bwd_tile:
+        key, _, value = item.partition("=")
+        if key not in ssd.BWD_TILES:
+            parser.error(f"--bwd-tile {item}: no BWD_TILES entry {key!r} (there are {sorted(ssd.BWD_TILES)})")
+        ssd.BWD_TILES[key] = int(value)
 
     t0 = time.time()
     compiled, failures = check(args.presets.split(","))

@@ -223,6 +223,29 @@ def _profile_top(fn, steps: int = 3, top: int = 14, totals: dict | None = None) 
     return [{"kernel": k, "us_per_call": t, "launches": c} for k, t, c in rows[:top]]
 
 
+def _profile_ops(fn, steps: int = 2, top: int = 15) -> list:
+    """GPU time per (aten op, input shapes) over ``steps`` calls of fn, largest first: which torch
+    call launched the generic reduce / elementwise kernels that ``_profile_top`` lists by kernel
+    name alone. (The CPU-side profiling slows the step; only the GPU times are used.)"""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True) as prof:
+        for _ in range(steps):
+            fn()
+        torch.cuda.synchronize()
+    rows = []
+    for ev in prof.key_averages(group_by_input_shape=True):
+        t = getattr(ev, "self_device_time_total", None) or getattr(ev, "self_cuda_time_total", 0)
+        if t and ev.key.startswith("aten::"):
+            rows.append({"op": ev.key, "shapes": str(ev.input_shapes)[:120], "us_per_call": round(t / steps, 1),
+                         "calls": ev.count // steps})
+    rows.sort(key=lambda r: -r["us_per_call"])
+    return rows[:top]
+
+
 def case_profile_ssd() -> None:
     """Where the SSD fwd+bwd time goes, kernel by kernel (130M shape)."""
     import biomamba.kernels.triton as ours
@@ -287,7 +310,8 @@ def case_profile_train(size: str = "130m", bsz: int = 16, seqlen: int = 1024) ->
         opt.zero_grad(set_to_none=True)
     totals: dict = {}
     kernels = _profile_top(step, steps=2, top=20, totals=totals)
-    emit(f"profile train ours-triton {size} b{bsz}x{seqlen}", **totals, kernels=kernels)
+    emit(f"profile train ours-triton {size} b{bsz}x{seqlen}", **totals, kernels=kernels,
+         torch_ops=_profile_ops(step))
 
 
 # ---- models ---------------------------------------------------------------------------------------
@@ -624,9 +648,10 @@ def case_sweep_gemv() -> None:
 # before: the dC/dB head split (session 5), the dx tilings (session 6: BK 16 / 64, 8 warps, BM 128:
 # none faster), the register caps (session 7 call 1: dx at 168 faster, dC / dB at 168 or 128 slower)
 # the PW kernel's options (session 7 call 2: 8 warps slower, dcdb_BK 32 faster) and the dC / dB split
-# apart from PW's (session 8 call 1: 256 programs faster than 512 and 128). These: the PW split, and
-# the defaults before session 8.
-SSD_BWD_VARIANTS = [dict(), dict(pw_programs=1024), dict(pw_programs=1024, dcdb_programs=512),
+# apart from PW's (session 8 call 1: 256 programs faster than 512 and 128). These: the PW split (1,024
+# programs faster at 1.3B in session 8 call 2, not measured at 130M with 256 dC/dB programs), the PW
+# kernel's register cap, and the defaults before session 8.
+SSD_BWD_VARIANTS = [dict(), dict(pw_programs=1024), dict(pw_maxnreg=168), dict(pw_maxnreg=168, pw_programs=1024),
                     dict(pw_heads=8), dict(dcdb_BK=64, dcdb_programs=512)]
 
 

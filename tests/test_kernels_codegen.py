@@ -158,3 +158,16 @@ def test_every_kernel_a_model_launches_compiles_for_sm90():
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     counts = re.search(r"(\d+) specialisations compiled, (\d+) failed", done.stdout)
     assert counts and int(counts[1]) >= 30 and int(counts[2]) == 0, done.stdout  # ~40 at 130M + 1.3B
+
+
+def test_compile_check_names_a_tile_key_it_does_not_know():
+    """``--bwd-tile KEY=INT`` sets an ssd.BWD_TILES entry before compiling; a misspelt key is an
+    error that names it, before anything compiles (a silent no-op would report the default's registers)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(repo / "bench" / "compile_check.py"), "--bwd-tile", "pw_maxnrg=168"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "no BWD_TILES entry 'pw_maxnrg'" in done.stderr, done.stderr[-2000:]

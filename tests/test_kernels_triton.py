@@ -78,6 +78,7 @@ def test_ssd_scan_without_optionals(tiles, monkeypatch):
     if tiles == "register-cap":
         monkeypatch.setitem(ssd.BWD_TILES, "dx_maxnreg", 168)
         monkeypatch.setitem(ssd.BWD_TILES, "dcdb_maxnreg", 168)
+        monkeypatch.setitem(ssd.BWD_TILES, "pw_maxnreg", 168)
 
     # (elsewhere the default splits the heads: the interpreter's grids are small)
     for key in ("dcdb_heads", "pw_heads"):

@@ -588,14 +588,15 @@ def _dt_limits(dt_lo: float, dt_hi: float) -> dict:
 # kernels use 224–255 uncapped (bench/compile_check.py, Triton 3.6), two 4-warp programs an SM. At 168
 # three fit; dx spills 40 B and gets faster (130M 329 → 274 µs, 1.3B 437 → 362), dC / dB spill
 # 608 / 200 B and get slower (236 → 449, 157 → 207 µs at 130M): bench/RESULTS.md, session 7 call 1.
-# "pw_heads", "pw_programs", "pw_warps": the same for the PW kernel (its grid: the causal tile pairs
-# of dcdb_BM). Since the PW kernel, dC / dB read PW tiles, not products, and want fewer programs:
+# "pw_heads", "pw_programs", "pw_warps", "pw_maxnreg": the same for the PW kernel (its grid: the
+# causal tile pairs of dcdb_BM; 221 registers uncapped, two programs an SM as dx had before its
+# cap; a PW cap is not measured yet). Since the PW kernel, dC / dB read PW tiles, not products, and want fewer programs:
 # dcdb_BK 32 and 256 programs (130M: 12 heads a program → 24; 1.3B: 16 → 32) measured fastest,
 # dC + dB at 130M 99.6 + 84.4 → 74.7 + 57.2 µs, at 1.3B 132.5 + 95.4 → 123.6 + 58.9 (session 7
 # call 2, session 8 call 1). A PW grid of 1,024 programs: PW faster, dC / dB slower (more partials).
 BWD_TILES = {"BM": 64, "BK": 32, "dx_warps": 4, "dcdb_BM": 64, "dcdb_BK": 32, "dcdb_warps": 4, "dcdb_heads": None,
              "dcdb_programs": 256, "stages": None, "dx_maxnreg": 168, "dcdb_maxnreg": None,
-             "pw_heads": None, "pw_programs": 512, "pw_warps": 4}
+             "pw_heads": None, "pw_programs": 512, "pw_warps": 4, "pw_maxnreg": None}
 
 
 def _dcdb_heads(heads: int, programs: int, target: int) -> int:
@@ -730,7 +731,7 @@ def _dcdb(x, B, C, dy, cb, delta, acs, seq_idx, starts, dz, dda_row, dims, cfg, 
         x, dy, cb, delta, acs, seq, pw, part, L, H, G, P, NC, x.stride(0), x.stride(1), x.stride(2),
         dy.stride(0), dy.stride(1), dy.stride(2), ssb, ssl, pw.stride(0), part.stride(0),
         HAS_SEQ=seq_idx is not None, HS=PWS, T=T, BM=RB, BP=cfg.BP, IP=ip,
-        num_warps=BWD_TILES["pw_warps"], **_launch_opts(BWD_TILES))
+        num_warps=BWD_TILES["pw_warps"], **_launch_opts(BWD_TILES, "pw_maxnreg"))
     if HS == 1:  # the kernels write dC, dB themselves (soz unused)
         dC = (dC_out if dC_out is not None else torch.empty((b, L, G, N), device=x.device, dtype=C.dtype))[None]
         dB = (dB_out if dB_out is not None else torch.empty((b, L, G, N), device=x.device, dtype=B.dtype))[None]
