@@ -195,6 +195,20 @@ def compose_gated_norm_linear(gated_rmsnorm_fn):
     return gated_norm_linear
 
 
+def split_zxbcdt(zxbcdt: Tensor, d_inner: int, ngroups: int, d_state: int) -> tuple[Tensor, Tensor, Tensor]:
+    """in_proj's output → views z (…, d_inner), xBC (…, d_inner + 2·ngroups·d_state), dt (…, heads)."""
+    gn = ngroups * d_state
+    return zxbcdt.split([d_inner, d_inner + 2 * gn, zxbcdt.shape[-1] - 2 * d_inner - 2 * gn], dim=-1)
+
+
+def split_xbc(xbc: Tensor, d_inner: int, ngroups: int, d_state: int, headdim: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The conv's output (b, l, d_inner + 2·ngroups·d_state) → views x (b, l, h, p), B and C (b, l, g, n)."""
+    gn = ngroups * d_state
+    x, B, C = xbc.split([d_inner, gn, gn], dim=-1)
+    return (x.unflatten(-1, (d_inner // headdim, headdim)), B.unflatten(-1, (ngroups, d_state)),
+            C.unflatten(-1, (ngroups, d_state)))
+
+
 def compose_mamba2_core(conv_fn, ssd_fn, gated_rmsnorm_fn):
     """``mamba2_core`` made of a backend's own conv, SSD scan and gated norm."""
 
@@ -206,13 +220,11 @@ def compose_mamba2_core(conv_fn, ssd_fn, gated_rmsnorm_fn):
         norm of SSD(SiLU(conv(xBC))) with z, (b, l, d_inner), and the final SSM state (b, h, p, n).
         Δ = softplus(dt + dt_bias), clamped to ``dt_limit``, as the Mamba2 block always has it."""
         b, l, _ = zxbcdt.shape
-        gn = ngroups * d_state
-        z, xBC, dt = zxbcdt.split([d_inner, d_inner + 2 * gn, zxbcdt.shape[-1] - 2 * d_inner - 2 * gn], dim=-1)
-        x, B, C = conv_fn(xBC, conv_weight, conv_bias, seq_idx=seq_idx, activation="silu").split(
-            [d_inner, gn, gn], dim=-1)
-        y, final = ssd_fn(x.reshape(b, l, d_inner // headdim, headdim), dt, A, B.reshape(b, l, ngroups, d_state),
-                          C.reshape(b, l, ngroups, d_state), chunk_size=chunk_size, D=D, dt_bias=dt_bias,
-                          dt_softplus=True, dt_limit=dt_limit, seq_idx=seq_idx)
+        z, xBC, dt = split_zxbcdt(zxbcdt, d_inner, ngroups, d_state)
+        post = conv_fn(xBC, conv_weight, conv_bias, seq_idx=seq_idx, activation="silu")
+        x, B, C = split_xbc(post, d_inner, ngroups, d_state, headdim)
+        y, final = ssd_fn(x, dt, A, B, C, chunk_size=chunk_size, D=D, dt_bias=dt_bias, dt_softplus=True,
+                          dt_limit=dt_limit, seq_idx=seq_idx)
         return gated_rmsnorm_fn(y.reshape(b, l, d_inner), z, norm_weight, eps, d_inner // ngroups), final
     return mamba2_core
 

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from biomamba.kernels import get_kernels
+from biomamba.kernels.reference import split_zxbcdt
 from biomamba.model.config import ModelConfig
 
 
@@ -65,8 +66,7 @@ class Mamba2Mixer(nn.Module):
         self._decay_key: tuple[int, int] | None = None  # what ``_decay_rates`` last computed from
 
     def _split(self, zxbcdt: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        di = self.cfg.d_inner
-        return zxbcdt.split([di, self.cfg.conv_dim, self.cfg.nheads], dim=-1)
+        return split_zxbcdt(zxbcdt, self.cfg.d_inner, self.cfg.ngroups, self.cfg.d_state)
 
     def forward(self, u: Tensor, seq_idx: Tensor | None = None, state: Mamba2State | None = None) -> Tensor:
         """u (b, l, d_model) → (b, l, d_model). With ``state``, the final states are written into it."""

@@ -15,20 +15,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from biomamba.kernels.reference import split_xbc, split_zxbcdt
 from biomamba.kernels.triton import conv, norm, ssd
-
-
-def _pieces(zxbcdt: Tensor, d_inner: int, ngroups: int, d_state: int) -> tuple[Tensor, Tensor, Tensor]:
-    gn = ngroups * d_state
-    return zxbcdt.split([d_inner, d_inner + 2 * gn, zxbcdt.shape[-1] - 2 * d_inner - 2 * gn], dim=-1)
-
-
-def _xbc(post: Tensor, d_inner: int, ngroups: int, d_state: int, headdim: int) -> tuple[Tensor, Tensor, Tensor]:
-    """x (b, l, h, p), B and C (b, l, g, n): views of the conv output."""
-    gn = ngroups * d_state
-    x, B, C = post.split([d_inner, gn, gn], dim=-1)
-    return (x.unflatten(-1, (d_inner // headdim, headdim)), B.unflatten(-1, (ngroups, d_state)),
-            C.unflatten(-1, (ngroups, d_state)))
 
 
 def core_fwd(zxbcdt: Tensor, conv_weight: Tensor, conv_bias: Tensor | None, A: Tensor, D: Tensor | None,
@@ -39,9 +27,9 @@ def core_fwd(zxbcdt: Tensor, conv_weight: Tensor, conv_bias: Tensor | None, A: T
     output, the SSD output, the norm's reciprocal RMS, and the SSD's Δ, log-decay cumsum, CB and
     chunk starting states, which its backward would otherwise recompute)."""
     b, l, _ = zxbcdt.shape
-    z, xBC, dt = _pieces(zxbcdt, d_inner, ngroups, d_state)
+    z, xBC, dt = split_zxbcdt(zxbcdt, d_inner, ngroups, d_state)
     post = conv.conv_fwd(xBC, conv_weight, conv_bias, seq_idx, True)
-    x, B, C = _xbc(post, d_inner, ngroups, d_state, headdim)
+    x, B, C = split_xbc(post, d_inner, ngroups, d_state, headdim)
     y, final, kept = ssd.ssd_fwd(x, dt, A, B, C, chunk_size, D, dt_bias, True, dt_lo, dt_hi, seq_idx, None,
                                  keep=True)
     y = y.view(b, l, d_inner)
@@ -56,14 +44,14 @@ def core_bwd(dout: Tensor, dfinal: Tensor | None, zxbcdt: Tensor, post: Tensor, 
              ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None, Tensor | None, Tensor]:
     """(d zxbcdt, d conv weight, d conv bias, dA, dD, d dt_bias, d norm weight)."""
     b, l, F = zxbcdt.shape
-    z, xBC, dt = _pieces(zxbcdt, d_inner, ngroups, d_state)
+    z, xBC, dt = split_zxbcdt(zxbcdt, d_inner, ngroups, d_state)
     grad = torch.empty((b, l, F), device=zxbcdt.device, dtype=zxbcdt.dtype)
-    gz, gxbc, gdt = _pieces(grad, d_inner, ngroups, d_state)
+    gz, gxbc, gdt = split_zxbcdt(grad, d_inner, ngroups, d_state)
     dy, _, dnorm_w = norm.norm_bwd(dout, y, z, norm_weight, rstd, d_inner // ngroups,
                                    dz_out=gz.view(b * l, d_inner))
     dpost = torch.empty_like(post)
-    x, B, C = _xbc(post, d_inner, ngroups, d_state, headdim)
-    gx, gB, gC = _xbc(dpost, d_inner, ngroups, d_state, headdim)
+    x, B, C = split_xbc(post, d_inner, ngroups, d_state, headdim)
+    gx, gB, gC = split_xbc(dpost, d_inner, ngroups, d_state, headdim)
     _, _, dA, _, _, dD, ddt_bias, _ = ssd.ssd_bwd(
         dy.view(x.shape), dfinal, x, dt, A, B, C, chunk_size, D, dt_bias, True, dt_lo, dt_hi, seq_idx, None,
         dx_out=gx, ddt_out=gdt, dB_out=gB, dC_out=gC, saved=kept)

@@ -642,13 +642,18 @@ class _Cfg:
         self.BS = 1024
 
 
-def _prep(x, dt, A, B, C, chunk_size, dt_bias, dt_softplus, dt_lo, dt_hi):
+def _dims(x, B, chunk_size):
+    """(b, L, H, P, G, N, T, NC): batch, length, heads, head dim, groups, state size, chunk, chunks."""
     b, L, H, P = x.shape
     G, N = B.shape[-2:]
     T = chunk_size
     if T & (T - 1):
         raise ValueError(f"triton ssd_scan needs a power-of-two chunk_size, got {T}")
-    NC = triton.cdiv(L, T)
+    return b, L, H, P, G, N, T, triton.cdiv(L, T)
+
+
+def _prep(x, dt, A, B, C, chunk_size, dt_bias, dt_softplus, dt_lo, dt_hi):
+    b, L, H, P, G, N, T, NC = _dims(x, B, chunk_size)
     dt = last_unit(dt)
     delta = torch.empty((b, H, NC * T), device=x.device, dtype=torch.float32)
     acs = torch.empty_like(delta)
@@ -770,8 +775,7 @@ def ssd_bwd(dy, dfinal, x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus, dt_
     if saved is None:
         b, L, H, P, G, N, T, NC, delta, acs = _prep(x, dt, A, B, C, chunk_size, dt_bias, dt_softplus, dt_lo, dt_hi)
     else:
-        (b, L, H, P), (G, N), T = x.shape, B.shape[-2:], chunk_size
-        NC = triton.cdiv(L, T)
+        b, L, H, P, G, N, T, NC = _dims(x, B, chunk_size)
         delta, acs, cb, starts = saved
     dims = (b, L, H, P, G, N, T, NC)
     cfg = _Cfg(T, P, N)
