@@ -293,25 +293,32 @@ def case_profile_gen(size: str = "130m", bsz: int = 1, gemv_rows: int | None = N
          kernels=kernels[:12])
 
 
-def case_profile_train(size: str = "130m", bsz: int = 16, seqlen: int = 1024) -> None:
-    """Top CUDA kernels of one training step of ours (Triton backend)."""
+def case_profile_train(size: str = "130m", bsz: int = 16, seqlen: int = 1024, kind: str = "ours") -> None:
+    """Top CUDA kernels of one training step: ours (Triton backend) or the peer (``hf-mamba2``)."""
     import torch
     torch.manual_seed(0)
-    model = build("ours", size, "triton")
+    model = build(kind, size, "triton")
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     x = torch.randint(0, VOCAB - 16, (bsz, seqlen), device="cuda")
     labels = torch.roll(x, -1, 1)
 
     def step():
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss, count = model.loss(x, labels)
-        (loss / count).backward()
+            if kind == "ours":
+                loss, count = model.loss(x, labels)
+                loss = loss / count
+            else:
+                logits = model(x).logits
+                loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)).float(),
+                                                         x[:, 1:].reshape(-1))
+        loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
     totals: dict = {}
-    kernels = _profile_top(step, steps=2, top=20, totals=totals)
-    emit(f"profile train ours-triton {size} b{bsz}x{seqlen}", **totals, kernels=kernels,
-         torch_ops=_profile_ops(step))
+    kernels = _profile_top(step, steps=2, top=30, totals=totals)
+    label = "ours-triton" if kind == "ours" else kind
+    emit(f"profile train {label} {size} b{bsz}x{seqlen}", **totals, kernels=kernels,
+         torch_ops=_profile_ops(step, top=25))
 
 
 # ---- models ---------------------------------------------------------------------------------------
@@ -338,7 +345,7 @@ def build(kind: str, size: str, backend: str = "torch"):
 
 
 def case_train(kind: str, size: str, bsz: int, seqlen: int, backend: str = "torch", compile_: bool = False,
-               steps: int = 8, compile_mode: str | None = None, graphed: bool = False) -> dict:
+               steps: int = 8, compile_mode: str | None = None, graphed: bool = False, profile: bool = False) -> dict:
     """Training steps on random tokens. ``compile_`` wraps the loss in torch.compile (``compile_mode``
     e.g. "reduce-overhead" for its CUDA graphs); ``graphed`` (ours) replays forward + backward from
     the trainer's CUDA graph (the optimizer step stays eager). Peak memory is the steady state's;
@@ -396,9 +403,14 @@ def case_train(kind: str, size: str, bsz: int, seqlen: int, backend: str = "torc
     torch.cuda.synchronize()
     dt = (time.perf_counter() - t) / steps
     tok_s = bsz * seqlen / dt
-    return dict(tok_s=round(tok_s), step_ms=round(dt * 1e3, 1), mfu_6N=round(6 * nparams * tok_s / PEAK_FLOPS, 3),
-                peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 1), params_m=round(nparams / 1e6, 1),
-                loss=round(float(loss), 3))
+    out = dict(tok_s=round(tok_s), step_ms=round(dt * 1e3, 1), mfu_6N=round(6 * nparams * tok_s / PEAK_FLOPS, 3),
+               peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 1), params_m=round(nparams / 1e6, 1),
+               loss=round(float(loss), 3))
+    if profile:
+        totals: dict = {}
+        out["kernels"] = _profile_top(step, steps=2, top=40, totals=totals)
+        out.update(totals)
+    return out
 
 
 def case_recipe(size: str, steps: int, global_batch: int, cuda_graph: str) -> dict:
@@ -651,8 +663,8 @@ def case_sweep_gemv() -> None:
 # apart from PW's (session 8 call 1: 256 programs faster than 512 and 128). These: the PW split (1,024
 # programs faster at 1.3B in session 8 call 2, not measured at 130M with 256 dC/dB programs), the PW
 # kernel's register cap, and the defaults before session 8.
-SSD_BWD_VARIANTS = [dict(), dict(pw_programs=1024), dict(pw_maxnreg=168), dict(pw_maxnreg=168, pw_programs=1024),
-                    dict(pw_heads=8), dict(dcdb_BK=64, dcdb_programs=512)]
+SSD_BWD_VARIANTS = [dict(), dict(pw_maxnreg=None), dict(pw_max_heads=None), dict(pw_max_heads=12),
+                    dict(dx_maxnreg=160), dict(dx_maxnreg=184)]
 
 
 def case_sweep_ssd_bwd(size: str = "130m") -> None:
@@ -786,6 +798,7 @@ CASES = [
     ("profile ssd", "case_profile_ssd", [], {}),
     ("profile train 130m", "case_profile_train", [], {}),
     ("profile train 1.3b", "case_profile_train", ["1.3b", 8, 1024], {}),
+    ("profile train hf-mamba2 1.3b", "case_profile_train", ["1.3b", 8, 1024, "hf-mamba2"], {}),
     ("profile gen 130m b1", "case_profile_gen", ["130m", 1], {}),
     ("profile gen 130m b1 nogemv", "case_profile_gen", ["130m", 1, 0], {}),
     ("profile gen 130m b1 fused", "case_profile_gen", ["130m", 1, None, True], {}),
@@ -838,6 +851,10 @@ CASES = [
     ("train hf-mamba2 1.3b b8x1024", "case_train", ["hf-mamba2", "1.3b", 8, 1024], {}),
     ("train ours-triton-graphed 1.3b b8x1024", "case_train", ["ours", "1.3b", 8, 1024],
      {"backend": "triton", "graphed": True}),
+    ("profile train-graphed 1.3b b8x1024", "case_train", ["ours", "1.3b", 8, 1024],
+     {"backend": "triton", "graphed": True, "profile": True}),
+    ("profile train-graphed 130m b16x1024", "case_train", ["ours", "130m", 16, 1024],
+     {"backend": "triton", "graphed": True, "profile": True}),
     ("gen ours-triton 1.3b b1 p256+256 cg", "case_gen", ["ours", "1.3b", 1, 256, 256], {"backend": "triton"}),
     ("gen ssm-mamba2 1.3b b1 p256+256 cg", "case_gen", ["ssm-mamba2", "1.3b", 1, 256, 256], {}),
     ("gen ours-triton-oneblock 1.3b b1 p256+256 cg", "case_gen", ["ours", "1.3b", 1, 256, 256],

@@ -71,13 +71,15 @@ def test_gated_norm_loads_z_rows_128_bits_at_a_time(which):
     from biomamba.kernels.triton import norm
 
     ptrs = {"x_ptr": "*bf16", "z_ptr": "*bf16", "w_ptr": "*fp32", "y_ptr": "*bf16", "rstd_ptr": "*fp32",
-            "dy_ptr": "*bf16", "dx_ptr": "*bf16", "dz_ptr": "*bf16", "dw_ptr": "*fp32", "eps": "fp32"}
+            "dy_ptr": "*bf16", "dr_ptr": "*bf16", "dx_ptr": "*bf16", "dz_ptr": "*bf16", "dw_ptr": "*fp32",
+            "eps": "fp32"}
     if which == "fwd":
         kernel, ints = norm._norm_fwd_kernel, ["M", "G", "sxm", "sym"]
         hints = {"XV": 16, "ZV": 8}
     else:
         kernel, ints = norm._norm_bwd_kernel, ["M", "G", "sxm", "sdym", "sdxm", "sdzm", "rows_per_prog"]
-        hints = {"XV": 16, "ZV": 8, "DV": 16, "PREFETCH": norm.BWD_LAUNCH["prefetch"]}
+        hints = {"XV": 16, "ZV": 8, "DV": 16, "PREFETCH": norm.BWD_LAUNCH["prefetch"], "JOIN": False, "HAS_DR": False,
+                 "CAST_X": False}
     names = inspect.signature(kernel.fn).parameters
     ptrs = {k: v for k, v in ptrs.items() if k in names}
     consts = dict(HAS_Z=True, BM=2, BG=2048)  # the 130M gated norm: one group of 1,536 channels
@@ -97,8 +99,9 @@ def test_gated_norm_with_one_row_a_program_compiles(which):
     from biomamba.kernels.triton import norm
 
     kernel = norm._norm_fwd_kernel if which == "fwd" else norm._norm_bwd_kernel
-    ptrs = {n: "*bf16" for n in ("x_ptr", "z_ptr", "y_ptr", "dy_ptr", "dx_ptr", "dz_ptr")}
-    bwd = {"DV": 16, "PREFETCH": norm.BWD_LAUNCH["prefetch"]} if which == "bwd" else {}
+    ptrs = {n: "*bf16" for n in ("x_ptr", "z_ptr", "y_ptr", "dy_ptr", "dr_ptr", "dx_ptr", "dz_ptr")}
+    bwd = ({"DV": 16, "PREFETCH": norm.BWD_LAUNCH["prefetch"], "JOIN": False, "HAS_DR": False, "CAST_X": False}
+           if which == "bwd" else {})
     _compiles(kernel, ptrs, dict(HAS_Z=True, BM=1, BG=4096, XV=16, ZV=16, **bwd), warps=8)
 
 

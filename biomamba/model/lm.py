@@ -29,9 +29,16 @@ class RMSNorm(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.kernels.rmsnorm(x, self.weight, self.eps)
 
+    def join(self, x: Tensor, residual: Tensor) -> tuple[Tensor, Tensor]:
+        """(this norm of residual + x, residual + x): one kernel on the Triton backend."""
+        return self.kernels.add_rmsnorm(x, residual, self.weight, self.eps)
+
 
 class Block(nn.Module):
-    """x ← x + mixer(norm(x)); the residual stream is kept in fp32 when configured."""
+    """A pre-norm block, in the form whose residual join is one op with the next norm:
+    (h, r) ↦ (mixer(norm(r + h)), r + h), and (x, None) ↦ (mixer(norm(x)), x) for the first. The
+    model's x ← x + mixer(norm(x)) unrolls to the same sums; the residual stream r is kept in
+    fp32 when configured."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -39,11 +46,14 @@ class Block(nn.Module):
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.mixer = Mamba2Mixer(cfg) if cfg.arch == "mamba2" else Mamba1Mixer(cfg)
 
-    def forward(self, x: Tensor, seq_idx: Tensor | None = None, state=None) -> Tensor:
-        residual = x.float() if self.residual_in_fp32 else x
-        return residual + self.mixer(self.norm(x.to(self.norm.weight.dtype)), seq_idx=seq_idx, state=state)
-
-
+    def forward(self, hidden: Tensor, residual: Tensor | None = None, seq_idx: Tensor | None = None,
+                state=None) -> tuple[Tensor, Tensor]:
+        if residual is None:
+            residual = hidden.float() if self.residual_in_fp32 else hidden
+            normed = self.norm(hidden.to(self.norm.weight.dtype))
+        else:
+            normed, residual = self.norm.join(hidden, residual)
+        return self.mixer(normed, seq_idx=seq_idx, state=state), residual
 class Backbone(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -129,12 +139,13 @@ class MambaLM(nn.Module):
             seq_idx = seq_idx.to(device=input_ids.device, dtype=torch.int32)
         if cache is not None and cache.seqlen_offset > 0:
             return self._continue(input_ids, cache)
-        x = self.backbone.embedding(input_ids)
+        hidden, residual = self.backbone.embedding(input_ids), None
         for i, layer in enumerate(self.backbone.layers):
-            x = layer(x, seq_idx=seq_idx, state=cache.layers[i] if cache is not None else None)
+            hidden, residual = layer(hidden, residual, seq_idx=seq_idx,
+                                     state=cache.layers[i] if cache is not None else None)
         if cache is not None:
             cache.seqlen_offset += input_ids.shape[1]
-        return self.backbone.norm_f(x.to(self.backbone.norm_f.weight.dtype))
+        return self.backbone.norm_f.join(hidden, residual)[0]
 
     def forward(self, input_ids: Tensor, seq_idx: Tensor | None = None, cu_seqlens: Tensor | None = None,
                 cache: InferenceCache | None = None) -> Tensor:

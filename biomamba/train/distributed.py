@@ -7,6 +7,7 @@ process group is created here (NCCL on GPUs, gloo on CPUs) and each rank uses it
 from __future__ import annotations
 
 import os
+import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Iterator
@@ -108,8 +109,14 @@ def wrap_model(module: nn.Module, blocks: nn.ModuleList, strategy: str, info: Di
     if strategy == "fsdp":
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-        mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32) if param_dtype else None
+        # a block's inputs are not cast to param_dtype: one of them is the residual stream, which
+        # stays fp32 (model.residual_in_fp32); the block computes in param_dtype all the same
+        mp = (MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32, cast_forward_inputs=False)
+              if param_dtype else None)
         kwargs = {"mp_policy": mp} if mp is not None else {}
+        # a block returns out_proj's output, a view of its 2D GEMM's; FSDP2 warns that an in-place
+        # op on a view would skip its hook, and none is done on it (the next join reads it)
+        warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module \(.*\) returned a view tensor")
         for block in blocks:
             fully_shard(block, **kwargs)
         fully_shard(module, **kwargs)

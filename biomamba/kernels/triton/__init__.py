@@ -71,12 +71,13 @@ def rmsnorm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
 
 
 def add_rmsnorm(x: Tensor, residual: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
-    """Forward only (decoding): with gradients wanted it falls back to the reference."""
-    if torch.is_grad_enabled() and (x.requires_grad or residual.requires_grad or weight.requires_grad):
-        from biomamba.kernels import reference
-
-        return reference.add_rmsnorm(x, residual, weight, eps)
-    return _ops.add_rmsnorm_fwd(x, residual, weight, float(eps))
+    """A pre-norm block's residual join and the next norm, one kernel forward and one backward
+    (the backward adds the gradient arriving through the residual stream and writes it in the
+    block output's and the residual's dtypes). Under autocast the normed sum is stored in the
+    autocast dtype, as the other norms (``_norm_out_dtype``)."""
+    ac = torch.is_autocast_enabled(x.device.type)
+    out_dtype = torch.get_autocast_dtype(x.device.type) if ac else weight.dtype
+    return _ops.add_rmsnorm_fwd(x, residual, weight, float(eps), out_dtype)[:2]
 
 
 # norm_linear and gated_norm_linear run as one fused norm + GEMV kernel for up to GEMV_ROWS rows

@@ -49,24 +49,33 @@ def _norm_fwd_kernel(x_ptr, z_ptr, w_ptr, y_ptr, rstd_ptr, M, G, NG, eps, sxm, s
 
 
 @triton.jit
-def _norm_bwd_load(x_ptr, z_ptr, dy_ptr, rows, m, ch, sxm, szm, sdym, HAS_Z: tl.constexpr, XV: tl.constexpr,
-                   ZV: tl.constexpr, DV: tl.constexpr):
+def _norm_bwd_load(x_ptr, z_ptr, dy_ptr, dr_ptr, rows, m, ch, sxm, szm, sdym, sdrm, HAS_Z: tl.constexpr,
+                   HAS_DR: tl.constexpr, XV: tl.constexpr, ZV: tl.constexpr, DV: tl.constexpr):
     x = tl.load(x_ptr + row_offsets(rows, sxm, XV) + ch[None, :], mask=m, other=0.0)
     z = x
     if HAS_Z:
         z = tl.load(z_ptr + row_offsets(rows, szm, ZV) + ch[None, :], mask=m, other=0.0)
     dy = tl.load(dy_ptr + row_offsets(rows, sdym, DV) + ch[None, :], mask=m, other=0.0)
-    return x, z, dy
+    dr = dy.to(tl.float32)  # unused without HAS_DR
+    if HAS_DR:
+        dr = tl.load(dr_ptr + rows[:, None] * sdrm + ch[None, :], mask=m, other=0.0).to(tl.float32)
+    return x, z, dy, dr
 
 
 @triton.jit
-def _norm_bwd_kernel(x_ptr, z_ptr, w_ptr, rstd_ptr, dy_ptr, dx_ptr, dz_ptr, dw_ptr, M, G, NG,
-                     sxm, szm, sdym, sdxm, sdzm, rows_per_prog,
-                     HAS_Z: tl.constexpr, BM: tl.constexpr, BG: tl.constexpr, XV: tl.constexpr,
-                     ZV: tl.constexpr, DV: tl.constexpr, PREFETCH: tl.constexpr):
+def _norm_bwd_kernel(x_ptr, z_ptr, w_ptr, rstd_ptr, dy_ptr, dr_ptr, dx_ptr, dz_ptr, dw_ptr, M, G, NG,
+                     sxm, szm, sdym, sdrm, sdxm, sdzm, rows_per_prog,
+                     HAS_Z: tl.constexpr, JOIN: tl.constexpr, HAS_DR: tl.constexpr, CAST_X: tl.constexpr,
+                     BM: tl.constexpr,
+                     BG: tl.constexpr, XV: tl.constexpr, ZV: tl.constexpr, DV: tl.constexpr,
+                     PREFETCH: tl.constexpr):
     """A program walks its rows BM at a time; with PREFETCH it loads the next block's rows before
     working on the current one, so that their latency overlaps the row reductions (a loop
-    without a dot is not software-pipelined by Triton)."""
+    without a dot is not software-pipelined by Triton).
+    JOIN, the residual join's backward (``add_norm_bwd``): the norm input's gradient (plus, with
+    HAS_DR, the one arriving through the residual stream) is stored twice, in dx's dtype (for the
+    block's output) and in dz's (for the residual before it); CAST_X reads x in w's dtype, as
+    the forward normalised it."""
     pid = tl.program_id(0)
     g = tl.program_id(1)
     cols = tl.arange(0, BG)
@@ -79,18 +88,23 @@ def _norm_bwd_kernel(x_ptr, z_ptr, w_ptr, rstd_ptr, dy_ptr, dx_ptr, dz_ptr, dw_p
     rows = start + tl.arange(0, BM)
     m = (rows < end)[:, None] & cm[None, :]
     if PREFETCH:
-        x_in, z_in, dy_in = _norm_bwd_load(x_ptr, z_ptr, dy_ptr, rows, m, ch, sxm, szm, sdym, HAS_Z, XV, ZV, DV)
+        x_in, z_in, dy_in, dr_in = _norm_bwd_load(x_ptr, z_ptr, dy_ptr, dr_ptr, rows, m, ch, sxm, szm, sdym, sdrm,
+                                                  HAS_Z, HAS_DR, XV, ZV, DV)
     for r0 in range(start, start + rows_per_prog, BM):
         rows = r0 + tl.arange(0, BM)
         rm = rows < end
         m = rm[:, None] & cm[None, :]
         if PREFETCH:
-            x, z, dy = x_in, z_in, dy_in
+            x, z, dy, dr = x_in, z_in, dy_in, dr_in
             nxt = rows + BM
-            x_in, z_in, dy_in = _norm_bwd_load(x_ptr, z_ptr, dy_ptr, nxt, (nxt < end)[:, None] & cm[None, :], ch,
-                                               sxm, szm, sdym, HAS_Z, XV, ZV, DV)
+            x_in, z_in, dy_in, dr_in = _norm_bwd_load(x_ptr, z_ptr, dy_ptr, dr_ptr, nxt,
+                                                      (nxt < end)[:, None] & cm[None, :], ch, sxm, szm, sdym, sdrm,
+                                                      HAS_Z, HAS_DR, XV, ZV, DV)
         else:
-            x, z, dy = _norm_bwd_load(x_ptr, z_ptr, dy_ptr, rows, m, ch, sxm, szm, sdym, HAS_Z, XV, ZV, DV)
+            x, z, dy, dr = _norm_bwd_load(x_ptr, z_ptr, dy_ptr, dr_ptr, rows, m, ch, sxm, szm, sdym, sdrm,
+                                          HAS_Z, HAS_DR, XV, ZV, DV)
+        if CAST_X:
+            x = x.to(w_ptr.dtype.element_ty)
         x = x.to(tl.float32)
         dy = dy.to(tl.float32)
         if HAS_Z:
@@ -109,38 +123,48 @@ def _norm_bwd_kernel(x_ptr, z_ptr, w_ptr, rstd_ptr, dy_ptr, dx_ptr, dz_ptr, dw_p
             dz = dxg * x * sz * (1.0 + z * (1.0 - sz))
             tl.store(dz_ptr + rows[:, None] * sdzm + ch[None, :], dz.to(dz_ptr.dtype.element_ty), mask=m)
         else:
+            if HAS_DR:
+                dxg += dr
             tl.store(dx_ptr + rows[:, None] * sdxm + ch[None, :], dxg.to(dx_ptr.dtype.element_ty), mask=m)
+            if JOIN:
+                tl.store(dz_ptr + rows[:, None] * sdzm + ch[None, :], dxg.to(dz_ptr.dtype.element_ty), mask=m)
     tl.store(dw_ptr + pid * NG * G + ch, dw, mask=cm)
 
 
 @triton.jit
-def _add_norm_fwd_kernel(x_ptr, r_ptr, w_ptr, y_ptr, s_ptr, M, D, eps, sxm, srm, BM: tl.constexpr,
+def _add_norm_fwd_kernel(x_ptr, r_ptr, w_ptr, y_ptr, s_ptr, rstd_ptr, M, D, eps, sxm, srm, BM: tl.constexpr,
                          BD: tl.constexpr):
-    """s = r + x (stored in s's dtype), y = RMSNorm(s read in w's dtype) · w: one pass for the
-    add and the norm that a decode step otherwise spends three kernels on."""
+    """s = r + x (stored in s's dtype), y = RMSNorm(s read in w's dtype) · w: the residual join of
+    a pre-norm block and the next block's norm in one pass (the add alone was 2.97 ms of a 1.3B
+    training step, session 9 profile; a decode step otherwise spends three kernels on it)."""
     rows = tl.program_id(0) * BM + tl.arange(0, BM)
     cols = tl.arange(0, BD)
-    m = (rows < M)[:, None] & (cols < D)[None, :]
+    rm = rows < M
+    m = rm[:, None] & (cols < D)[None, :]
     total = tl.load(r_ptr + rows[:, None] * srm + cols[None, :], mask=m, other=0.0).to(tl.float32) \
         + tl.load(x_ptr + rows[:, None] * sxm + cols[None, :], mask=m, other=0.0).to(tl.float32)
     total = total.to(s_ptr.dtype.element_ty)
     tl.store(s_ptr + rows[:, None] * D + cols[None, :], total, mask=m)
     w = tl.load(w_ptr + cols, mask=cols < D, other=0.0).to(tl.float32)
-    y, _ = _rms_scaled(total.to(w_ptr.dtype.element_ty).to(tl.float32), w, D, eps, w_ptr.dtype.element_ty)
+    y, rstd = _rms_scaled(total.to(w_ptr.dtype.element_ty).to(tl.float32), w, D, eps, w_ptr.dtype.element_ty)
     tl.store(y_ptr + rows[:, None] * D + cols[None, :], y.to(y_ptr.dtype.element_ty), mask=m)
+    tl.store(rstd_ptr + rows, rstd, mask=rm)
 
 
-def add_norm_fwd(x: Tensor, residual: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+def add_norm_fwd(x: Tensor, residual: Tensor, weight: Tensor, eps: float,
+                 out_dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """(the normed sum in ``out_dtype``, default weight's; the sum; its reciprocal RMS per row)."""
     d = x.shape[-1]
     x2, r2 = _rows(x, d), _rows(residual, d)
     M = x2.shape[0]
     total = torch.empty(x.shape, device=x.device, dtype=torch.promote_types(x.dtype, residual.dtype))
-    y = torch.empty(x.shape, device=x.device, dtype=weight.dtype)
+    y = torch.empty(x.shape, device=x.device, dtype=out_dtype or weight.dtype)
+    rstd = torch.empty((M, 1), device=x.device, dtype=torch.float32)
     BD = triton.next_power_of_2(d)
     BM = _bm(d)
-    _add_norm_fwd_kernel[(triton.cdiv(M, BM),)](x2, r2, weight, y, total, M, d, eps, x2.stride(0), r2.stride(0),
-                                               BM=BM, BD=BD, num_warps=4 if BD <= 1024 else 8)
-    return y, total
+    _add_norm_fwd_kernel[(triton.cdiv(M, BM),)](x2, r2, weight, y, total, rstd, M, d, eps, x2.stride(0),
+                                               r2.stride(0), BM=BM, BD=BD, num_warps=4 if BD <= 1024 else 8)
+    return y, total, rstd
 
 
 def _rows(t: Tensor, d: int) -> Tensor:
@@ -184,32 +208,60 @@ def _bwd_warps(BG: int) -> int:
     return 4 if BG <= 1024 else 8 if BG <= 2048 else 16
 
 
+def _launch_bwd(dy: Tensor, x2: Tensor, z2: Tensor | None, weight: Tensor, rstd: Tensor, group_size: int,
+                dx: Tensor, dz: Tensor, join: bool = False, dres: Tensor | None = None,
+                cast_x: bool = False) -> Tensor:
+    """The backward kernel over rows x2 (rows × d): writes dx, and dz (the gate's gradient; with
+    ``join``, dx again in dz's dtype, after adding ``dres`` if given); returns dweight."""
+    d = x2.shape[-1]
+    dy2 = _rows(dy, d)
+    dr2 = _rows(dres, d) if dres is not None else dy2
+    M, NG, G = x2.shape[0], d // group_size, group_size
+    BG = triton.next_power_of_2(G)
+    BM = max(1, min(16, BWD_LAUNCH["tile"] // BG))
+    nprog = min(triton.cdiv(M, BM), BWD_LAUNCH["programs"])
+    rows_per_prog = triton.cdiv(triton.cdiv(M, nprog), BM) * BM
+    nprog = triton.cdiv(M, rows_per_prog)
+    dw_part = torch.empty((nprog, d), device=x2.device, dtype=torch.float32)
+    zz = z2 if z2 is not None else x2
+    _norm_bwd_kernel[(nprog, NG)](
+        x2, zz, weight, rstd, dy2, dr2, dx, dz, dw_part, M, G, NG, x2.stride(0), zz.stride(0), dy2.stride(0),
+        dr2.stride(0), d, dz.stride(0), rows_per_prog, HAS_Z=z2 is not None, JOIN=join,
+        HAS_DR=dres is not None, CAST_X=cast_x, BM=BM, BG=BG, XV=row_divisor(x2.stride(0)), ZV=row_divisor(zz.stride(0)),
+        DV=row_divisor(dy2.stride(0)), PREFETCH=BWD_LAUNCH["prefetch"],
+        num_warps=BWD_LAUNCH["warps"] or _bwd_warps(BG),
+        **({} if BWD_LAUNCH["stages"] is None else {"num_stages": BWD_LAUNCH["stages"]}))
+    return dw_part.sum(0).to(weight.dtype)
+
+
 def norm_bwd(dy: Tensor, x: Tensor, z: Tensor | None, weight: Tensor, rstd: Tensor,
              group_size: int, dz_out: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """dx, dz, dweight; ``dz_out`` (rows × d, unit last stride): where dz goes (a slice of a larger
     gradient buffer), else a new tensor."""
     d = x.shape[-1]
     x2 = _rows(x, d)
-    z2 = _rows(z, d) if z is not None else x2
-    dy2 = _rows(dy, d)
-    M, NG, G = x2.shape[0], d // group_size, group_size
+    z2 = _rows(z, d) if z is not None else None
+    M = x2.shape[0]
     dx = torch.empty(x.shape, device=x.device, dtype=x.dtype)
     if z is None:
         dz = dx
     else:
         dz = dz_out if dz_out is not None else torch.empty((M, d), device=x.device, dtype=z.dtype)
-    BG = triton.next_power_of_2(G)
-    BM = max(1, min(16, BWD_LAUNCH["tile"] // BG))
-    nprog = min(triton.cdiv(M, BM), BWD_LAUNCH["programs"])
-    rows_per_prog = triton.cdiv(triton.cdiv(M, nprog), BM) * BM
-    nprog = triton.cdiv(M, rows_per_prog)
-    dw_part = torch.empty((nprog, d), device=x.device, dtype=torch.float32)
-    _norm_bwd_kernel[(nprog, NG)](
-        x2, z2, weight, rstd, dy2, dx, dz, dw_part, M, G, NG, x2.stride(0), z2.stride(0), dy2.stride(0),
-        d, dz.stride(0), rows_per_prog, HAS_Z=z is not None, BM=BM, BG=BG, XV=row_divisor(x2.stride(0)),
-        ZV=row_divisor(z2.stride(0)), DV=row_divisor(dy2.stride(0)), PREFETCH=BWD_LAUNCH["prefetch"],
-        num_warps=BWD_LAUNCH["warps"] or _bwd_warps(BG),
-        **({} if BWD_LAUNCH["stages"] is None else {"num_stages": BWD_LAUNCH["stages"]}))
+    dw = _launch_bwd(dy, x2, z2, weight, rstd, group_size, dx, dz)
     if z is not None and dz_out is None:
         dz = dz.view(z.shape)
-    return dx, dz, dw_part.sum(0).to(weight.dtype)
+    return dx, dz, dw
+
+
+def add_norm_bwd(dy: Tensor, dtotal: Tensor | None, total: Tensor, weight: Tensor, rstd: Tensor,
+                 x_dtype: torch.dtype, res_dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+    """The residual join's backward: the gradient of the sum (the norm's, plus ``dtotal`` arriving
+    through the residual stream) in ``x_dtype`` (the block output's) and in ``res_dtype`` (the
+    residual's), one kernel; and dweight."""
+    d = total.shape[-1]
+    total2 = _rows(total, d)
+    dx = torch.empty(total.shape, device=total.device, dtype=x_dtype)
+    dres = torch.empty(total2.shape, device=total.device, dtype=res_dtype)  # rows × d: the kernel's dz
+    dw = _launch_bwd(dy, total2, None, weight, rstd, d, dx, dres, join=True, dres=dtotal,
+                     cast_x=total.dtype != weight.dtype)
+    return dx, dres.view(total.shape), dw

@@ -589,21 +589,26 @@ def _dt_limits(dt_lo: float, dt_hi: float) -> dict:
 # three fit; dx spills 40 B and gets faster (130M 329 → 274 µs, 1.3B 437 → 362), dC / dB spill
 # 608 / 200 B and get slower (236 → 449, 157 → 207 µs at 130M): bench/RESULTS.md, session 7 call 1.
 # "pw_heads", "pw_programs", "pw_warps", "pw_maxnreg": the same for the PW kernel (its grid: the
-# causal tile pairs of dcdb_BM; 221 registers uncapped, two programs an SM as dx had before its
-# cap; a PW cap is not measured yet). Since the PW kernel, dC / dB read PW tiles, not products, and want fewer programs:
+# causal tile pairs of dcdb_BM), and "pw_max_heads": at most that many heads a PW program (more
+# parts when needed). PW has 221 registers uncapped (two programs an SM); capped at 168 it spills
+# 24 B and runs 180 → 122 µs at 130M, 236 → 159 at 1.3B (session 9 call 1). Split finer, PW gets
+# faster and dC (which sums the PW partials) slower at 130M (24 heads a program → 12: PW + dC + dB
+# 257 → 280 µs) but faster at 1.3B (32 → 16: 340 → 321 µs): hence at most 24 heads a program.
+# Since the PW kernel, dC / dB read PW tiles, not products, and want fewer programs:
 # dcdb_BK 32 and 256 programs (130M: 12 heads a program → 24; 1.3B: 16 → 32) measured fastest,
 # dC + dB at 130M 99.6 + 84.4 → 74.7 + 57.2 µs, at 1.3B 132.5 + 95.4 → 123.6 + 58.9 (session 7
-# call 2, session 8 call 1). A PW grid of 1,024 programs: PW faster, dC / dB slower (more partials).
+# call 2, session 8 call 1).
 BWD_TILES = {"BM": 64, "BK": 32, "dx_warps": 4, "dcdb_BM": 64, "dcdb_BK": 32, "dcdb_warps": 4, "dcdb_heads": None,
              "dcdb_programs": 256, "stages": None, "dx_maxnreg": 168, "dcdb_maxnreg": None,
-             "pw_heads": None, "pw_programs": 512, "pw_warps": 4, "pw_maxnreg": None}
+             "pw_heads": None, "pw_programs": 512, "pw_max_heads": 24, "pw_warps": 4, "pw_maxnreg": 168}
 
 
-def _dcdb_heads(heads: int, programs: int, target: int) -> int:
+def _dcdb_heads(heads: int, programs: int, target: int, most: int | None = None) -> int:
     """Heads a dC/dB (or PW) program sums when BWD_TILES["dcdb_heads"] (["pw_heads"]) is None:
-    the fewest equal parts of ``heads`` that take the unsplit grid of ``programs`` to ``target``."""
+    the fewest equal parts of ``heads`` that take the unsplit grid of ``programs`` to ``target``,
+    with at most ``most`` heads a part."""
     for parts in range(1, heads + 1):
-        if heads % parts == 0 and programs * parts >= target:
+        if heads % parts == 0 and programs * parts >= target and (most is None or heads // parts <= most):
             return heads // parts
     return 1
 
@@ -724,7 +729,8 @@ def _dcdb(x, B, C, dy, cb, delta, acs, seq_idx, starts, dz, dda_row, dims, cfg, 
     hpg = H // G
     slices = {}
     for key, programs in (("dcdb", b * NC * G * NT), ("pw", b * NC * G * NT * (NT + 1) // 2)):
-        heads = BWD_TILES[f"{key}_heads"] or _dcdb_heads(hpg, programs, BWD_TILES[f"{key}_programs"])
+        heads = BWD_TILES[f"{key}_heads"] or _dcdb_heads(hpg, programs, BWD_TILES[f"{key}_programs"],
+                                                         BWD_TILES.get(f"{key}_max_heads"))
         if hpg % heads:
             raise ValueError(f"BWD_TILES['{key}_heads'] = {heads} must divide the {hpg} heads of a group")
         slices[key] = hpg // heads  # programs sharing a group's heads; > 1: fp32 partial sums
