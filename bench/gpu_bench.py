@@ -345,7 +345,8 @@ def build(kind: str, size: str, backend: str = "torch"):
 
 
 def case_train(kind: str, size: str, bsz: int, seqlen: int, backend: str = "torch", compile_: bool = False,
-               steps: int = 8, compile_mode: str | None = None, graphed: bool = False, profile: bool = False) -> dict:
+               steps: int = 8, compile_mode: str | None = None, graphed: bool = False, profile: bool = False,
+               grad_into_params: bool = True) -> dict:
     """Training steps on random tokens. ``compile_`` wraps the loss in torch.compile (``compile_mode``
     e.g. "reduce-overhead" for its CUDA graphs); ``graphed`` (ours) replays forward + backward from
     the trainer's CUDA graph (the optimizer step stays eager). Peak memory is the steady state's;
@@ -371,6 +372,8 @@ def case_train(kind: str, size: str, bsz: int, seqlen: int, backend: str = "torc
     loss_fn = torch.compile(fwd_loss, mode=compile_mode) if compile_ else fwd_loss
     if graphed:  # the trainer's CUDA-graph micro-step (biomamba.train.cuda_graph)
         from biomamba.train.cuda_graph import MicroStepGraphs
+
+        model.set_grad_into_params(grad_into_params)  # as the single-device trainer does
         from biomamba.train.objective import CausalLMObjective, LossModule
 
         graphs = MicroStepGraphs(LossModule(model, CausalLMObjective()), list(model.parameters()),
@@ -824,6 +827,8 @@ CASES = [
     ("train ours-mamba_ssm 130m b16x1024", "case_train", ["ours", "130m", 16, 1024], {"backend": "mamba_ssm"}),
     ("train ours-triton-graphed 130m b16x1024", "case_train", ["ours", "130m", 16, 1024],
      {"backend": "triton", "graphed": True}),
+    ("train ours-triton-graphed-autogradacc 130m b16x1024", "case_train", ["ours", "130m", 16, 1024],
+     {"backend": "triton", "graphed": True, "grad_into_params": False}),
     ("recipe 130m graphs", "case_recipe", ["130m", 100, 32, "true"], {}),
     ("recipe 130m eager", "case_recipe", ["130m", 100, 32, "false"], {}),
     ("recipe 1.3b graphs", "case_recipe", ["1.3b", 30, 16, "true"], {}),
@@ -851,6 +856,8 @@ CASES = [
     ("train hf-mamba2 1.3b b8x1024", "case_train", ["hf-mamba2", "1.3b", 8, 1024], {}),
     ("train ours-triton-graphed 1.3b b8x1024", "case_train", ["ours", "1.3b", 8, 1024],
      {"backend": "triton", "graphed": True}),
+    ("train ours-triton-graphed-autogradacc 1.3b b8x1024", "case_train", ["ours", "1.3b", 8, 1024],
+     {"backend": "triton", "graphed": True, "grad_into_params": False}),
     ("profile train-graphed 1.3b b8x1024", "case_train", ["ours", "1.3b", 8, 1024],
      {"backend": "triton", "graphed": True, "profile": True}),
     ("profile train-graphed 130m b16x1024", "case_train", ["ours", "130m", 16, 1024],

@@ -28,4 +28,5 @@ CASE_TIMEOUT=${CASE_TIMEOUT:-240} timeout ${BENCH_TIMEOUT:-420} python3 bench/gp
   | grep -v '^RESULT ' | tee "$OUT/bench.log" | tail -40
 # in parts under the 16 MiB a returned file may have; copy them into .tcache-parts/ (git-ignored)
 # and carry that folder next time: the peer's autotuning then costs nothing
-tar czf - .tcache 2>/dev/null | split -b 15m - "$OUT/tcache.tgz.part"; ls -la "$OUT"
+# (RETURN_TCACHE=0: not this time; a call returns at most 8 files, and the logs come first)
+[ "${RETURN_TCACHE:-1}" = 1 ] && tar czf - .tcache 2>/dev/null | split -b 15m - "$OUT/tcache.tgz.part"; ls -la "$OUT"

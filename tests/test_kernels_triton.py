@@ -267,6 +267,19 @@ def test_add_rmsnorm(res_dtype, w_dtype):
     assert y.dtype == y_r.dtype == w_dtype and rel(y, y_r) < tol
 
 
+@pytest.mark.parametrize("shape", [(37, 70), (5, 3, 33), (64, 4096 + 1)])
+def test_sum_rows(shape):
+    """The partial-row sum of the weight gradients, at row and column counts that its blocks do
+    not divide, against torch's sum (fp32 and stored in bf16)."""
+    from biomamba.kernels.triton.common import sum_rows
+
+    part = torch.randn(*shape, device=DEV)
+    for dtype in (torch.float32, torch.bfloat16):
+        got = sum_rows(part, dtype)
+        assert got.shape == shape[1:] and got.dtype == dtype
+        assert rel(got, part.sum(0).to(dtype)) < (1e-6 if dtype == torch.float32 else 1e-2)
+
+
 @pytest.mark.parametrize("w_dtype", [torch.float32, torch.bfloat16])
 def test_add_rmsnorm_gradients(w_dtype):
     """The training join (bf16 block output + fp32 residual stream, under autocast): the normed sum

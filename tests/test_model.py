@@ -110,6 +110,36 @@ def test_every_parameter_gets_gradient_and_a_step_lowers_loss(preset):
     assert (loss_sum / n) < first
 
 
+@pytest.mark.parametrize("preset", ["tiny", "tiny-mamba1"])
+@pytest.mark.parametrize("autocast", [False, True])
+def test_grad_into_params_matches_autograd(preset, autocast):
+    """The projections' weight gradients accumulated into .grad by their GEMMs (the single-device
+    trainer's setting) against autograd's own accumulation, over two micro-batches: the same
+    gradients (bf16 autocast: within bf16 rounding, as the GPU's GEMM keeps its fp32 sum), and
+    the second micro-batch adds into the first one's .grad tensor, as a captured CUDA graph needs."""
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(0)
+    ref = randomize_weights(MambaLM(model_preset(preset, vocab_size=300))).to(dev)
+    fused = MambaLM(model_preset(preset, vocab_size=300)).to(dev)
+    fused.load_state_dict(ref.state_dict())
+    fused.set_grad_into_params(True)
+    batches = [torch.randint(0, 300, (2, 19), device=dev) for _ in range(2)]
+    first_grad = {}
+    for model in (ref, fused):
+        for i, ids in enumerate(batches):
+            with torch.autocast(dev, dtype=torch.bfloat16, enabled=autocast):
+                loss, n = model.loss(ids, ids.roll(-1, 1))
+            (loss / n).backward()
+            if i == 0 and model is fused:
+                first_grad = {name: p.grad for name, p in model.named_parameters()}
+    tol = 2e-2 if autocast else 1e-5
+    for (name, p), (_, q) in zip(ref.named_parameters(), fused.named_parameters()):
+        assert q.grad is not None and q.grad.dtype == p.dtype, name
+        assert max_rel_err(q.grad, p.grad) < tol, name
+        if name.endswith(("in_proj.weight", "out_proj.weight")):
+            assert q.grad is first_grad[name], f"{name}: the second micro-batch replaced .grad"
+
+
 def test_loss_equals_cross_entropy_of_logits():
     model = randomize_weights(MambaLM(model_preset("tiny"))).eval()
     ids = torch.randint(0, 50277, (2, 21))

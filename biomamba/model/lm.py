@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from biomamba.kernels import get_kernels, resolve_backend_name
 from biomamba.model.config import ModelConfig
+from biomamba.model.linear import Linear
 from biomamba.model.mamba1 import Mamba1Mixer
 from biomamba.model.mamba2 import Mamba2Mixer
 
@@ -118,6 +119,15 @@ class MambaLM(nn.Module):
             if isinstance(module, (RMSNorm, Mamba2Mixer, Mamba1Mixer)):
                 module.kernels = kernels
         self.backend_name = resolved
+        return self
+
+    def set_grad_into_params(self, on: bool = True) -> "MambaLM":
+        """Accumulate the mixers' projection weight gradients into ``.grad`` inside their GEMMs
+        (``biomamba.model.linear``): single-device training only, as DDP / FSDP hook autograd's
+        accumulation, which this bypasses."""
+        for module in self.modules():
+            if isinstance(module, Linear):
+                module.grad_into_param = on
         return self
 
     @property

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from biomamba.kernels import get_kernels
 from biomamba.model.config import ModelConfig
+from biomamba.model.linear import Linear
 from biomamba.model.mamba2 import init_dt_bias
 
 
@@ -29,7 +30,7 @@ class Mamba1Mixer(nn.Module):
         super().__init__()
         self.cfg = cfg
         di, n, r = cfg.d_inner, cfg.d_state, cfg.resolved_dt_rank
-        self.in_proj = nn.Linear(cfg.d_model, 2 * di, bias=cfg.proj_bias)
+        self.in_proj = Linear(cfg.d_model, 2 * di, bias=cfg.proj_bias)
         self.conv1d = nn.Conv1d(di, di, cfg.d_conv, groups=di, padding=cfg.d_conv - 1, bias=cfg.conv_bias)
         self.x_proj = nn.Linear(di, r + 2 * n, bias=False)
         self.dt_proj = nn.Linear(r, di, bias=True)
@@ -38,7 +39,7 @@ class Mamba1Mixer(nn.Module):
             self.dt_proj.bias.copy_(init_dt_bias(di, cfg))
         self.A_log = nn.Parameter(torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(di, 1))
         self.D = nn.Parameter(torch.ones(di))
-        self.out_proj = nn.Linear(di, cfg.d_model, bias=cfg.proj_bias)
+        self.out_proj = Linear(di, cfg.d_model, bias=cfg.proj_bias)
         self.kernels = get_kernels("torch")
 
     def _ssm_inputs(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:

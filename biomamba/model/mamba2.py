@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from biomamba.kernels import get_kernels
 from biomamba.kernels.reference import split_zxbcdt
 from biomamba.model.config import ModelConfig
+from biomamba.model.linear import Linear
 
 
 @dataclass
@@ -54,14 +55,14 @@ class Mamba2Mixer(nn.Module):
         super().__init__()
         self.cfg = cfg
         di, g, n, h = cfg.d_inner, cfg.ngroups, cfg.d_state, cfg.nheads
-        self.in_proj = nn.Linear(cfg.d_model, 2 * di + 2 * g * n + h, bias=cfg.proj_bias)
+        self.in_proj = Linear(cfg.d_model, 2 * di + 2 * g * n + h, bias=cfg.proj_bias)
         self.conv1d = nn.Conv1d(cfg.conv_dim, cfg.conv_dim, cfg.d_conv, groups=cfg.conv_dim,
                                 padding=cfg.d_conv - 1, bias=cfg.conv_bias)
         self.dt_bias = nn.Parameter(init_dt_bias(h, cfg))
         self.A_log = nn.Parameter(torch.log(torch.empty(h).uniform_(1, 16)))
         self.D = nn.Parameter(torch.ones(h))
         self.norm = GatedRMSNorm(di)
-        self.out_proj = nn.Linear(di, cfg.d_model, bias=cfg.proj_bias)
+        self.out_proj = Linear(di, cfg.d_model, bias=cfg.proj_bias)
         self.kernels = get_kernels("torch")
         self._decay_key: tuple[int, int] | None = None  # what ``_decay_rates`` last computed from
 

@@ -141,6 +141,8 @@ class Trainer:
         self.loss_module = LossModule(self.model, objective)
         param_dtype = torch.bfloat16 if (strategy == "fsdp" and precision == "bf16") else None
         self.wrapped = wrap_model(self.loss_module, self.model.backbone.layers, strategy, info, param_dtype)
+        if self.wrapped is self.loss_module and hasattr(self.model, "set_grad_into_params"):
+            self.model.set_grad_into_params(info.device.type == "cuda")  # no reducer to bypass
 
         o = recipe.optim
         mcfg = self.model.config

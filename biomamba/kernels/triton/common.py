@@ -1,5 +1,6 @@
-"""Helpers the kernels share: matrix products that survive the CPU interpreter, and alignment
-hints for row offsets whose divisibility Triton cannot prove by itself.
+"""Helpers the kernels share: matrix products that survive the CPU interpreter, alignment hints
+for row offsets whose divisibility Triton cannot prove by itself, and the sum of a kernel's
+per-program partial rows.
 
 Alignment: Triton vectorises a tile load (8 bf16 at a time, PTX ld.global.v4.b32) only when it can prove
 that each row starts on a 16-byte boundary. It learns that from integer arguments divisible by
@@ -57,3 +58,27 @@ def row_divisor(*strides: int) -> int:
     while v > 1 and any(s % v for s in strides):
         v //= 2
     return v
+
+
+@triton.jit
+def _sum_rows_kernel(x_ptr, y_ptr, R, C, BR: tl.constexpr, BC: tl.constexpr):
+    cols = tl.program_id(0) * BC + tl.arange(0, BC)
+    cm = cols < C
+    acc = tl.zeros((BR, BC), dtype=tl.float32)
+    for r0 in range(0, R, BR):
+        rows = r0 + tl.arange(0, BR)
+        acc += tl.load(x_ptr + rows[:, None] * C + cols[None, :], mask=(rows < R)[:, None] & cm[None, :], other=0.0)
+    tl.store(y_ptr + cols, tl.sum(acc, 0).to(y_ptr.dtype.element_ty), mask=cm)
+
+
+def sum_rows(part: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Σ over the rows of ``part`` (R, …; fp32, contiguous), in ``dtype``: the weight gradients'
+    partial rows (one a program). torch's sum over the first dim of a (512, 4,096) fp32 tensor took
+    19 µs on an H200 (session 9 profile, 97 a 1.3B step); this reads it in column blocks, in a
+    fixed order (deterministic)."""
+    R = part.shape[0]
+    out = torch.empty(part.shape[1:], device=part.device, dtype=dtype)
+    C = out.numel()
+    BC = 64 if C >= 4096 else 32
+    _sum_rows_kernel[(triton.cdiv(C, BC),)](part, out, R, C, BR=32, BC=BC, num_warps=4)
+    return out

@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from biomamba.kernels.triton.common import last_unit, row_divisor, row_offsets
+from biomamba.kernels.triton.common import last_unit, row_divisor, row_offsets, sum_rows
 
 
 @triton.jit
@@ -280,9 +280,9 @@ def conv_bwd(dy: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None, seq_idx
     else:
         _conv_bwd_kernel[(b, nl, triton.cdiv(D, BD))](*args, K=K, **flags)
     # (D, K) contiguous, as the op's fake implementation promises (Inductor asserts the strides)
-    dw = dw_part.sum(0).t().to(weight.dtype).contiguous()
+    dw = sum_rows(dw_part, weight.dtype).t().contiguous()
     # without a bias its gradient is not wanted (autograd gets None): an unfilled placeholder
-    db = db_part.sum(0).to(bias.dtype) if bias is not None else weight.new_empty(D)
+    db = sum_rows(db_part, bias.dtype) if bias is not None else weight.new_empty(D)
     return dx, dw, db
 
 

@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from biomamba.kernels.triton.common import last_unit, row_divisor, row_offsets
+from biomamba.kernels.triton.common import last_unit, row_divisor, row_offsets, sum_rows
 
 
 @triton.jit
@@ -231,7 +231,7 @@ def _launch_bwd(dy: Tensor, x2: Tensor, z2: Tensor | None, weight: Tensor, rstd:
         DV=row_divisor(dy2.stride(0)), PREFETCH=BWD_LAUNCH["prefetch"],
         num_warps=BWD_LAUNCH["warps"] or _bwd_warps(BG),
         **({} if BWD_LAUNCH["stages"] is None else {"num_stages": BWD_LAUNCH["stages"]}))
-    return dw_part.sum(0).to(weight.dtype)
+    return sum_rows(dw_part, weight.dtype)
 
 
 def norm_bwd(dy: Tensor, x: Tensor, z: Tensor | None, weight: Tensor, rstd: Tensor,
