@@ -372,9 +372,9 @@ def case_train(kind: str, size: str, bsz: int, seqlen: int, backend: str = "torc
     loss_fn = torch.compile(fwd_loss, mode=compile_mode) if compile_ else fwd_loss
     if graphed:  # the trainer's CUDA-graph micro-step (biomamba.train.cuda_graph)
         from biomamba.train.cuda_graph import MicroStepGraphs
+        from biomamba.train.objective import CausalLMObjective, LossModule
 
         model.set_grad_into_params(grad_into_params)  # as the single-device trainer does
-        from biomamba.train.objective import CausalLMObjective, LossModule
 
         graphs = MicroStepGraphs(LossModule(model, CausalLMObjective()), list(model.parameters()),
                                  torch.device("cuda"), torch.bfloat16)

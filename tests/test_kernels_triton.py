@@ -12,6 +12,7 @@ import os
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 CUDA = torch.cuda.is_available() and not INTERPRET
@@ -646,6 +647,32 @@ CORE_CASES = [(dt, g) for dt in (torch.float32, torch.bfloat16) for g in (1, 2)]
     [(torch.float32, 1), (torch.bfloat16, 2)]
 
 
+class _SeenOps(TorchDispatchMode):
+    """Records the aten ops that run inside it (what a backward launched)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.seen.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def _core_inputs(ngroups: int, l: int, gen: torch.Generator) -> tuple[torch.Tensor, list, dict]:
+    """The mixer op's inputs at SSD_SHAPE: in_proj's output, [conv weight, conv bias, A, D,
+    dt_bias, norm weight], and its keyword arguments."""
+    s = SSD_SHAPE
+    b, h, p, n, T = s["b"], s["h"], s["p"], s["n"], s["T"]
+    di, gn = h * p, ngroups * n
+    r = lambda *shape: torch.randn(*shape, generator=gen)  # noqa: E731
+    zxbcdt = torch.cat([r(b, l, 2 * di + 2 * gn), r(b, l, h) * 0.5 - 1.0], -1)
+    params = [r(di + 2 * gn, 4) * 0.5, r(di + 2 * gn) * 0.1, -torch.rand(h, generator=gen) * 4 - 0.2, r(h),
+              r(h) * 0.3, 1 + 0.1 * r(di)]
+    kw = dict(d_inner=di, ngroups=ngroups, d_state=n, headdim=p, chunk_size=T, dt_limit=(0.0, 4.0), eps=1e-5)
+    return zxbcdt, params, kw
+
+
 @pytest.mark.parametrize("dtype,ngroups", CORE_CASES)
 def test_mamba2_core_one_op_matches_the_composed_ops(dtype, ngroups):
     """The mixer between its projections as one op (conv → SSD → gated norm, from in_proj's output)
@@ -653,28 +680,10 @@ def test_mamba2_core_one_op_matches_the_composed_ops(dtype, ngroups):
     and a final-state gradient. Its backward writes in_proj's output gradient into one buffer: no
     concatenation runs (the composed ops' backward has two); and it reads the SSD's Δ, CB and chunk
     states that its forward kept, where the composed SSD backward recomputes them."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Ops(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.seen = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.seen.append(str(func))
-            return func(*args, **(kwargs or {}))
-
-    s = SSD_SHAPE
-    b, h, p, n, T, l = s["b"], s["h"], s["p"], s["n"], s["T"], s["lengths"][1]
-    di, gn = h * p, ngroups * n
     gen = torch.Generator().manual_seed(torch.seed() % 2**31)
-    r = lambda *shape: torch.randn(*shape, generator=gen)  # noqa: E731
-    zxbcdt = torch.cat([r(b, l, 2 * di + 2 * gn), r(b, l, h) * 0.5 - 1.0], -1)
-    params = [r(di + 2 * gn, 4) * 0.5, r(di + 2 * gn) * 0.1, -torch.rand(h, generator=gen) * 4 - 0.2, r(h),
-              r(h) * 0.3, 1 + 0.1 * r(di)]  # conv weight, conv bias, A, D, dt_bias, norm weight
-    seq = seq_ids(b, l, gen)
-    kw = dict(d_inner=di, ngroups=ngroups, d_state=n, headdim=p, chunk_size=T, dt_limit=(0.0, 4.0), eps=1e-5,
-              seq_idx=seq)
+    l = SSD_SHAPE["lengths"][1]
+    zxbcdt, params, kw = _core_inputs(ngroups, l, gen)
+    kw["seq_idx"] = seq_ids(SSD_SHAPE["b"], l, gen)
     composed = R.compose_mamba2_core(K.causal_conv1d, K.ssd_scan, K.gated_rmsnorm)
     results = []
     for fn in (K.mamba2_core, composed):
@@ -683,7 +692,7 @@ def test_mamba2_core_one_op_matches_the_composed_ops(dtype, ngroups):
         gen.manual_seed(1234)  # both calls draw the same output gradients
         dout = torch.randn(out.shape, generator=gen).to(DEV, out.dtype)
         dfinal = torch.randn(final.shape, generator=gen).to(DEV)
-        with Ops() as ops:
+        with _SeenOps() as ops:
             torch.autograd.backward([out, final], [dout, dfinal])
         results.append((out, final, ins, [op for op in ops.seen if "cat" in op]))
     (out, final, ins, cats), (out_r, final_r, ins_r, cats_r) = results
@@ -697,32 +706,14 @@ def test_mamba2_core_backward_makes_no_zero_gradients():
     """The mixer op's outputs kept for its backward (and an unused final state) get no gradient
     tensor: autograd used to fill one with zeros for each, 2.8 ms of a 1.3B training step. The
     backward without a final-state gradient equals the one given an explicit zero gradient."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Ops(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.seen = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.seen.append(str(func))
-            return func(*args, **(kwargs or {}))
-
-    s = SSD_SHAPE
-    b, h, p, n, T, l = s["b"], s["h"], s["p"], s["n"], s["T"], s["lengths"][0]
-    di = h * p
     gen = torch.Generator().manual_seed(torch.seed() % 2**31)
-    r = lambda *shape: torch.randn(*shape, generator=gen)  # noqa: E731
-    zxbcdt = torch.cat([r(b, l, 2 * di + 2 * n), r(b, l, h) * 0.5 - 1.0], -1)
-    params = [r(di + 2 * n, 4) * 0.5, r(di + 2 * n) * 0.1, -torch.rand(h, generator=gen) * 4 - 0.2, r(h),
-              r(h) * 0.3, 1 + 0.1 * r(di)]
-    kw = dict(d_inner=di, ngroups=1, d_state=n, headdim=p, chunk_size=T, dt_limit=(0.0, 4.0), eps=1e-5)
-    dout = r(b, l, di).to(DEV)
+    zxbcdt, params, kw = _core_inputs(1, SSD_SHAPE["lengths"][0], gen)
+    dout = torch.randn(*zxbcdt.shape[:2], kw["d_inner"], generator=gen).to(DEV)
     grads = []
     for explicit_zero in (False, True):
         ins = leaves(zxbcdt, *params)
         out, final = K.mamba2_core(*ins, **kw)
-        with Ops() as ops:
+        with _SeenOps() as ops:
             if explicit_zero:
                 torch.autograd.backward([out, final], [dout, torch.zeros_like(final)])
             else:
