@@ -323,12 +323,19 @@ def case_profile_train(size: str = "130m", bsz: int = 16, seqlen: int = 1024, ki
 
 # ---- models ---------------------------------------------------------------------------------------
 
-def build(kind: str, size: str, backend: str = "torch"):
+def build(kind: str, size: str, backend: str = "torch", chunk_size: int | None = None):
+    """The model of ``kind`` at ``size``, random init; ours with its SSD chunk length set to
+    ``chunk_size`` when given (the same function of the inputs: only the kernels' blocking changes)."""
     import torch
     d, n = SIZES[size]
     if kind == "ours":
+        import dataclasses
+
         from biomamba.model import MambaLM, model_preset
-        return MambaLM(model_preset(size), backend="torch").cuda().set_backend(backend)
+        cfg = model_preset(size)
+        if chunk_size is not None:
+            cfg = dataclasses.replace(cfg, chunk_size=chunk_size)
+        return MambaLM(cfg, backend="torch").cuda().set_backend(backend)
     if kind == "hf-mamba2":
         from transformers import Mamba2Config, Mamba2ForCausalLM
         cfg = Mamba2Config(vocab_size=VOCAB, hidden_size=d, num_hidden_layers=n, state_size=128, head_dim=64,
@@ -346,14 +353,15 @@ def build(kind: str, size: str, backend: str = "torch"):
 
 def case_train(kind: str, size: str, bsz: int, seqlen: int, backend: str = "torch", compile_: bool = False,
                steps: int = 8, compile_mode: str | None = None, graphed: bool = False, profile: bool = False,
-               grad_into_params: bool = True) -> dict:
+               grad_into_params: bool = True, chunk_size: int | None = None) -> dict:
     """Training steps on random tokens. ``compile_`` wraps the loss in torch.compile (``compile_mode``
     e.g. "reduce-overhead" for its CUDA graphs); ``graphed`` (ours) replays forward + backward from
     the trainer's CUDA graph (the optimizer step stays eager). Peak memory is the steady state's;
-    for ``graphed`` it counts from the capture, where the graph's memory is allocated."""
+    for ``graphed`` it counts from the capture, where the graph's memory is allocated.
+    ``chunk_size``: ours with that SSD chunk length (``build``)."""
     import torch
     torch.manual_seed(0)
-    model = build(kind, size, backend)
+    model = build(kind, size, backend, chunk_size)
     nparams = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     x = torch.randint(0, VOCAB - 16, (bsz, seqlen), device="cuda")
@@ -665,9 +673,12 @@ def case_sweep_gemv() -> None:
 # the PW kernel's options (session 7 call 2: 8 warps slower, dcdb_BK 32 faster) and the dC / dB split
 # apart from PW's (session 8 call 1: 256 programs faster than 512 and 128). These: the PW split (1,024
 # programs faster at 1.3B in session 8 call 2, not measured at 130M with 256 dC/dB programs), the PW
-# kernel's register cap, and the defaults before session 8.
-SSD_BWD_VARIANTS = [dict(), dict(pw_maxnreg=None), dict(pw_max_heads=None), dict(pw_max_heads=12),
-                    dict(dx_maxnreg=160), dict(dx_maxnreg=184)]
+# kernel's register cap, and the defaults before session 8. Session 9: PW capped at 168, at most 24
+# heads a program, dx at 168 (160 and 184 slower). These: the dx kernel with one product a step
+# (session 10: the log-decay gradient's column part moved to PW) uncapped, capped lower, wider,
+# with 8 warps; PW (one more reduction) at a higher cap.
+SSD_BWD_VARIANTS = [dict(), dict(dx_maxnreg=None), dict(dx_maxnreg=128), dict(BK=64), dict(dx_warps=8),
+                    dict(pw_maxnreg=192)]
 
 
 def case_sweep_ssd_bwd(size: str = "130m") -> None:
@@ -829,6 +840,8 @@ CASES = [
      {"backend": "triton", "graphed": True}),
     ("train ours-triton-graphed-autogradacc 130m b16x1024", "case_train", ["ours", "130m", 16, 1024],
      {"backend": "triton", "graphed": True, "grad_into_params": False}),
+    ("train ours-triton-graphed-chunk128 130m b16x1024", "case_train", ["ours", "130m", 16, 1024],
+     {"backend": "triton", "graphed": True, "chunk_size": 128}),
     ("recipe 130m graphs", "case_recipe", ["130m", 100, 32, "true"], {}),
     ("recipe 130m eager", "case_recipe", ["130m", 100, 32, "false"], {}),
     ("recipe 1.3b graphs", "case_recipe", ["1.3b", 30, 16, "true"], {}),
@@ -858,6 +871,8 @@ CASES = [
      {"backend": "triton", "graphed": True}),
     ("train ours-triton-graphed-autogradacc 1.3b b8x1024", "case_train", ["ours", "1.3b", 8, 1024],
      {"backend": "triton", "graphed": True, "grad_into_params": False}),
+    ("train ours-triton-graphed-chunk128 1.3b b8x1024", "case_train", ["ours", "1.3b", 8, 1024],
+     {"backend": "triton", "graphed": True, "chunk_size": 128}),
     ("profile train-graphed 1.3b b8x1024", "case_train", ["ours", "1.3b", 8, 1024],
      {"backend": "triton", "graphed": True, "profile": True}),
     ("profile train-graphed 130m b16x1024", "case_train", ["ours", "130m", 16, 1024],

@@ -728,11 +728,12 @@ def test_mamba2_core_backward_makes_no_zero_gradients():
 
 def test_ssd_scan_bf16_log_decay_gradient_at_a_wide_chunk():
     """dA in bf16 at a 64-wide chunk and 64 channels a head, the median over three fresh draws:
-    the log-decay gradient's column part (dx kernel) and row part (dC kernel) nearly cancel, so
-    rounding the dx kernel's weights to bf16 once put dA off by 12-30 % here (and 25 % on the GPU
-    at the test shape), where the fp32-exact weights give 0.1-3 % (12 seeds: 0.08-3.3 %, two
-    above 2 %; hence the bound of 5 %). The tiny shapes above cannot see it: their sums are too
-    short."""
+    the log-decay gradient's column and row parts nearly cancel, so taking the column part from
+    the dx kernel's product with bf16-rounded weights put dA off by 12-30 % here (and 25 % on the
+    GPU at the test shape), where both parts summed from the same fp32 products (the PW kernel,
+    since session 10; before, a second bf16 product of the weights' rounding error) give 0.1-3 %
+    (12 seeds: 0.08-3.3 %, two above 2 %; hence the bound of 5 %). The tiny shapes above cannot
+    see it: their sums are too short."""
     b, h, p, n, T, l = 1, 2, 64, 32, 64, 128
     gen = torch.Generator().manual_seed(torch.seed() % 2**31)
     errors = []

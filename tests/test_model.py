@@ -140,6 +140,58 @@ def test_grad_into_params_matches_autograd(preset, autocast):
             assert q.grad is first_grad[name], f"{name}: the second micro-batch replaced .grad"
 
 
+@pytest.mark.parametrize("autocast", [False, True])
+def test_writing_grads_replaces_what_grad_held(autocast):
+    """Inside writing_grads the projections' GEMMs write .grad (into the same tensor) instead of
+    adding: after a stale micro-batch, the gradients of a second one alone; a weight used twice in
+    one forward gets the sum of both uses (one write, then an add); outside, they add again."""
+    from biomamba.model.linear import Linear, writing_grads
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(0)
+    ref = randomize_weights(MambaLM(model_preset("tiny", vocab_size=300))).to(dev)
+    fused = MambaLM(model_preset("tiny", vocab_size=300)).to(dev)
+    fused.load_state_dict(ref.state_dict())
+    fused.set_grad_into_params(True)
+    stale, ids = (torch.randint(0, 300, (2, 19), device=dev) for _ in range(2))
+
+    def backward(model, batch):
+        with torch.autocast(dev, dtype=torch.bfloat16, enabled=autocast):
+            loss, n = model.loss(batch, batch.roll(-1, 1))
+        (loss / n).backward()
+
+    backward(ref, ids)
+    backward(fused, stale)
+    projections = {name: p for name, p in fused.named_parameters()
+                   if name.endswith(("in_proj.weight", "out_proj.weight"))}
+    held = {name: p.grad for name, p in projections.items()}
+    for name, p in fused.named_parameters():
+        if name not in projections:
+            p.grad = None
+    with writing_grads() as written:
+        backward(fused, ids)
+    assert written == set(projections.values())
+    tol = 2e-2 if autocast else 1e-5
+    for (name, p), (_, q) in zip(ref.named_parameters(), fused.named_parameters()):
+        assert max_rel_err(q.grad, p.grad) < tol, name
+        if name in projections:
+            assert q.grad is held[name], name
+    lin = Linear(8, 8, bias=False).to(dev)
+    lin.grad_into_param = True
+    x = torch.randn(3, 8, device=dev)
+    want = torch.autograd.grad(torch.nn.functional.linear(torch.nn.functional.linear(x, lin.weight), lin.weight).sum(),
+                               lin.weight)[0]
+    lin.weight.grad = torch.full_like(lin.weight, 7.0)
+    with writing_grads():
+        lin(lin(x)).sum().backward()
+        with pytest.raises(RuntimeError, match="nest"):
+            with writing_grads():
+                pass
+    assert max_rel_err(lin.weight.grad, want) < 1e-5
+    lin(lin(x)).sum().backward()
+    assert max_rel_err(lin.weight.grad, 2 * want) < 1e-5
+
+
 def test_loss_equals_cross_entropy_of_logits():
     model = randomize_weights(MambaLM(model_preset("tiny"))).eval()
     ids = torch.randint(0, 50277, (2, 21))

@@ -72,6 +72,51 @@ def test_replays_accumulate_like_eager(dtype):
         assert err < 1e-5, (n, err)
 
 
+def test_first_micro_step_writes_the_projection_grads():
+    """With the projections' GEMMs writing into .grad (the single-device trainer's setting),
+    zero_grads leaves their gradients stale and the next step's first replay writes them: over
+    three optimizer-step cycles (one and two micro-batches, then a first micro-batch of a shape
+    without a graph, which must find them zeroed) each step's gradients equal the eager ones
+    of that step's batches alone."""
+    from biomamba.train.cuda_graph import MicroStepGraphs
+    from biomamba.train.objective import CausalLMObjective, LossModule
+
+    steps = [[_batch(2, 48, 1)], [_batch(2, 48, 2), _batch(2, 48, 3)], [_batch(3, 40, 4), _batch(2, 48, 5)]]
+    results = []
+    for graphed in (False, True):
+        model = _model().set_grad_into_params(True)
+        module = LossModule(model, CausalLMObjective())
+        graphs = MicroStepGraphs(module, list(model.parameters()), torch.device("cuda"), torch.bfloat16,
+                                 max_graphs=1, log=lambda s: None)
+        per_step = []
+        for batches in steps:
+            if graphed:
+                graphs.prepare(batches)
+            for batch in batches:
+                ls = graphs.run(batch, 0.5) if graphed else None
+                if ls is None:
+                    dev = {k: v.cuda() for k, v in batch.items()}
+                    with torch.autocast("cuda", dtype=torch.bfloat16):
+                        ls, _ = module(dev["input_ids"], dev["seq_idx"], dev["targets"])
+                    (ls * 0.5).backward()
+            per_step.append(_grads(model))
+            if graphed:
+                graphs.zero_grads()
+                if batches is steps[0]:
+                    stale = [p for p in graphs.stale if p.grad.abs().sum() > 0]
+                    assert stale and all(n.endswith("proj.weight") for n, p in model.named_parameters()
+                                         if any(p is q for q in stale))
+            else:
+                model.zero_grad(set_to_none=False)
+        results.append(per_step)
+    assert graphs.eager_micro_steps == 1
+    for k, (eager, graph) in enumerate(zip(*results)):
+        assert eager.keys() == graph.keys()
+        for n in eager:
+            err = ((graph[n] - eager[n]).norm() / eager[n].norm().clamp_min(1e-30)).item()
+            assert err < 1e-5, (k, n, err)
+
+
 def test_trainer_with_graphs_matches_eager(tmp_path_factory, tmp_path):
     """The whole trainer (accumulation 2, clipping, EMA, packed documents), graphs on and off:
     the same loss and gradient norm step by step (the norm is what a doubled or overwritten

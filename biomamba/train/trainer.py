@@ -327,7 +327,7 @@ class Trainer:
                     raise
                 self.log(f"WARNING: capturing the micro-step as a CUDA graph failed ({type(err).__name__}: {err}); "
                          f"training eagerly (train.cuda_graph=false hides this)")
-                self.graphs.zero_grads()
+                self.graphs.zero_all_grads()
                 self.graphs = None
         for k, batch in enumerate(micro_batches):
             ls = self.graphs.run(self._pinned(batch), scale) if self.graphs is not None else None
@@ -362,7 +362,7 @@ class Trainer:
             self.log(f"step {self.step + 1}: non-finite loss {loss} / grad norm {grad_norm}: update skipped "
                      f"({self.nonfinite_in_a_row} in a row, {self.skipped} in all)")
         if self.graphs is not None:
-            self.graphs.zero_grads()  # in place: the captured backward adds into these buffers
+            self.graphs.zero_grads()  # in place (the captured backward adds into them), or left to be written
         else:
             self.optimizer.zero_grad(set_to_none=True)
         self.step += 1

@@ -231,7 +231,7 @@ def _(zxbcdt, conv_weight, conv_bias, A, D, dt_bias, norm_weight, seq_idx, d_inn
             zxbcdt.new_empty((b * l, ngroups), **f32), zxbcdt.new_empty((b, h, nc * chunk_size), **f32),
             zxbcdt.new_empty((b, h, nc * chunk_size), **f32),
             zxbcdt.new_empty((b, nc, ngroups, chunk_size, chunk_size), **f32),
-            zxbcdt.new_empty((b, nc, h, headdim, d_state), **f32))
+            zxbcdt.new_empty((b, nc, h, headdim, d_state)))  # ssd.state_dtype: x, B, C share zxbcdt's
 
 
 @torch.library.custom_op(f"{lib}::mamba2_core_bwd", mutates_args=())

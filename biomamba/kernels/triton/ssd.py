@@ -158,7 +158,7 @@ def _state_pass_kernel(z_ptr, acs_ptr, seq_ptr, init_ptr, starts_ptr, final_ptr,
         doc = tl.load(seq_ptr + pb * ssb)
     for c in range(NC):
         off = ((pb * NC + c) * H + h) * PN + e
-        tl.store(starts_ptr + off, st, mask=em)
+        tl.store(starts_ptr + off, st.to(starts_ptr.dtype.element_ty), mask=em)
         carry = tl.exp(tl.load(acs_ptr + (pb * H + h) * (NC * T) + c * T + T - 1))
         if HAS_SEQ:
             end_doc = tl.load(seq_ptr + pb * ssb + (tl.minimum(c * T + T, L) - 1) * ssl)
@@ -185,13 +185,13 @@ def _state_pass_bwd_kernel(e_ptr, starts_ptr, acs_ptr, seq_ptr, dfinal_ptr, dz_p
     for ci in range(NC):
         c = NC - 1 - ci
         off = ((pb * NC + c) * H + h) * PN + e
-        tl.store(dz_ptr + off, gst, mask=em)
+        tl.store(dz_ptr + off, gst.to(dz_ptr.dtype.element_ty), mask=em)
         gam = tl.exp(tl.load(acs_ptr + (pb * H + h) * (NC * T) + c * T + T - 1))
         if HAS_SEQ:
             end_doc = tl.load(seq_ptr + pb * ssb + (tl.minimum(c * T + T, L) - 1) * ssl)
             prev_doc = tl.load(seq_ptr + pb * ssb + tl.maximum(c * T - 1, 0) * ssl)
             gam = tl.where(end_doc == prev_doc, gam, 0.0)
-        s = tl.load(starts_ptr + off, mask=em, other=0.0)
+        s = tl.load(starts_ptr + off, mask=em, other=0.0).to(tl.float32)
         tl.store(dgam_ptr + ((pb * H + h) * NC + c) * NBLK + blk, gam * tl.sum(gst * s, 0))
         gst = tl.load(e_ptr + off, mask=em, other=0.0) + gam * gst
     tl.store(dinit_ptr + (pb * H + h) * PN + e, gst, mask=em)
@@ -262,7 +262,7 @@ def _out_kernel(x_ptr, B_ptr, C_ptr, cb_ptr, delta_ptr, acs_ptr, seq_ptr, starts
 
 @triton.jit
 def _bwd_dx_kernel(x_ptr, B_ptr, cb_ptr, dy_ptr, delta_ptr, acs_ptr, seq_ptr, dz_ptr, D_ptr,
-                   dx_ptr, ddt_ptr, dda_ptr, q_ptr, dd_ptr,
+                   dx_ptr, ddt_ptr, q_ptr, dd_ptr,
                    L, H, G, P, N, NC, sxb, sxl, sxh, sbb, sbl, sbg, sdyb, sdyl, sdyh, ssb, ssl, sob, sol, soh,
                    HAS_SEQ: tl.constexpr, HAS_D: tl.constexpr, T: tl.constexpr, BM: tl.constexpr,
                    BK: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, IP: tl.constexpr):
@@ -301,9 +301,10 @@ def _bwd_dx_kernel(x_ptr, B_ptr, cb_ptr, dy_ptr, delta_ptr, acs_ptr, seq_ptr, dz
     x_ptrs = x_ptr + pb * sxb + sg[:, None] * sxl + h * sxh + p[None, :]
     xmask = sm[:, None] & pmask[None, :]
     q = d_s * tl.sum(tl.load(x_ptrs, mask=xmask, other=0.0).to(tl.float32) * acc, 1)
-    # within the chunk: dX_s += Σ_{t≥s} w_st dy_t, w_st = (C_t·B_s) e^{a_t−a_s}. The column part of
-    # the log-decay gradient, Σ_t w_st (x_s·dy_t), is x_s times this sum, so it comes out of x_s·dX_s
-    # below: no product with x_s in the loop
+    # within the chunk: dX_s += Σ_{t≥s} w_st dy_t, w_st = (C_t·B_s) e^{a_t−a_s}, w rounded to bf16 once
+    # (as any bf16 GEMM input). The column part of the log-decay gradient, Δ_s Σ_t w_st (x_s·dy_t),
+    # is not taken from this sum: it nearly cancels the row part, so both come from the PW kernel's
+    # fp32 products (with w rounded here, dA was off by 25 % at the GPU test shape)
     cbase = cb_ptr + ((pb * NC + pc) * G + g) * T * T
     for k0 in range(pm * BM, T, BK):
         t = k0 + tl.arange(0, BK)
@@ -318,15 +319,9 @@ def _bwd_dx_kernel(x_ptr, B_ptr, cb_ptr, dy_ptr, delta_ptr, acs_ptr, seq_ptr, dz
         w = tl.where(keep, cbT * tl.exp(a_t[None, :] - a_s[:, None]), 0.0)
         dy_t = tl.load(dy_ptr + pb * sdyb + tg[:, None] * sdyl + h * sdyh + p[None, :],
                        mask=tm[:, None] & pmask[None, :], other=0.0)
-        w_hi = w.to(dy_t.dtype)
-        acc += dot(w_hi, dy_t, IP)
-        if dy_t.dtype != tl.float32:
-            # and w's rounding error as a second part (w_hi + w_lo hold ~16 bits of w against 8):
-            # the column part and the dC kernel's row part of the log-decay gradient nearly
-            # cancel; with w rounded to bf16 once, dA was off by 25 % at the GPU test shape
-            acc += dot((w - w_hi.to(tl.float32)).to(dy_t.dtype), dy_t, IP)
+        acc += dot(w.to(dy_t.dtype), dy_t, IP)
     xf = tl.load(x_ptrs, mask=xmask, other=0.0).to(tl.float32)  # again (from L2): not live in the loop
-    x_dx = tl.sum(xf * acc, 1)  # x_s·dX_s/Δ_s: dΔ through x; times −Δ_s, the column part + q
+    x_dx = tl.sum(xf * acc, 1)  # x_s·dX_s/Δ_s: dΔ through x
     dy_s = tl.load(dy_ptr + pb * sdyb + sg[:, None] * sdyl + h * sdyh + p[None, :], mask=sm[:, None] & pmask[None, :],
                    other=0.0).to(tl.float32)
     dx = acc * d_s[:, None]
@@ -336,7 +331,6 @@ def _bwd_dx_kernel(x_ptr, B_ptr, cb_ptr, dy_ptr, delta_ptr, acs_ptr, seq_ptr, dz
              mask=sm[:, None] & pmask[None, :])
     vec = base + s
     tl.store(ddt_ptr + vec, x_dx)
-    tl.store(dda_ptr + vec, -d_s * x_dx)
     tl.store(q_ptr + vec, q)
     tl.store(dd_ptr + vec, tl.sum(xf * dy_s, 1))
 
@@ -346,17 +340,20 @@ def _bwd_dx_kernel(x_ptr, B_ptr, cb_ptr, dy_ptr, delta_ptr, acs_ptr, seq_ptr, dz
 # weights of all heads, PW[t,s] = Σ_h (dy_t·x_s) e^{a_t−a_s} Δ_s (s ≤ t), are summed first and
 # multiplied by B (for dC) and, transposed, by C (for dB) once. The per-head products dy_t·x_s are
 # formed once, by the PW kernel, one (t, s) tile pair a program, which also writes each head's row
-# part of the log-decay gradient, Σ_s pw_h[t,s] (C_t·B_s), a partial sum per s-tile. (Until session
+# and column parts of the within-chunk log-decay gradient, M = pw_h ∘ CB summed over s (a partial
+# per s-tile) and over t (a partial per t-tile): the two nearly cancel, so both are summed from the
+# same fp32 M (session 10: the column part came from the dx kernel's bf16 product). (Until session
 # 7 the dC and dB kernels each formed every product, and dC added the row part in place, head by
 # head, with a barrier between.) Then dC and dB add the per-head terms through the states.
 
 @triton.jit
-def _bwd_pw_kernel(x_ptr, dy_ptr, cb_ptr, delta_ptr, acs_ptr, seq_ptr, pw_ptr, part_ptr,
+def _bwd_pw_kernel(x_ptr, dy_ptr, cb_ptr, delta_ptr, acs_ptr, seq_ptr, pw_ptr, part_ptr, colpart_ptr,
                    L, H, G, P, NC, sxb, sxl, sxh, sdyb, sdyl, sdyh, ssb, ssl, spw, spart,
                    HAS_SEQ: tl.constexpr, HS: tl.constexpr, T: tl.constexpr, BM: tl.constexpr,
                    BP: tl.constexpr, IP: tl.constexpr):
     """PW[t,s] over one slice of the group's heads (HS slices: fp32 partials at spw apart) for the
-    (t-tile, s-tile) pair of program axes 1, 2; the row parts at part_ptr + s-tile · spart."""
+    (t-tile, s-tile) pair of program axes 1, 2; the row parts at part_ptr + s-tile · spart, the
+    column parts at colpart_ptr + t-tile · spart."""
     pid = tl.program_id(0)
     hs = pid % HS
     g = (pid // HS) % G
@@ -394,20 +391,24 @@ def _bwd_pw_kernel(x_ptr, dy_ptr, cb_ptr, delta_ptr, acs_ptr, seq_ptr, pw_ptr, p
                           mask=sm[:, None] & pmask[None, :], other=0.0)
             dyx = dot(dy_t, tl.trans(x_s), IP)  # (BM, BM): dy_t · x_s
             pw = tl.where(keep, dyx * tl.exp(a_t[:, None] - a_s[None, :]) * d_s[None, :], 0.0)
-            tl.store(part_ptr + si * spart + base + t, tl.sum(pw * cb, 1))
+            m = pw * cb
+            tl.store(part_ptr + si * spart + base + t, tl.sum(m, 1))
+            tl.store(colpart_ptr + ti * spart + base + s, tl.sum(m, 0))
             pw_all += pw
         tl.store(pw_ptr + hs * spw + ((pb * NC + pc) * G + g) * T * T + t[:, None] * T + s[None, :], pw_all)
 
 
 @triton.jit
-def _bwd_dc_kernel(C_ptr, dy_ptr, acs_ptr, seq_ptr, starts_ptr, B_ptr, pw_ptr, part_ptr, dc_ptr, dda_ptr,
+def _bwd_dc_kernel(C_ptr, dy_ptr, acs_ptr, seq_ptr, starts_ptr, B_ptr, pw_ptr, part_ptr, colpart_ptr, dc_ptr,
+                   dda_ptr,
                    L, H, G, P, N, NC, sbb, sbl, sbg, scb, scl, scg, sdyb, sdyl, sdyh, ssb, ssl, spw, spart,
                    sob, sol, sog, soz,
                    HAS_SEQ: tl.constexpr, HS: tl.constexpr, PWS: tl.constexpr, T: tl.constexpr,
                    BM: tl.constexpr, BK: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, IP: tl.constexpr):
     """dC_t = Σ_h e^{a_t} dy_t·S_h + Σ_{s≤t} PW[t,s] B_s over one slice of the group's heads (HS
     slices: partial sums at soz apart, added on the host; the first adds the PW part, summing the
-    PW kernel's PWS partials), and each head's row part of the log-decay gradient, complete."""
+    PW kernel's PWS partials), and each head's log-decay gradient through the state and within the
+    chunk (row part − column part), complete."""
     pid = tl.program_id(0)
     hs = pid % HS
     g = (pid // HS) % G
@@ -443,6 +444,8 @@ def _bwd_dc_kernel(C_ptr, dy_ptr, acs_ptr, seq_ptr, starts_ptr, B_ptr, pw_ptr, p
         row = tl.sum(dcs * c_t, 1)
         for si in range(0, pm + 1):  # the PW kernel's tiles are this kernel's row blocks
             row += tl.load(part_ptr + si * spart + base + t)
+        for ti in range(pm, T // BM):
+            row -= tl.load(colpart_ptr + ti * spart + base + t)
         tl.store(dda_ptr + base + t, row)
         dc += dcs
     if hs == 0:
@@ -519,14 +522,15 @@ def _bwd_db_kernel(x_ptr, C_ptr, delta_ptr, acs_ptr, seq_ptr, dz_ptr, pw_ptr, db
 # ---- backward: the per-position tail (log-decay → Δ → dt, dt_bias, A, D) ----------------------
 
 @triton.jit
-def _bwd_tail_kernel(row_ptr, col_ptr, q_ptr, dgam_ptr, ddtx_ptr, delta_ptr, ddpos_ptr, dt_ptr, bias_ptr, A_ptr,
+def _bwd_tail_kernel(row_ptr, q_ptr, dgam_ptr, ddtx_ptr, delta_ptr, ddpos_ptr, dt_ptr, bias_ptr, A_ptr,
                      ddt_ptr, dA_ptr, dbias_ptr, dD_ptr, L, H, NC, NBLK, sdtb, sdtl, sgb, sgl, dt_lo, dt_hi,
                      HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr, SOFTPLUS: tl.constexpr, CLAMP: tl.constexpr,
                      T: tl.constexpr, BH: tl.constexpr, BB: tl.constexpr):
-    """One (batch, chunk, head block): the log-decay gradient per position (row + column parts, the
-    chunk's end terms on its last position) summed from the end of the chunk (a reverse cumsum:
-    the tile is read back to front and summed forward), then dΔ = dΔ_x + ddA·A, chained through
-    clamp and softplus to dt; the per-head sums dA, dt_bias, D are written per program."""
+    """One (batch, chunk, head block): the log-decay gradient per position (the dC kernel's part,
+    −q for the end state's Δ_s x_s·dZ e^{a_T−a_s}, the chunk's end terms on its last position)
+    summed from the end of the chunk (a reverse cumsum: the tile is read back to front and summed
+    forward), then dΔ = dΔ_x + ddA·A, chained through clamp and softplus to dt; the per-head sums
+    dA, dt_bias, D are written per program."""
     pb = tl.program_id(0)
     pc = tl.program_id(1)
     hh = tl.program_id(2) * BH + tl.arange(0, BH)
@@ -534,9 +538,10 @@ def _bwd_tail_kernel(row_ptr, col_ptr, q_ptr, dgam_ptr, ddtx_ptr, delta_ptr, ddp
     r = T - 1 - tl.arange(0, T)  # positions in the chunk, last first
     off = (pb * H + hh[None, :]) * (NC * T) + pc * T + r[:, None]
     m = hm[None, :]
-    dda = tl.load(row_ptr + off, mask=m, other=0.0) + tl.load(col_ptr + off, mask=m, other=0.0)
+    q = tl.load(q_ptr + off, mask=m, other=0.0)
+    dda = tl.load(row_ptr + off, mask=m, other=0.0) - q
     # the chunk's end terms: Σ_t q_t and the state pass's Σ over its blocks, on the last position
-    end = tl.sum(tl.load(q_ptr + off, mask=m, other=0.0), 0)
+    end = tl.sum(q, 0)
     blk = tl.arange(0, BB)
     end += tl.sum(tl.load(dgam_ptr + ((pb * H + hh[None, :]) * NC + pc) * NBLK + blk[:, None],
                           mask=hm[None, :] & (blk[:, None] < NBLK), other=0.0), 0)
@@ -647,6 +652,14 @@ class _Cfg:
         self.BS = 1024
 
 
+def state_dtype(x: Tensor, B: Tensor, C: Tensor) -> torch.dtype:
+    """How the chunks' starting states and their gradients dZ are stored between kernels: in the
+    inputs' dtype when x, B and C share one (every kernel that reads them rounds them to it for its
+    products: bf16 halves their traffic, 67 MB each a 1.3B layer in fp32), else fp32. The passes
+    over chunks carry them in fp32 in registers; the final state stays fp32."""
+    return x.dtype if x.dtype == B.dtype == C.dtype else torch.float32
+
+
 def _dims(x, B, chunk_size):
     """(b, L, H, P, G, N, T, NC): batch, length, heads, head dim, groups, state size, chunk, chunks."""
     b, L, H, P = x.shape
@@ -690,7 +703,7 @@ def _chunk_prefix(x, B, C, delta, acs, seq_idx, initial_state, dims, cfg):
         B.stride(0), B.stride(1), B.stride(2), ssb, ssl,
         MODE=0, HAS_SEQ=seq_idx is not None, T=T, BP=cfg.BPo, BN=cfg.BNK, BK=cfg.BK, IP=ip,
         num_warps=FWD_TILES["outer_warps"], **_launch_opts(FWD_TILES))
-    starts = torch.empty_like(z)
+    starts = torch.empty(z.shape, device=x.device, dtype=state_dtype(x, B, C))
     final = torch.empty((b, H, P, N), device=x.device, dtype=torch.float32)
     PN = P * N
     init = initial_state.contiguous() if initial_state is not None else z
@@ -737,9 +750,9 @@ def _dcdb(x, B, C, dy, cb, delta, acs, seq_idx, starts, dz, dda_row, dims, cfg, 
     HS, PWS = slices["dcdb"], slices["pw"]
     # PW (its PWS partials) and the row parts of the log-decay gradient, one vector a PW tile column
     pw = torch.empty((PWS, b, NC, G, T, T), device=x.device, dtype=torch.float32)
-    part = torch.empty((NT, b, H, NC * T), device=x.device, dtype=torch.float32)
+    part, colpart = torch.empty((2, NT, b, H, NC * T), device=x.device, dtype=torch.float32).unbind(0)
     _bwd_pw_kernel[(b * NC * G * PWS, NT, NT)](
-        x, dy, cb, delta, acs, seq, pw, part, L, H, G, P, NC, x.stride(0), x.stride(1), x.stride(2),
+        x, dy, cb, delta, acs, seq, pw, part, colpart, L, H, G, P, NC, x.stride(0), x.stride(1), x.stride(2),
         dy.stride(0), dy.stride(1), dy.stride(2), ssb, ssl, pw.stride(0), part.stride(0),
         HAS_SEQ=seq_idx is not None, HS=PWS, T=T, BM=RB, BP=cfg.BP, IP=ip,
         num_warps=BWD_TILES["pw_warps"], **_launch_opts(BWD_TILES, "pw_maxnreg"))
@@ -752,7 +765,7 @@ def _dcdb(x, B, C, dy, cb, delta, acs, seq_idx, starts, dz, dda_row, dims, cfg, 
     flags = dict(HAS_SEQ=seq_idx is not None, HS=HS, PWS=PWS, T=T, BM=RB, BK=cfg.cBK, BP=cfg.BP, BN=cfg.BN,
                  IP=ip, num_warps=BWD_TILES["dcdb_warps"], **_launch_opts(BWD_TILES, "dcdb_maxnreg"))
     _bwd_dc_kernel[(b * NC * G * HS, NT)](
-        C, dy, acs, seq, starts, B, pw, part, dC, dda_row,
+        C, dy, acs, seq, starts, B, pw, part, colpart, dC, dda_row,
         L, H, G, P, N, NC, B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
         dy.stride(0), dy.stride(1), dy.stride(2), ssb, ssl, pw.stride(0), part.stride(0),
         dC.stride(1), dC.stride(2), dC.stride(3), dC.stride(0), **flags)
@@ -799,25 +812,24 @@ def ssd_bwd(dy, dfinal, x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus, dt_
         num_warps=FWD_TILES["outer_warps"], **_launch_opts(FWD_TILES))
     PN = P * N
     nblk = triton.cdiv(PN, cfg.BS)
-    dz = torch.empty_like(E)
+    dz = torch.empty(E.shape, device=x.device, dtype=state_dtype(x, B, C))
     dinit = torch.empty((b, H, P, N), device=x.device, dtype=torch.float32)
     dgam = torch.empty((b, H, NC, nblk), device=x.device, dtype=torch.float32)
     _state_pass_bwd_kernel[(b, H, nblk)](
         E, starts, acs, seq, dfinal.contiguous() if dfinal is not None else E, dz, dinit, dgam,
         L, H, NC, PN, nblk, ssb, ssl, HAS_SEQ=HSQ, HAS_DFINAL=dfinal is not None, T=T, BS=cfg.BS, num_warps=4)
     del E
-    # per head: dx, dΔ through x, the column part of the log-decay gradient, dD
+    # per head: dx, dΔ through x, the end state's part of the log-decay gradient, dD
     dx = dx_out if dx_out is not None else torch.empty((b, L, H, P), device=x.device, dtype=x.dtype)
-    # five per-position fp32 vectors, one allocation (each wrapper call costs the host a dispatch)
-    ddt_x, dda_col, q, dD_pos, dda_row = torch.empty((5, b, H, NC * T), device=x.device,
-                                                     dtype=torch.float32).unbind(0)
+    # four per-position fp32 vectors, one allocation (each wrapper call costs the host a dispatch)
+    ddt_x, q, dD_pos, dda_row = torch.empty((4, b, H, NC * T), device=x.device, dtype=torch.float32).unbind(0)
     _bwd_dx_kernel[(b * NC * H, T // cfg.bBM)](
-        x, B, cb, dy, delta, acs, seq, dz, D if D is not None else A, dx, ddt_x, dda_col, q, dD_pos,
+        x, B, cb, dy, delta, acs, seq, dz, D if D is not None else A, dx, ddt_x, q, dD_pos,
         L, H, G, P, N, NC, x.stride(0), x.stride(1), x.stride(2), B.stride(0), B.stride(1), B.stride(2),
         dy.stride(0), dy.stride(1), dy.stride(2), ssb, ssl, dx.stride(0), dx.stride(1), dx.stride(2),
         HAS_SEQ=HSQ, HAS_D=D is not None, T=T, BM=cfg.bBM, BK=cfg.bBK, BP=cfg.BP, BN=cfg.BNK, IP=ip,
         num_warps=BWD_TILES["dx_warps"], **_launch_opts(BWD_TILES, "dx_maxnreg"))
-    # per group: dC (+ the row part of the log-decay gradient) and dB
+    # per group: dC (+ the log-decay gradient through the state and within the chunk) and dB
     dC, dB = _dcdb(x, B, C, dy, cb, delta, acs, seq_idx, starts, dz, dda_row, dims, cfg, dB_out, dC_out)
     # log-decay gradient per position → per step (reverse cumsum in the chunk) → Δ, A, dt, dt_bias,
     # in one kernel; the per-head sums come back per (batch, chunk) and are added here
@@ -826,7 +838,7 @@ def ssd_bwd(dy, dfinal, x, dt, A, B, C, chunk_size, D, dt_bias, dt_softplus, dt_
     dA_part, dbias_part, dD_part = parts.unbind(0)
     BH = min(16, triton.next_power_of_2(H))
     _bwd_tail_kernel[(b, NC, triton.cdiv(H, BH))](
-        dda_row, dda_col, q, dgam, ddt_x, delta, dD_pos, dt, dt_bias if dt_bias is not None else A, A,
+        dda_row, q, dgam, ddt_x, delta, dD_pos, dt, dt_bias if dt_bias is not None else A, A,
         ddt, dA_part, dbias_part, dD_part, L, H, NC, nblk, dt.stride(0), dt.stride(1), ddt.stride(0), ddt.stride(1),
         HAS_BIAS=dt_bias is not None, HAS_D=D is not None, SOFTPLUS=dt_softplus, T=T, BH=BH,
         BB=triton.next_power_of_2(nblk), num_warps=4, **_dt_limits(dt_lo, dt_hi))
