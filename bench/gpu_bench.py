@@ -325,7 +325,8 @@ def case_profile_train(size: str = "130m", bsz: int = 16, seqlen: int = 1024, ki
 
 def build(kind: str, size: str, backend: str = "torch", chunk_size: int | None = None):
     """The model of ``kind`` at ``size``, random init; ours with its SSD chunk length set to
-    ``chunk_size`` when given (the same function of the inputs: only the kernels' blocking changes)."""
+    ``chunk_size`` when given, and the Triton backend's cap (``SSD_MAX_CHUNK``) with it (the same
+    function of the inputs: only the kernels' blocking changes)."""
     import torch
     d, n = SIZES[size]
     if kind == "ours":
@@ -334,7 +335,9 @@ def build(kind: str, size: str, backend: str = "torch", chunk_size: int | None =
         from biomamba.model import MambaLM, model_preset
         cfg = model_preset(size)
         if chunk_size is not None:
+            import biomamba.kernels.triton as triton_backend
             cfg = dataclasses.replace(cfg, chunk_size=chunk_size)
+            triton_backend.SSD_MAX_CHUNK = chunk_size  # (each case runs in a process of its own)
         return MambaLM(cfg, backend="torch").cuda().set_backend(backend)
     if kind == "hf-mamba2":
         from transformers import Mamba2Config, Mamba2ForCausalLM
@@ -840,8 +843,10 @@ CASES = [
      {"backend": "triton", "graphed": True}),
     ("train ours-triton-graphed-autogradacc 130m b16x1024", "case_train", ["ours", "130m", 16, 1024],
      {"backend": "triton", "graphed": True, "grad_into_params": False}),
-    ("train ours-triton-graphed-chunk128 130m b16x1024", "case_train", ["ours", "130m", 16, 1024],
-     {"backend": "triton", "graphed": True, "chunk_size": 128}),
+    ("train ours-triton-graphed-chunk256 130m b16x1024", "case_train", ["ours", "130m", 16, 1024],
+     {"backend": "triton", "graphed": True, "chunk_size": 256}),
+    ("train ours-triton-graphed-chunk64 130m b16x1024", "case_train", ["ours", "130m", 16, 1024],
+     {"backend": "triton", "graphed": True, "chunk_size": 64}),
     ("recipe 130m graphs", "case_recipe", ["130m", 100, 32, "true"], {}),
     ("recipe 130m eager", "case_recipe", ["130m", 100, 32, "false"], {}),
     ("recipe 1.3b graphs", "case_recipe", ["1.3b", 30, 16, "true"], {}),
@@ -871,8 +876,10 @@ CASES = [
      {"backend": "triton", "graphed": True}),
     ("train ours-triton-graphed-autogradacc 1.3b b8x1024", "case_train", ["ours", "1.3b", 8, 1024],
      {"backend": "triton", "graphed": True, "grad_into_params": False}),
-    ("train ours-triton-graphed-chunk128 1.3b b8x1024", "case_train", ["ours", "1.3b", 8, 1024],
-     {"backend": "triton", "graphed": True, "chunk_size": 128}),
+    ("train ours-triton-graphed-chunk256 1.3b b8x1024", "case_train", ["ours", "1.3b", 8, 1024],
+     {"backend": "triton", "graphed": True, "chunk_size": 256}),
+    ("train ours-triton-graphed-chunk64 1.3b b8x1024", "case_train", ["ours", "1.3b", 8, 1024],
+     {"backend": "triton", "graphed": True, "chunk_size": 64}),
     ("profile train-graphed 1.3b b8x1024", "case_train", ["ours", "1.3b", 8, 1024],
      {"backend": "triton", "graphed": True, "profile": True}),
     ("profile train-graphed 130m b16x1024", "case_train", ["ours", "130m", 16, 1024],

@@ -43,6 +43,14 @@ class Kernels:
     impl: dict[str, Callable] = field(default_factory=dict)
     source: dict[str, str] = field(default_factory=dict)  # op → backend that provides it
     details: Callable[[], dict[str, str]] | None = None  # op → how it runs now (a backend's switches)
+    module: ModuleType | None = None  # the backend's module
+
+    def ssd_chunk(self, model_chunk: int) -> int:
+        """The SSD chunk length a model's mixers run at: the model's own, capped at the backend's
+        ``SSD_MAX_CHUNK`` where it sets one. The scan's value does not depend on the chunk length
+        (only its rounding and its speed), so a backend may pick the length it runs fastest at."""
+        cap = getattr(self.module, "SSD_MAX_CHUNK", None)
+        return min(model_chunk, cap) if cap else model_chunk
 
     def __getattr__(self, op: str) -> Callable:
         impl = self.__dict__.get("impl", {})
@@ -92,7 +100,7 @@ def get_kernels(name: str = "torch") -> Kernels:
     if name in _CACHE:
         return _CACHE[name]
     module = _load_module(name)
-    kernels = Kernels(name, details=getattr(module, "op_details", None))
+    kernels = Kernels(name, details=getattr(module, "op_details", None), module=module)
     for op in OPS:
         fn = getattr(module, op, None)
         kernels.impl[op] = fn if fn is not None else getattr(reference, op)

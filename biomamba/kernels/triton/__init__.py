@@ -41,6 +41,13 @@ from biomamba.kernels.triton import gemv  # noqa: E402
 from biomamba.kernels.triton import ops as _ops  # noqa: E402  (registers torch.ops.biomamba.*)
 
 
+# The longest SSD chunk a model's mixers run at (``Kernels.ssd_chunk``): the checkpoints say 256,
+# and 128 trains faster on an H200 (1.3B, 8 × 1,024: 189.6 → 184.0 ms; 130M, 16 × 1,024: 53.6 →
+# 51.6 ms; bench/RESULTS.md, session 10 call 1): the quadratic work within chunks halves, the
+# chunk states (their traffic and the memory kept for the backward) double.
+SSD_MAX_CHUNK = 128
+
+
 def _silu(activation: str | None) -> bool:
     if activation not in (None, "silu"):
         raise ValueError(f"unsupported activation {activation!r}")
