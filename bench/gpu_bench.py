@@ -356,13 +356,17 @@ def build(kind: str, size: str, backend: str = "torch", chunk_size: int | None =
 
 def case_train(kind: str, size: str, bsz: int, seqlen: int, backend: str = "torch", compile_: bool = False,
                steps: int = 8, compile_mode: str | None = None, graphed: bool = False, profile: bool = False,
-               grad_into_params: bool = True, chunk_size: int | None = None) -> dict:
+               grad_into_params: bool = True, chunk_size: int | None = None, bwd_tiles: dict | None = None) -> dict:
     """Training steps on random tokens. ``compile_`` wraps the loss in torch.compile (``compile_mode``
     e.g. "reduce-overhead" for its CUDA graphs); ``graphed`` (ours) replays forward + backward from
     the trainer's CUDA graph (the optimizer step stays eager). Peak memory is the steady state's;
     for ``graphed`` it counts from the capture, where the graph's memory is allocated.
-    ``chunk_size``: ours with that SSD chunk length (``build``)."""
+    ``chunk_size``: ours with that SSD chunk length (``build``); ``bwd_tiles``: entries of
+    ``ssd.BWD_TILES`` to override."""
     import torch
+    if bwd_tiles:
+        from biomamba.kernels.triton import ssd
+        ssd.BWD_TILES.update(bwd_tiles)  # (each case runs in a process of its own)
     torch.manual_seed(0)
     model = build(kind, size, backend, chunk_size)
     nparams = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
@@ -876,6 +880,8 @@ CASES = [
      {"backend": "triton", "graphed": True}),
     ("train ours-triton-graphed-autogradacc 1.3b b8x1024", "case_train", ["ours", "1.3b", 8, 1024],
      {"backend": "triton", "graphed": True, "grad_into_params": False}),
+    ("train ours-triton-graphed-dxcap128 1.3b b8x1024", "case_train", ["ours", "1.3b", 8, 1024],
+     {"backend": "triton", "graphed": True, "bwd_tiles": {"dx_maxnreg": 128}}),
     ("train ours-triton-graphed-chunk256 1.3b b8x1024", "case_train", ["ours", "1.3b", 8, 1024],
      {"backend": "triton", "graphed": True, "chunk_size": 256}),
     ("train ours-triton-graphed-chunk64 1.3b b8x1024", "case_train", ["ours", "1.3b", 8, 1024],

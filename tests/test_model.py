@@ -18,7 +18,20 @@ PARITY_CASES = [
 ]
 
 
+def _cuda_only_peer_installed() -> str | None:
+    """transformers routes its Mamba layers to mamba_ssm / causal-conv1d whenever they are
+    installed, CPU tensors included, where they fail ("Expected x.is_cuda()": the GPU machine
+    with the peer stack, session 9 call 3). The reference comparison then cannot run there."""
+    import importlib.util
+
+    found = [name for name in ("causal_conv1d", "mamba_ssm") if importlib.util.find_spec(name) is not None]
+    return ", ".join(found) or None
+
+
 def _hf_pair(tmp_path, preset, **overrides):
+    peer = _cuda_only_peer_installed()
+    if peer:
+        pytest.skip(f"{peer} installed: transformers would run its CUDA kernels on these CPU tensors")
     model = randomize_weights(MambaLM(model_preset(preset, **overrides))).eval()
     export_hf(model, tmp_path / "hf")
     hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
