@@ -58,8 +58,6 @@ def _weight_grad_into(weight: nn.Parameter, dy2: Tensor, x2: Tensor, write: bool
     """weight.grad (+)= dy2ᵀ · x2, formed in weight's dtype by the GEMM where the backend can;
     ``write``: = instead of +=."""
     grad, acc = weight.grad, weight.dtype
-    if grad is None:
-        write = True
     if dy2.dtype == acc:  # the GEMM's output dtype is already the weight's
         if grad is None:
             weight.grad = dy2.t().mm(x2)

@@ -79,7 +79,8 @@ class Mamba2Mixer(nn.Module):
         y, final_state = self.kernels.mamba2_core(
             zxbcdt, self.conv1d.weight.squeeze(1), self.conv1d.bias, -torch.exp(self.A_log.float()), self.D,
             self.dt_bias, self.norm.weight, d_inner=cfg.d_inner, ngroups=cfg.ngroups, d_state=cfg.d_state,
-            headdim=cfg.headdim, chunk_size=self.kernels.ssd_chunk(cfg.chunk_size), dt_limit=cfg.dt_limit, eps=cfg.norm_eps, seq_idx=seq_idx)
+            headdim=cfg.headdim, chunk_size=self.kernels.ssd_chunk(cfg.chunk_size), dt_limit=cfg.dt_limit,
+            eps=cfg.norm_eps, seq_idx=seq_idx)
         if state is not None:
             state.ssm.copy_(final_state)
         return self.out_proj(y)

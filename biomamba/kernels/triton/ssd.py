@@ -748,7 +748,8 @@ def _dcdb(x, B, C, dy, cb, delta, acs, seq_idx, starts, dz, dda_row, dims, cfg, 
             raise ValueError(f"BWD_TILES['{key}_heads'] = {heads} must divide the {hpg} heads of a group")
         slices[key] = hpg // heads  # programs sharing a group's heads; > 1: fp32 partial sums
     HS, PWS = slices["dcdb"], slices["pw"]
-    # PW (its PWS partials) and the row parts of the log-decay gradient, one vector a PW tile column
+    # PW (its PWS partials) and the row / column parts of the log-decay gradient, one vector a PW
+    # tile column / row
     pw = torch.empty((PWS, b, NC, G, T, T), device=x.device, dtype=torch.float32)
     part, colpart = torch.empty((2, NT, b, H, NC * T), device=x.device, dtype=torch.float32).unbind(0)
     _bwd_pw_kernel[(b * NC * G * PWS, NT, NT)](
