@@ -57,6 +57,13 @@ class _Captured:
                 self.inputs[k].copy_(v, non_blocking=True)
 
 
+def _zero(params: list[nn.Parameter]) -> None:
+    """Zero the gradients ``params`` have, in place (one multi-tensor launch)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if grads:
+        torch._foreach_zero_(grads)
+
+
 class MicroStepGraphs:
     """Replays ``(module(input_ids, seq_idx, targets)[0] * scale).backward()`` from CUDA graphs.
 
@@ -93,22 +100,16 @@ class MicroStepGraphs:
         firsts = [cap.written for cap in self.graphs.values() if True in cap.variants]
         written = set.intersection(*firsts) if firsts else set()
         self.stale = [p for p in self.params if p.grad is not None and p in written]
-        grads = [p.grad for p in self.params if p.grad is not None and p not in written]
-        if grads:
-            torch._foreach_zero_(grads)
+        _zero([p for p in self.params if p not in written])
         self.first_of_step = True
 
     def zero_all_grads(self) -> None:
         """Zero every gradient (before training on without the graphs)."""
-        grads = [p.grad for p in self.params if p.grad is not None]
-        if grads:
-            torch._foreach_zero_(grads)
+        _zero(self.params)
         self.stale, self.first_of_step = [], True
 
     def _zero_stale(self, keep: set = frozenset()) -> None:
-        grads = [p.grad for p in self.stale if p not in keep]
-        if grads:
-            torch._foreach_zero_(grads)
+        _zero([p for p in self.stale if p not in keep])
         self.stale = []
 
     def prepare(self, batches: list[dict[str, Tensor | None]]) -> None:
