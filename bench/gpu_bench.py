@@ -52,6 +52,13 @@ def _rel(a, b) -> float:
 
 # ---- kernels -----------------------------------------------------------------------------------
 
+def _mixer_chunk() -> int:
+    """The SSD chunk length the mixers of a checkpoint (chunk 256) run at on the Triton backend."""
+    import biomamba.kernels.triton as ours
+
+    return min(256, ours.SSD_MAX_CHUNK)
+
+
 def _ssd_inputs(b: int, l: int, h: int, p: int, n: int, g: int = 1):
     """Random bf16 SSD inputs as the mixer passes them (x, dt, A, B, C, D, dt_bias) and a dy."""
     import torch
@@ -73,6 +80,7 @@ def case_kernels_ssd() -> None:
 
     import biomamba.kernels.triton as ours
 
+    chunk = _mixer_chunk()  # ours at the mixers' chunk, the peer at its model's (256)
     for label, (b, l, h, p, n, g) in {"130m b16x1024": (16, 1024, 24, 64, 128, 1),
                                       "1.3b b8x1024": (8, 1024, 64, 64, 128, 1),
                                       "130m b16x1024 seq_idx": (16, 1024, 24, 64, 128, 1),
@@ -84,7 +92,7 @@ def case_kernels_ssd() -> None:
         if "seq_idx" in label:
             seq = (torch.arange(l, device=dev) // 300).to(torch.int32)[None].expand(b, l).contiguous()
         fns = {
-            "ours": lambda: ours.ssd_scan(x, dt, A, B, C, chunk_size=256, D=D, dt_bias=bias, seq_idx=seq)[0],
+            "ours": lambda: ours.ssd_scan(x, dt, A, B, C, chunk_size=chunk, D=D, dt_bias=bias, seq_idx=seq)[0],
             "mamba_ssm": lambda: mamba_chunk_scan_combined(x, dt, A, B, C, 256, D=D, dt_bias=bias, seq_idx=seq,
                                                            dt_softplus=True),
         }
@@ -99,7 +107,7 @@ def case_kernels_ssd() -> None:
         err = {"y": _rel(outs["ours"], outs["mamba_ssm"])}
         for i, nm in enumerate(("dx", "ddt", "dA", "dB", "dC", "dD", "ddt_bias")):
             err[nm] = _rel(grads["ours"][i], grads["mamba_ssm"][i])
-        emit(f"kernel ssd {label}", **_time_fwd_fwdbwd({"rel_err_vs_mamba_ssm": err}, fns, dy))
+        emit(f"kernel ssd {label}", ours_chunk=chunk, **_time_fwd_fwdbwd({"rel_err_vs_mamba_ssm": err}, fns, dy))
 
 
 def case_kernels_other() -> None:
@@ -251,10 +259,11 @@ def case_profile_ssd() -> None:
     import biomamba.kernels.triton as ours
 
     x, dt, A, B, C, D, bias, dy = _ssd_inputs(16, 1024, 24, 64, 128)
+    chunk = _mixer_chunk()
 
     def f():
-        ours.ssd_scan(x, dt, A, B, C, chunk_size=256, D=D, dt_bias=bias)[0].backward(dy)
-    emit("profile ssd 130m",
+        ours.ssd_scan(x, dt, A, B, C, chunk_size=chunk, D=D, dt_bias=bias)[0].backward(dy)
+    emit("profile ssd 130m", chunk=chunk,
          fwdbwd_ms=round(_bench(f), 3), kernels=_profile_top(f))
 
 
@@ -356,13 +365,15 @@ def build(kind: str, size: str, backend: str = "torch", chunk_size: int | None =
 
 def case_train(kind: str, size: str, bsz: int, seqlen: int, backend: str = "torch", compile_: bool = False,
                steps: int = 8, compile_mode: str | None = None, graphed: bool = False, profile: bool = False,
-               grad_into_params: bool = True, chunk_size: int | None = None, bwd_tiles: dict | None = None) -> dict:
+               grad_into_params: bool = True, chunk_size: int | None = None, bwd_tiles: dict | None = None,
+               accum: int = 1) -> dict:
     """Training steps on random tokens. ``compile_`` wraps the loss in torch.compile (``compile_mode``
     e.g. "reduce-overhead" for its CUDA graphs); ``graphed`` (ours) replays forward + backward from
     the trainer's CUDA graph (the optimizer step stays eager). Peak memory is the steady state's;
     for ``graphed`` it counts from the capture, where the graph's memory is allocated.
     ``chunk_size``: ours with that SSD chunk length (``build``); ``bwd_tiles``: entries of
-    ``ssd.BWD_TILES`` to override."""
+    ``ssd.BWD_TILES`` to override; ``accum`` (graphed only): micro-batches an optimizer step (their
+    first replays the first-of-step graph, the rest the adding one), tokens/s counts them all."""
     import torch
     if bwd_tiles:
         from biomamba.kernels.triton import ssd
@@ -393,14 +404,20 @@ def case_train(kind: str, size: str, bsz: int, seqlen: int, backend: str = "torc
 
         graphs = MicroStepGraphs(LossModule(model, CausalLMObjective()), list(model.parameters()),
                                  torch.device("cuda"), torch.bfloat16)
-        batch = {"input_ids": x, "seq_idx": None, "targets": labels}
-        inv_count = 1.0 / int((labels != -100).sum())
-        torch.cuda.reset_peak_memory_stats()  # the capture allocates the graph's activations: count them
-        graphs.prepare([batch])
+        batches = [{"input_ids": x, "seq_idx": None, "targets": labels}]
+        for _ in range(accum - 1):
+            xk = torch.randint(0, VOCAB - 16, (bsz, seqlen), device="cuda")
+            batches.append({"input_ids": xk, "seq_idx": None, "targets": torch.roll(xk, -1, 1)})
+            batches[-1]["targets"][:, -1] = -100
+        inv_count = 1.0 / (accum * int((labels != -100).sum()))
+        torch.cuda.reset_peak_memory_stats()  # the capture allocates the graphs' activations: count them
+        graphs.prepare(batches)
+    elif accum != 1:
+        raise ValueError("accum > 1 is measured with graphed=True only")
 
     def step():
         if graphed:
-            loss = graphs.run(batch, inv_count) * inv_count
+            loss = sum(graphs.run(b, inv_count) * inv_count for b in batches)
         else:
             loss = loss_fn()
             loss.backward()
@@ -420,7 +437,7 @@ def case_train(kind: str, size: str, bsz: int, seqlen: int, backend: str = "torc
         loss = step()
     torch.cuda.synchronize()
     dt = (time.perf_counter() - t) / steps
-    tok_s = bsz * seqlen / dt
+    tok_s = accum * bsz * seqlen / dt
     out = dict(tok_s=round(tok_s), step_ms=round(dt * 1e3, 1), mfu_6N=round(6 * nparams * tok_s / PEAK_FLOPS, 3),
                peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 1), params_m=round(nparams / 1e6, 1),
                loss=round(float(loss), 3))
@@ -702,6 +719,7 @@ def case_sweep_ssd_bwd(size: str = "130m") -> None:
     x, dt, A, B, C, D, bias, dy = _ssd_inputs(b, l, heads, 64, 128)
     seq = (torch.arange(l, device="cuda") // 300).to(torch.int32)[None].expand(b, l).contiguous()
     leaves = (x, dt, A, B, C, D, bias)
+    chunk = _mixer_chunk()
     base = None
     default = dict(ssd.BWD_TILES)
     for variant in variants:
@@ -711,7 +729,7 @@ def case_sweep_ssd_bwd(size: str = "130m") -> None:
             s_ = seq if with_seq else None
             for t in leaves:
                 t.grad = None
-            ours.ssd_scan(x, dt, A, B, C, chunk_size=256, D=D, dt_bias=bias, seq_idx=s_)[0].backward(dy)
+            ours.ssd_scan(x, dt, A, B, C, chunk_size=chunk, D=D, dt_bias=bias, seq_idx=s_)[0].backward(dy)
             grads = [t.grad.clone() for t in leaves]
             if base is None or (with_seq and len(base) == 1):
                 base = (base or []) + [grads]
@@ -719,13 +737,68 @@ def case_sweep_ssd_bwd(size: str = "130m") -> None:
             err = {nm: _rel(g, r) for nm, g, r in zip(("dx", "ddt", "dA", "dB", "dC", "dD", "ddt_bias"), grads, ref_grads)}
 
             def f():
-                ours.ssd_scan(x, dt, A, B, C, chunk_size=256, D=D, dt_bias=bias, seq_idx=s_)[0].backward(dy)
+                ours.ssd_scan(x, dt, A, B, C, chunk_size=chunk, D=D, dt_bias=bias, seq_idx=s_)[0].backward(dy)
             kern = [k for k in _profile_top(f, steps=2, top=20) if k["kernel"].startswith("_bwd_")]
             label = (f"sweep ssd_bwd {size} " + (" ".join(f"{k}{v}" for k, v in variant.items()) or "default")
                      + (" seq_idx" if with_seq else ""))
-            emit(label, rel_err_vs_first=err, fwdbwd_ms=round(_bench(f), 3),
+            emit(label, chunk=chunk, rel_err_vs_first=err, fwdbwd_ms=round(_bench(f), 3),
                  bwd_kernels_us={k["kernel"]: k["us_per_call"] for k in kern})
     ssd.BWD_TILES.update(default)
+
+
+# the chunk-state passes' tiles (ssd.STATE_TILES): the first is the default
+# (session 11 call 2 also ran BN 32, BP 32 + BN 32, BK 32, 8 warps, 2 and 4 stages: none faster)
+SSD_STATE_VARIANTS = [dict(), dict(BN=64), dict(BN=128)]
+# (batch, length, heads) of the state-pass sweep: the training micro-batches and the perplexity forward
+SSD_STATE_SHAPES = {"130m": (16, 1024, 24), "1.3b": (8, 1024, 64), "130m-long": (8, 16384, 24)}
+
+
+def case_sweep_ssd_states(size: str = "1.3b") -> None:
+    """The chunk-state passes (forward and backward kernels) over STATE_TILES variants at the
+    mixers' chunk, with documents: the states and gradients against the first variant and the two
+    kernels' CUDA time (µs a call). "130m-long": the forward only (8 × 16,384, the perplexity case).
+    What they must move at least (bf16): forward x, B in and the starting states out; backward dy,
+    C and the starting states in, dZ out."""
+    import torch
+
+    import biomamba.kernels.triton as ours
+    from biomamba.kernels.triton import ssd
+
+    b, l, heads = SSD_STATE_SHAPES[size]
+    fwd_only = size.endswith("long")
+    chunk = _mixer_chunk()
+    torch.manual_seed(0)
+    x, dt, A, B, C, D, bias, dy = _ssd_inputs(b, l, heads, 64, 128)
+    seq = (torch.arange(l, device="cuda") // 300).to(torch.int32)[None].expand(b, l).contiguous()
+    leaves = (x, dt, A, B, C, D, bias)
+    states = b * (l // chunk) * heads * 64 * 128 * 2
+    floor_fwd = (2 * x.numel() + 2 * B.numel() + states) / 4.8e6  # µs at 4.8 TB/s
+    floor_bwd = (2 * dy.numel() + 2 * C.numel() + 2 * states) / 4.8e6
+    default = dict(ssd.STATE_TILES)
+    first = None
+    for variant in SSD_STATE_VARIANTS:
+        ssd.STATE_TILES.update(default)
+        ssd.STATE_TILES.update(variant)
+
+        def f():
+            if fwd_only:
+                with torch.no_grad():
+                    return ours.ssd_scan(x, dt, A, B, C, chunk_size=chunk, D=D, dt_bias=bias, seq_idx=seq)
+            y, fin = ours.ssd_scan(x, dt, A, B, C, chunk_size=chunk, D=D, dt_bias=bias, seq_idx=seq)
+            torch.autograd.backward([y, fin], [dy, torch.ones_like(fin)])
+            return y, fin
+        for t in leaves:
+            t.grad = None
+        y, fin = f()
+        got = [y, fin] + ([] if fwd_only else [t.grad.clone() for t in leaves])
+        first = first or got
+        names = ("y", "final") + (() if fwd_only else ("dx", "ddt", "dA", "dB", "dC", "dD", "ddt_bias"))
+        kern = [k for k in _profile_top(f, steps=3, top=30) if k["kernel"].startswith("_states")]
+        emit(f"sweep ssd_states {size} " + (" ".join(f"{k}{v}" for k, v in variant.items()) or "default"),
+             chunk=chunk, rel_err_vs_first={nm: _rel(a, r) for nm, a, r in zip(names, got, first)},
+             kernels_us={k["kernel"]: k["us_per_call"] for k in kern},
+             floor_us=dict(fwd=round(floor_fwd, 1), bwd=round(floor_bwd, 1)))
+    ssd.STATE_TILES.update(default)
 
 
 # the norm backward's launch (norm.BWD_LAUNCH): the first is the default
@@ -778,13 +851,13 @@ def case_sweep_norm_bwd(size: str = "1.3b") -> None:
     norm.BWD_LAUNCH.update(default)
 
 
-SSD_FWD_VARIANTS = [dict(out_BM=64, out_BK=64, out_warps=4, outer_warps=4),
-                    dict(out_BM=64, out_BK=32, out_warps=4, outer_warps=4),
-                    dict(out_BM=64, out_BK=64, out_warps=8, outer_warps=8),
-                    dict(out_BM=128, out_BK=64, out_warps=8, outer_warps=4),
-                    dict(out_BM=32, out_BK=32, out_warps=4, outer_warps=4),
-                    dict(out_BM=64, out_BK=64, out_warps=4, outer_warps=4, stages=2),
-                    dict(out_BM=64, out_BK=64, out_warps=4, outer_warps=4, stages=4)]
+SSD_FWD_VARIANTS = [dict(out_BM=64, out_BK=64, out_warps=4),
+                    dict(out_BM=64, out_BK=32, out_warps=4),
+                    dict(out_BM=64, out_BK=64, out_warps=8),
+                    dict(out_BM=128, out_BK=64, out_warps=8),
+                    dict(out_BM=32, out_BK=32, out_warps=4),
+                    dict(out_BM=64, out_BK=64, out_warps=4, stages=2),
+                    dict(out_BM=64, out_BK=64, out_warps=4, stages=4)]
 
 
 def case_sweep_ssd_fwd() -> None:
@@ -797,6 +870,7 @@ def case_sweep_ssd_fwd() -> None:
 
     torch.manual_seed(0)
     x, dt, A, B, C, D, bias, _ = _ssd_inputs(16, 1024, 24, 64, 128)
+    chunk = _mixer_chunk()
     default = dict(ssd.FWD_TILES)
     first = None
     for variant in SSD_FWD_VARIANTS:
@@ -805,11 +879,12 @@ def case_sweep_ssd_fwd() -> None:
 
         def f():
             with torch.no_grad():
-                return ours.ssd_scan(x, dt, A, B, C, chunk_size=256, D=D, dt_bias=bias)[0]
+                return ours.ssd_scan(x, dt, A, B, C, chunk_size=chunk, D=D, dt_bias=bias)[0]
         y = f()
         first = y if first is None else first
         kern = [k for k in _profile_top(f, steps=3, top=20) if k["kernel"].startswith("_")]
-        emit("sweep ssd_fwd " + " ".join(f"{k}{v}" for k, v in variant.items()), rel_err_vs_first=_rel(y, first),
+        emit("sweep ssd_fwd " + " ".join(f"{k}{v}" for k, v in variant.items()), chunk=chunk,
+             rel_err_vs_first=_rel(y, first),
              fwd_ms=round(_bench(f), 3), kernels_us={k["kernel"]: k["us_per_call"] for k in kern})
     ssd.FWD_TILES.update(default)
 
@@ -830,6 +905,9 @@ CASES = [
     ("sweep ssd_bwd 130m", "case_sweep_ssd_bwd", [], {}),
     ("sweep ssd_bwd 1.3b", "case_sweep_ssd_bwd", ["1.3b"], {}),
     ("sweep ssd_fwd", "case_sweep_ssd_fwd", [], {}),
+    ("sweep ssd_states 1.3b", "case_sweep_ssd_states", ["1.3b"], {}),
+    ("sweep ssd_states 130m ", "case_sweep_ssd_states", ["130m"], {}),
+    ("sweep ssd_states 130m-long", "case_sweep_ssd_states", ["130m-long"], {}),
     ("sweep norm_bwd 1.3b", "case_sweep_norm_bwd", ["1.3b"], {}),
     ("sweep norm_bwd 130m", "case_sweep_norm_bwd", ["130m"], {}),
     ("sweep gemv", "case_sweep_gemv", [], {}),
@@ -851,6 +929,8 @@ CASES = [
      {"backend": "triton", "graphed": True, "chunk_size": 256}),
     ("train ours-triton-graphed-chunk64 130m b16x1024", "case_train", ["ours", "130m", 16, 1024],
      {"backend": "triton", "graphed": True, "chunk_size": 64}),
+    ("train ours-triton-graphed-accum2 130m b16x1024", "case_train", ["ours", "130m", 16, 1024],
+     {"backend": "triton", "graphed": True, "accum": 2}),
     ("recipe 130m graphs", "case_recipe", ["130m", 100, 32, "true"], {}),
     ("recipe 130m eager", "case_recipe", ["130m", 100, 32, "false"], {}),
     ("recipe 1.3b graphs", "case_recipe", ["1.3b", 30, 16, "true"], {}),
@@ -884,6 +964,8 @@ CASES = [
      {"backend": "triton", "graphed": True, "bwd_tiles": {"dx_maxnreg": 128}}),
     ("train ours-triton-graphed-chunk256 1.3b b8x1024", "case_train", ["ours", "1.3b", 8, 1024],
      {"backend": "triton", "graphed": True, "chunk_size": 256}),
+    ("train ours-triton-graphed-accum2 1.3b b8x1024", "case_train", ["ours", "1.3b", 8, 1024],
+     {"backend": "triton", "graphed": True, "accum": 2}),
     ("train ours-triton-graphed-chunk64 1.3b b8x1024", "case_train", ["ours", "1.3b", 8, 1024],
      {"backend": "triton", "graphed": True, "chunk_size": 64}),
     ("profile train-graphed 1.3b b8x1024", "case_train", ["ours", "1.3b", 8, 1024],

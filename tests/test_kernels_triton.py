@@ -134,6 +134,31 @@ def test_ssd_scan_clamped_dt(softplus):
     check_grads(got, ref, 2e-4, ["x", "dt", "A", "B", "C", "dt_bias"])
 
 
+def test_ssd_state_passes_in_tiles(monkeypatch):
+    """The chunk-state passes with the state split over programs (2 × 2 tiles of p × n, so the
+    decay gradient's per-tile partials are summed by the tail kernel) and the positions of a
+    chunk in two blocks, with documents, an initial state and a final-state gradient (fp32)."""
+    from biomamba.kernels.triton import ssd
+
+    s = SSD_SHAPE
+    b, h, p, n, T, l = s["b"], s["h"], s["p"], s["n"], s["T"], s["lengths"][1]
+    for key, size in (("BP", p // 2), ("BN", n // 2), ("BK", T // 2)):
+        monkeypatch.setitem(ssd.STATE_TILES, key, size)
+    gen = torch.Generator().manual_seed(torch.seed() % 2**31)
+    r = lambda *shape: torch.randn(*shape, generator=gen)  # noqa: E731
+    x, dt, B, C, init = r(b, l, h, p), r(b, l, h) * 0.5 - 1.0, r(b, l, 1, n), r(b, l, 1, n), r(b, h, p, n)
+    A = -torch.rand(h, generator=gen) * 4 - 0.2
+    seq = seq_ids(b, l, gen)
+    got, ref = leaves(x, dt, A, B, C, init), leaves(x, dt, A, B, C, init)
+    y, fin = K.ssd_scan(*got[:5], chunk_size=T, seq_idx=seq, initial_state=got[5])
+    y_r, fin_r = R.ssd_scan(*ref[:5], chunk_size=T, seq_idx=seq, initial_state=ref[5])
+    assert rel(y, y_r) < 1e-4 and rel(fin, fin_r) < 1e-4
+    dy, dfin = torch.randn_like(y_r), torch.randn_like(fin_r)
+    ((y * dy).sum() + (fin * dfin).sum()).backward()
+    ((y_r * dy).sum() + (fin_r * dfin).sum()).backward()
+    check_grads(got, ref, 2e-4, ["x", "dt", "A", "B", "C", "initial_state"])
+
+
 def test_ssd_scan_chains_through_initial_state():
     """Two halves chained through the final/initial state equal one scan over the whole."""
     s = SSD_SHAPE
