@@ -633,11 +633,12 @@ FWD_TILES = {"out_BM": 64, "out_BK": 32, "out_warps": 4, "stages": None}
 
 # The chunk-state passes (forward and backward): the state tile a program carries (p × n), the
 # block of positions per product. "BN" None: the whole state width N where the grid, b·H·(P/BP)
-# programs, still has "programs", else "min_BN" (the narrower tile then doubles the programs).
+# programs, still has "programs", else "min_BN" (N / min_BN times the programs).
 # H200, chunk 128, µs a call forward / backward (bench/RESULTS.md, session 11 call 2): 1.3B b8
 # (512 programs at N) 85 / 113 at BN 128 against 103 / 130 at 64; 130M b16 (384) 77 / 93 at 64
 # against 75 / 101 at 128; the perplexity forward 130M 8 × 16,384 (192) 556 at 64, 623 at 128,
-# 799 at 32. BP 32 or BK 32, 8 warps, 2 or 4 stages: no faster anywhere.
+# 799 at 32. BP 32, 8 warps, 2 or 4 stages: no faster anywhere; BK 32 only on the perplexity shape
+# (531 against 556).
 STATE_TILES = {"BP": 64, "BN": None, "min_BN": 64, "programs": 512, "BK": 64, "warps": 4, "stages": None}
 
 
