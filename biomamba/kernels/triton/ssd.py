@@ -664,7 +664,6 @@ class _Cfg:
 
     def __init__(self, T: int, P: int, N: int, b: int, H: int):
         self.BM = min(64, T)
-        self.BK = min(64, T)
         self.bBM = min(BWD_TILES["BM"], T)
         self.bBK = min(BWD_TILES["BK"], self.bBM)
         self.cBM = min(BWD_TILES["dcdb_BM"], T)
