@@ -59,6 +59,19 @@ def _mixer_chunk() -> int:
     return min(256, ours.SSD_MAX_CHUNK)
 
 
+def _each_variant(table: dict, variants: list[dict]):
+    """Yield each of ``variants`` with a module's tile table set to the defaults updated by it;
+    the defaults are back afterwards (also when a case fails halfway)."""
+    default = dict(table)
+    try:
+        for variant in variants:
+            table.update(default)
+            table.update(variant)
+            yield variant
+    finally:
+        table.update(default)
+
+
 def _ssd_inputs(b: int, l: int, h: int, p: int, n: int, g: int = 1):
     """Random bf16 SSD inputs as the mixer passes them (x, dt, A, B, C, D, dt_bias) and a dy."""
     import torch
@@ -721,10 +734,7 @@ def case_sweep_ssd_bwd(size: str = "130m") -> None:
     leaves = (x, dt, A, B, C, D, bias)
     chunk = _mixer_chunk()
     base = None
-    default = dict(ssd.BWD_TILES)
-    for variant in variants:
-        ssd.BWD_TILES.update(default)
-        ssd.BWD_TILES.update(variant)
+    for variant in _each_variant(ssd.BWD_TILES, variants):
         for with_seq in (False, True):
             s_ = seq if with_seq else None
             for t in leaves:
@@ -743,7 +753,6 @@ def case_sweep_ssd_bwd(size: str = "130m") -> None:
                      + (" seq_idx" if with_seq else ""))
             emit(label, chunk=chunk, rel_err_vs_first=err, fwdbwd_ms=round(_bench(f), 3),
                  bwd_kernels_us={k["kernel"]: k["us_per_call"] for k in kern})
-    ssd.BWD_TILES.update(default)
 
 
 # the chunk-state passes' tiles (ssd.STATE_TILES): the first is the default
@@ -775,12 +784,8 @@ def case_sweep_ssd_states(size: str = "1.3b") -> None:
     states = b * (l // chunk) * heads * 64 * 128 * 2
     floor_fwd = (2 * x.numel() + 2 * B.numel() + states) / 4.8e6  # µs at 4.8 TB/s
     floor_bwd = (2 * dy.numel() + 2 * C.numel() + 2 * states) / 4.8e6
-    default = dict(ssd.STATE_TILES)
     first = None
-    for variant in SSD_STATE_VARIANTS:
-        ssd.STATE_TILES.update(default)
-        ssd.STATE_TILES.update(variant)
-
+    for variant in _each_variant(ssd.STATE_TILES, SSD_STATE_VARIANTS):
         def f():
             if fwd_only:
                 with torch.no_grad():
@@ -799,7 +804,6 @@ def case_sweep_ssd_states(size: str = "1.3b") -> None:
              chunk=chunk, rel_err_vs_first={nm: _rel(a, r) for nm, a, r in zip(names, got, first)},
              kernels_us={k["kernel"]: k["us_per_call"] for k in kern},
              floor_us=dict(fwd=round(floor_fwd, 1), bwd=round(floor_bwd, 1)))
-    ssd.STATE_TILES.update(default)
 
 
 # the norm backward's launch (norm.BWD_LAUNCH): the first is the default
@@ -830,11 +834,8 @@ def case_sweep_norm_bwd(size: str = "1.3b") -> None:
     wb = (1 + 0.1 * torch.randn(d, device="cuda")).requires_grad_()
     dy_g = torch.randn(rows, di, device="cuda", dtype=torch.bfloat16)
     dy_b = torch.randn(rows, d, device="cuda", dtype=torch.bfloat16)
-    default = dict(norm.BWD_LAUNCH)
     first = None
-    for variant in NORM_BWD_VARIANTS:
-        norm.BWD_LAUNCH.update(default)
-        norm.BWD_LAUNCH.update(variant)
+    for variant in _each_variant(norm.BWD_LAUNCH, NORM_BWD_VARIANTS):
         with torch.autocast("cuda", dtype=torch.bfloat16):
             out_g = ours.gated_rmsnorm(y, z, wg, 1e-5, di)
             out_b = ours.rmsnorm(res, wb, 1e-5)
@@ -849,7 +850,6 @@ def case_sweep_norm_bwd(size: str = "1.3b") -> None:
              gated_us={k["kernel"]: k["us_per_call"] for k in kern_g},
              block_us={k["kernel"]: k["us_per_call"] for k in kern_b},
              floor_us=dict(gated=round(5 * rows * di * 2 / 4.8e6, 1), block=round(rows * d * 10 / 4.8e6, 1)))
-    norm.BWD_LAUNCH.update(default)
 
 
 SSD_FWD_VARIANTS = [dict(out_BM=64, out_BK=64, out_warps=4),
@@ -872,12 +872,8 @@ def case_sweep_ssd_fwd() -> None:
     torch.manual_seed(0)
     x, dt, A, B, C, D, bias, _ = _ssd_inputs(16, 1024, 24, 64, 128)
     chunk = _mixer_chunk()
-    default = dict(ssd.FWD_TILES)
     first = None
-    for variant in SSD_FWD_VARIANTS:
-        ssd.FWD_TILES.update(default)
-        ssd.FWD_TILES.update(variant)
-
+    for variant in _each_variant(ssd.FWD_TILES, SSD_FWD_VARIANTS):
         def f():
             with torch.no_grad():
                 return ours.ssd_scan(x, dt, A, B, C, chunk_size=chunk, D=D, dt_bias=bias)[0]
@@ -887,7 +883,6 @@ def case_sweep_ssd_fwd() -> None:
         emit("sweep ssd_fwd " + " ".join(f"{k}{v}" for k, v in variant.items()), chunk=chunk,
              rel_err_vs_first=_rel(y, first),
              fwd_ms=round(_bench(f), 3), kernels_us={k["kernel"]: k["us_per_call"] for k in kern})
-    ssd.FWD_TILES.update(default)
 
 
 CASES = [

@@ -5,8 +5,8 @@ Why one op: as three ops, autograd joins the gradients of the pieces that the fo
 apart with two concatenations a layer ([dx, dB, dC] into the conv output's gradient, and [dz,
 dxBC, ddt] into in_proj's): 2.1 ms of a 130M training step and 5.1 of a 1.3B one (H200, session
 6 and 7 profiles, bench/RESULTS.md). Here each backward kernel writes its slice of one buffer. And the
-forward keeps what the SSD backward would recompute (Δ, CB, the chunks' starting states: one
-outer-product kernel and the state pass a layer); the states in the activations' dtype
+forward keeps what the SSD backward would recompute (Δ, CB, the chunks' starting states: the
+forward pass over the chunks a layer); the states in the activations' dtype
 (ssd.state_dtype), 2·b·l·h·p·n / chunk_size bytes a layer in bf16 (25 MB at the 130M shape,
 16 × 1,024; 34 MB at 1.3B, 8 × 1,024).
 """

@@ -642,13 +642,13 @@ FWD_TILES = {"out_BM": 64, "out_BK": 32, "out_warps": 4, "stages": None}
 STATE_TILES = {"BP": 64, "BN": None, "min_BN": 64, "programs": 512, "BK": 64, "warps": 4, "stages": None}
 
 
-def _state_tile_n(b: int, H: int, P: int, N: int) -> int:
-    """The n-width of a state-pass program's tile (STATE_TILES["BN"], or its rule when None)."""
+def _state_tile_n(b: int, H: int, P: int, N: int, BP: int) -> int:
+    """The n-width of a state-pass program's tile, its p-width being BP (STATE_TILES["BN"], or
+    its rule when None)."""
     BN = triton.next_power_of_2(N)
     if STATE_TILES["BN"] is not None:
         return min(STATE_TILES["BN"], BN)
-    wide = b * H * triton.cdiv(P, min(STATE_TILES["BP"], triton.next_power_of_2(P)))
-    return BN if wide >= STATE_TILES["programs"] else min(STATE_TILES["min_BN"], BN)
+    return BN if b * H * triton.cdiv(P, BP) >= STATE_TILES["programs"] else min(STATE_TILES["min_BN"], BN)
 
 
 def _launch_opts(table: dict, maxnreg: str | None = None) -> dict:
@@ -675,7 +675,7 @@ class _Cfg:
         self.BNK = min(64, self.BN)  # n-blocking where n is a reduction dim
         self.BPo = min(64, self.BP)  # p-blocking of the outputs
         self.sBP = min(STATE_TILES["BP"], self.BP)
-        self.sBN = _state_tile_n(b, H, P, N)
+        self.sBN = _state_tile_n(b, H, P, N, self.sBP)
         self.sBK = min(STATE_TILES["BK"], T)
 
 
