@@ -152,3 +152,10 @@ def test_trainer_with_graphs_matches_eager(tmp_path_factory, tmp_path):
     for n in eager_w:
         err = ((graph_w[n] - eager_w[n]).norm() / eager_w[n].norm().clamp_min(1e-30)).item()
         assert err < 1e-3, (n, err)
+
+
+def test_exported_ema_equals_ema_on_cuda(tmp_path_factory, tmp_path):
+    """On the GPU the state's tensors are copies; the EMA export must hold the EMA there too."""
+    from test_no_pickle import check_exported_ema_equals_ema
+
+    check_exported_ema_equals_ema(demo_data(tmp_path_factory), tmp_path / "run", "cuda")

@@ -20,7 +20,7 @@ from typing import Any
 from biomamba.cli import CommandError
 from biomamba.commands import parse_verb_args, verb_parser
 from biomamba.model.checkpoint import load_model_and_tokenizer
-from biomamba.utils.device import resolve_device
+from biomamba.utils.device import resolve_device, resolve_dtype
 from biomamba.utils.rundir import prepare_run_dir
 from biomamba.eval.run import SUBVERB_TASKS, PerplexityConfig, TaskEvalConfig
 from biomamba.utils.io import atomic_write_text, write_json
@@ -61,18 +61,13 @@ def _load_lm(name: str, cfg: Any):
         model, tok = load_model_and_tokenizer(name, getattr(cfg, "tokenizer", None), cfg.device, cfg.dtype,
                                               cfg.backend)
         return from_mamba(model, tok, batch_size=cfg.batch_size)
-    try:
-        import torch
-        import transformers
-    except ImportError as exc:
-        raise CommandError(f"{name} is not a Mamba checkpoint and transformers is not installed") from exc
+    from biomamba.model.external import load_causal_lm
+
     device = resolve_device(cfg.device)
     try:
-        tok = transformers.AutoTokenizer.from_pretrained(name)
-        model = transformers.AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32).to(device).eval()
-    except Exception as exc:  # noqa: BLE001 - offline hub ids end here
-        raise CommandError(f"cannot load {name!r} as ours or as a transformers causal LM ({type(exc).__name__}: "
-                           f"{exc}); offline, pass a local directory") from exc
+        model, tok, _ = load_causal_lm(name, device, resolve_dtype(cfg.dtype, str(device)))
+    except CheckpointError as exc:
+        raise CommandError(f"cannot load {name!r} as ours or as a transformers causal LM: {exc}") from exc
     return from_transformers(model, tok, batch_size=cfg.batch_size)
 
 

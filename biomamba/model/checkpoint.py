@@ -25,6 +25,7 @@ from biomamba.config import from_dict, to_dict
 from biomamba.model.config import ModelConfig
 from biomamba.model.lm import MambaLM
 from biomamba.utils.io import atomic_dir
+from biomamba.utils.torch_zip import UnsafeFileError, read_torch_state_dict
 
 NATIVE_CONFIG = "biomamba_config.json"
 FORMAT_VERSION = 1
@@ -139,34 +140,43 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: cannot read JSON ({exc})") from exc
 
 
-def _read_weights(directory: Path) -> dict[str, torch.Tensor]:
-    single = directory / "model.safetensors"
-    index = directory / "model.safetensors.index.json"
-    pickle_bin = directory / "pytorch_model.bin"
-    if single.is_file():
-        return load_file(str(single))
-    if index.is_file():
-        weight_map = _read_json(index).get("weight_map", {})
-        tensors: dict[str, torch.Tensor] = {}
-        for shard in sorted(set(weight_map.values())):
-            tensors.update(load_file(str(directory / shard)))
-        missing = set(weight_map) - set(tensors)
-        if missing:
-            raise CheckpointError(f"{index}: tensors listed but not found in shards: {sorted(missing)[:5]}")
-        return tensors
-    if pickle_bin.is_file():
-        try:  # weights_only: never execute code from a downloaded file
-            return torch.load(pickle_bin, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise CheckpointError(f"{pickle_bin}: cannot load with weights_only=True ({exc})") from exc
-    raise CheckpointError(f"{directory}: no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
+def _read_sharded(index: Path, read) -> dict[str, torch.Tensor]:
+    weight_map = _read_json(index).get("weight_map", {})
+    tensors: dict[str, torch.Tensor] = {}
+    for shard in sorted(set(weight_map.values())):
+        tensors.update(read(index.parent / shard))
+    missing = set(weight_map) - set(tensors)
+    if missing:
+        raise CheckpointError(f"{index}: tensors listed but not found in shards: {sorted(missing)[:5]}")
+    return tensors
+
+
+def _read_torch_file(path: Path) -> dict[str, torch.Tensor]:
+    try:  # parsed, never unpickled: a downloaded file cannot run code
+        return read_torch_state_dict(path)
+    except UnsafeFileError as exc:
+        raise CheckpointError(str(exc)) from exc
+
+
+def read_weights(directory: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint directory: safetensors (single or sharded) first, else
+    ``pytorch_model.bin`` (single or sharded), parsed without unpickling."""
+    for name, read in (("model.safetensors", lambda p: load_file(str(p))), ("pytorch_model.bin", _read_torch_file)):
+        if (directory / name).is_file():
+            return read(directory / name)
+        if (directory / f"{name}.index.json").is_file():
+            return _read_sharded(directory / f"{name}.index.json", read)
+    raise CheckpointError(f"{directory}: no model.safetensors, pytorch_model.bin or a sharded index of either")
 
 
 def _looks_like_hub_id(name: str) -> bool:
     return name.count("/") == 1 and not name.startswith((".", "/", "~"))
 
 
-def resolve_checkpoint_dir(name_or_path: str | Path) -> Path:
+WEIGHT_PATTERNS = ["*.json", "*.safetensors", "*.bin"]
+
+
+def resolve_checkpoint_dir(name_or_path: str | Path, patterns: list[str] | None = None) -> Path:
     """A local directory as is; a hub id downloaded to the Hugging Face cache (clear error offline)."""
     path = Path(name_or_path).expanduser()
     if path.is_dir():
@@ -179,7 +189,7 @@ def resolve_checkpoint_dir(name_or_path: str | Path) -> Path:
 
         from biomamba.utils.net import hub_endpoint, unreachable_reason
 
-        patterns = ["*.json", "*.safetensors", "*.bin"]
+        patterns = patterns or WEIGHT_PATTERNS
         try:  # a complete cached copy needs no network
             return Path(snapshot_download(name, allow_patterns=patterns, local_files_only=True))
         except Exception:  # noqa: BLE001 - not cached: download below
@@ -218,7 +228,7 @@ def read_checkpoint_config(name_or_path: str | Path) -> tuple[ModelConfig, str, 
 def read_checkpoint(name_or_path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], str]:
     """(config, native-named tensors, layout) of any supported checkpoint."""
     cfg, layout, directory = read_checkpoint_config(name_or_path)
-    tensors = _read_weights(directory)
+    tensors = read_weights(directory)
     if layout == "hf":
         tensors = {_hf_to_native(k): v for k, v in tensors.items()}
     return cfg, tensors, layout

@@ -1,13 +1,17 @@
-"""Resumable training checkpoints: sharded, atomic, loadable at another world size.
+"""Resumable training checkpoints: sharded, atomic, loadable at another world size, no pickle.
 
 Layout of ``RUN/checkpoints/``::
 
     step_00001000/
-        dcp/                 torch.distributed.checkpoint: model, optimizer and EMA tensors
-                             (each rank writes its shards; any world size can load them)
-        rng/rank00000.pt     per-rank RNG states (python, numpy, torch CPU, CUDA)
+        state/               model, optimizer and EMA tensors: safetensors + JSON
+                             (``state_files``: each rank writes its shards; any world size reads them)
+        rng/rank00000.safetensors   per-rank RNG states (torch CPU/CUDA, numpy; python's in its header)
         trainer_state.json   step, data position, schedule, best metric, counters, config
     best.json                which step holds the best validation metric
+
+Nothing in a checkpoint is read with pickle: torch.distributed.checkpoint (which older
+versions wrote under ``dcp/``) unpickles its metadata, so a planted file could run code on
+``--resume``; such checkpoints are refused with the reason.
 
 A checkpoint is written into ``.tmp-step_…`` and renamed into place once every rank has
 finished, so a crash during a save leaves the earlier checkpoints untouched (and the
@@ -17,11 +21,12 @@ new one is in place: the newest ``keep_last`` are kept, and the best one.
 
 from __future__ import annotations
 
+import errno
+import json
 import os
 import random
 import re
 import shutil
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +34,7 @@ import numpy as np
 import torch
 
 from biomamba.train.distributed import DistInfo
+from biomamba.train.state_files import StateFileError, load_state_into, save_state
 from biomamba.utils.io import read_json, write_json
 
 _STEP_DIR = re.compile(r"^step_(\d{8,})$")
@@ -63,6 +69,29 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def save_rng(state: dict[str, Any], path: Path) -> None:
+    """The RNG states as safetensors: the generator tensors as tensors, the rest in the header."""
+    from safetensors.torch import save_file
+
+    tensors = {"torch": state["torch"], "numpy_keys": state["numpy"]["keys"]}
+    tensors.update({f"cuda.{i}": t for i, t in enumerate(state.get("cuda", []))})
+    plain = {"python": state["python"], "numpy": {k: v for k, v in state["numpy"].items() if k != "keys"}}
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata={"plain": json.dumps(plain)})
+
+
+def load_rng(path: Path) -> dict[str, Any]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        plain = json.loads(f.metadata()["plain"])
+        n_cuda = sum(1 for k in f.keys() if k.startswith("cuda."))
+        state = {"python": plain["python"], "numpy": {**plain["numpy"], "keys": f.get_tensor("numpy_keys")},
+                 "torch": f.get_tensor("torch")}
+        if n_cuda:
+            state["cuda"] = [f.get_tensor(f"cuda.{i}") for i in range(n_cuda)]
+    return state
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -71,7 +100,7 @@ def seed_everything(seed: int) -> None:
 
 # ---- model / optimizer / EMA state for DCP ----------------------------------------------
 class TrainingState:
-    """What DCP saves and loads in place: model, optimizer and EMA tensors (``Stateful``)."""
+    """What a checkpoint saves and loads in place: model, optimizer and EMA tensors."""
 
     def __init__(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer, ema=None):
         self.module, self.optimizer, self.ema = module, optimizer, ema
@@ -144,8 +173,6 @@ class CheckpointManager:
     # -- save -----------------------------------------------------------------------------
     def save(self, step: int, state: TrainingState, trainer_state: dict[str, Any],
              protect: set[int] | None = None) -> Path:
-        import torch.distributed.checkpoint as dcp
-
         name = f"step_{step:08d}"
         final = self.root / name
         tmp = self.root / f".tmp-{name}"
@@ -154,10 +181,11 @@ class CheckpointManager:
                 shutil.rmtree(tmp)
             (tmp / "rng").mkdir(parents=True)
         self.info.barrier()
-        with warnings.catch_warnings():  # "assuming the intent is to save in a single process": it is
-            warnings.filterwarnings("ignore", message=".*assuming the intent.*")
-            dcp.save({"train": state}, checkpoint_id=str(tmp / "dcp"), no_dist=not self.info.distributed)
-        torch.save(rng_state(), tmp / "rng" / f"rank{self.info.rank:05d}.pt")
+        try:
+            save_state(state.state_dict(), tmp / "state", self.info.rank)
+            save_rng(rng_state(), tmp / "rng" / f"rank{self.info.rank:05d}.safetensors")
+        except OSError as exc:
+            raise CheckpointError(_os_reason(exc, f"writing checkpoint {tmp}")) from exc
         self.info.barrier()
         if self.info.is_main:
             write_json(tmp / STATE_FILE, trainer_state)
@@ -194,22 +222,36 @@ class CheckpointManager:
     # -- load -----------------------------------------------------------------------------
     def load(self, path: str | Path, state: TrainingState) -> tuple[dict[str, Any], dict[str, Any] | None]:
         """Load tensors into ``state`` in place; returns (trainer_state, this rank's RNG state or None)."""
-        import torch.distributed.checkpoint as dcp
-
         path = Path(path)
         if not (path / STATE_FILE).is_file():
             raise CheckpointError(f"{path}: not a training checkpoint (no {STATE_FILE})")
-        trainer_state = read_json(path / STATE_FILE)
+        if not (path / "state").is_dir():
+            if (path / "dcp").is_dir():
+                raise CheckpointError(f"{path}: written in torch.distributed.checkpoint format by an older biomamba; "
+                                      f"its metadata is a pickle, which can run code, so it is not read. Start "
+                                      f"a new run from exported weights instead (model.init_from=RUN/final)")
+            raise CheckpointError(f"{path}: no state/ directory (model, optimizer and EMA tensors)")
         try:
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=".*assuming the intent.*")
-                dcp.load({"train": state}, checkpoint_id=str(path / "dcp"), no_dist=not self.info.distributed)
-        except Exception as exc:  # noqa: BLE001 - name the checkpoint and the likely cause
-            raise CheckpointError(f"{path}: could not load the model/optimizer/EMA tensors ({exc}); was it written "
-                                  f"by a run with a different model or optimizer configuration?") from exc
-        rng_file = path / "rng" / f"rank{self.info.rank:05d}.pt"
-        rng = torch.load(rng_file, weights_only=True) if rng_file.is_file() else None
+            trainer_state = read_json(path / STATE_FILE)
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"{path / STATE_FILE}: cannot read JSON ({exc})") from exc
+        try:
+            state.load_state_dict(load_state_into(state.state_dict(), path / "state"))
+        except StateFileError as exc:
+            raise CheckpointError(f"{exc}; was it written by a run with a different model or optimizer "
+                                  f"configuration?") from exc
+        rng_file = path / "rng" / f"rank{self.info.rank:05d}.safetensors"
+        try:
+            rng = load_rng(rng_file) if rng_file.is_file() else None
+        except Exception as exc:  # noqa: BLE001 - safetensors raises its own types; name the file
+            raise CheckpointError(f"{rng_file}: cannot read the RNG state ({type(exc).__name__}: {exc})") from exc
         return trainer_state, rng
+
+
+def _os_reason(exc: OSError, doing: str) -> str:
+    if exc.errno == errno.ENOSPC:
+        return f"{doing}: no space left on the device ({exc.filename or 'disk full'})"
+    return f"{doing}: {exc.strerror or exc} ({exc.filename or ''})"
 
 
 def resolve_resume(resume: bool | str, manager: CheckpointManager) -> Path | None:

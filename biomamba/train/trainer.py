@@ -466,20 +466,21 @@ class Trainer:
 
         if weights == "ema" and self.ema is None:
             return None
-        ctx = self.ema.swapped_in() if weights == "ema" else nullcontext()
-        with ctx:
-            state = self._full_state()
         path = self.out / name
-        if self.info.is_main:
-            with torch.device("meta"):
-                export = type(self.model)(self.model.config)
-            export.load_state_dict(state, assign=True)
-            if self.model.config.tie_embeddings:
-                export.lm_head.weight = export.backbone.embedding.weight
-            save_model(export, path, tokenizer=self.tokenizer,
-                       extra={"trained": {"step": self.step, "tokens": self.tokens, "weights": weights,
-                                          "objective": getattr(self.objective, "name", None)}})
-        self.info.barrier()
+        # written while the EMA weights are swapped in: on the CPU the state's tensors can be the
+        # parameters themselves, which the swap-out would turn back into the raw weights
+        with self.ema.swapped_in() if weights == "ema" else nullcontext():
+            state = self._full_state()
+            if self.info.is_main:
+                with torch.device("meta"):
+                    export = type(self.model)(self.model.config)
+                export.load_state_dict(state, assign=True)
+                if self.model.config.tie_embeddings:
+                    export.lm_head.weight = export.backbone.embedding.weight
+                save_model(export, path, tokenizer=self.tokenizer,
+                           extra={"trained": {"step": self.step, "tokens": self.tokens, "weights": weights,
+                                              "objective": getattr(self.objective, "name", None)}})
+            self.info.barrier()
         return path
 
     # ---- the loop -----------------------------------------------------------------------
