@@ -88,6 +88,26 @@ def test_llrd_table(preset, factor):
         assert rows[f"backbone.layers.{i}.mixer.dt_bias"].lr_scale == pytest.approx(factor ** (n - 1 - i))
 
 
+@pytest.mark.parametrize("preset,factor,paper_lr", [("370m", 0.95, 4.5e-7), ("2.7b", 0.95, 2.0e-7)])
+def test_lr_anchor_bottom_reproduces_the_authors_scripts(preset, factor, paper_lr):
+    """The authors' scripts pass one top rate, 5e-6; at 370M and 2.7B its block-0 rate is the
+    paper's per-size number, so ``lr_anchor: bottom`` with the paper's number gives the scripts'
+    rates (to the paper's two digits) and ``top`` gives block 0 that number times f^(N-1)."""
+    model = _meta_model(preset)
+    n = model.config.n_layer
+    top = {r.name: r.lr_scale for r in param_table(model.named_parameters(), n, weight_decay=0.1, llrd=factor)}
+    bottom = {r.name: r.lr_scale for r in param_table(model.named_parameters(), n, weight_decay=0.1, llrd=factor,
+                                                      anchor="bottom")}
+    first, last = "backbone.layers.0.mixer.in_proj.weight", f"backbone.layers.{n - 1}.mixer.in_proj.weight"
+    assert bottom[first] == pytest.approx(1.0) and top[last] == 1.0
+    assert paper_lr * bottom[last] == pytest.approx(5e-6, rel=0.02)  # the scripts' top rate, 2 digits
+    assert 5e-6 * top[first] == pytest.approx(paper_lr, rel=0.02)
+    for name in top:
+        assert bottom[name] == pytest.approx(top[name] / factor ** (n - 1), rel=1e-12), name
+    with pytest.raises(ValueError, match="top or bottom"):
+        param_table(model.named_parameters(), n, weight_decay=0.1, llrd=factor, anchor="middle")
+
+
 def test_weight_decay_exclusions():
     model = _meta_model("130m")
     rows = {r.name: r.weight_decay for r in param_table(model.named_parameters(), 24, weight_decay=0.1)}

@@ -53,13 +53,18 @@ class LoopConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = 1.5e-6  # peak learning rate (the top layer's; see llrd)
+    lr: float = 1.5e-6  # peak learning rate of the block named by lr_anchor (see llrd)
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = 1e-8
     weight_decay: float = 0.1  # not on norms, biases, A_log, D, dt_bias
     grad_clip: float = 1.0  # max global gradient norm; 0 = no clipping
     llrd: float = 0.90  # layer-wise LR decay factor (1.0 = off)
     tied_embedding_lr: Literal["embedding", "head"] = "embedding"
+    # Which block learns at ``lr`` under layer-wise decay (the papers do not say): "top" (the
+    # last block, the final norm and an untied head; lower blocks slower), or "bottom" (the
+    # first block; higher blocks faster). The authors' scripts pass one top rate (5e-6) at every
+    # size; the paper's per-size rates equal that script's bottom-block rate at 370M and 2.7B.
+    lr_anchor: Literal["top", "bottom"] = "top"
 
     def __post_init__(self) -> None:
         if self.lr <= 0:

@@ -2,7 +2,8 @@
 
 Layer-wise decay with factor ``f`` over ``N`` blocks (the papers: 0.90 at 130M, 0.95
 above): block ``i`` learns at ``peak · f^(N−1−i)``, the embedding at ``peak · f^N`` (the
-lowest), the final norm and an untied head at the peak. All ``state-spaces`` Mamba2
+lowest), the final norm and an untied head at the peak. With ``anchor="bottom"`` every rate
+is divided by ``f^(N−1)``, so that block 0 learns at ``peak`` instead (``OptimConfig.lr_anchor``). All ``state-spaces`` Mamba2
 checkpoints tie the head to the embedding: one matrix cannot have two rates, so the tied
 matrix gets the embedding's rate by default (``tied_embedding_lr: head`` gives it the
 head's instead).
@@ -54,13 +55,17 @@ class ParamInfo:
 
 
 def param_table(named_params: Iterable[tuple[str, nn.Parameter]], n_layer: int, *, weight_decay: float,
-                llrd: float = 1.0, tied: bool = True, tied_embedding_lr: str = "embedding") -> list[ParamInfo]:
+                llrd: float = 1.0, tied: bool = True, tied_embedding_lr: str = "embedding",
+                anchor: str = "top") -> list[ParamInfo]:
     """Per trainable parameter: its LLRD multiplier and weight decay (for logging and tests)."""
+    if anchor not in ("top", "bottom"):
+        raise ValueError(f"lr anchor must be top or bottom, got {anchor!r}")
+    lift = 1.0 / llrd ** (n_layer - 1) if anchor == "bottom" else 1.0
     rows = []
     for name, p in named_params:
         if not p.requires_grad:
             continue
-        rows.append(ParamInfo(name, layer_lr_scale(name, n_layer, llrd, tied, tied_embedding_lr),
+        rows.append(ParamInfo(name, layer_lr_scale(name, n_layer, llrd, tied, tied_embedding_lr) * lift,
                               0.0 if no_weight_decay(name) else weight_decay))
     return rows
 
@@ -83,7 +88,7 @@ def is_tied(module: nn.Module) -> bool:
 
 
 def param_groups(module: nn.Module, n_layer: int, *, weight_decay: float, llrd: float = 1.0,
-                 tied: bool | None = None, tied_embedding_lr: str = "embedding") -> list[dict]:
+                 tied: bool | None = None, tied_embedding_lr: str = "embedding", anchor: str = "top") -> list[dict]:
     """Optimizer groups, one per (LLRD multiplier, weight decay); each carries ``lr_scale``.
     ``tied`` None: detected from the module."""
     groups: dict[tuple[float, float], dict] = {}
@@ -92,7 +97,7 @@ def param_groups(module: nn.Module, n_layer: int, *, weight_decay: float, llrd: 
     named = [(_strip(n), p) for n, p in module.named_parameters()]
     by_name = dict(named)
     for info in param_table(named, n_layer, weight_decay=weight_decay, llrd=llrd, tied=tied,
-                            tied_embedding_lr=tied_embedding_lr):
+                            tied_embedding_lr=tied_embedding_lr, anchor=anchor):
         key = (info.lr_scale, info.weight_decay)
         group = groups.setdefault(key, {"params": [], "lr_scale": info.lr_scale, "weight_decay": info.weight_decay})
         group["params"].append(by_name[info.name])
@@ -102,9 +107,9 @@ def param_groups(module: nn.Module, n_layer: int, *, weight_decay: float, llrd: 
 
 def build_optimizer(module: nn.Module, n_layer: int, *, lr: float, betas: tuple[float, float], eps: float,
                     weight_decay: float, llrd: float = 1.0, tied: bool | None = None,
-                    tied_embedding_lr: str = "embedding") -> torch.optim.AdamW:
+                    tied_embedding_lr: str = "embedding", anchor: str = "top") -> torch.optim.AdamW:
     groups = param_groups(module, n_layer, weight_decay=weight_decay, llrd=llrd, tied=tied,
-                          tied_embedding_lr=tied_embedding_lr)
+                          tied_embedding_lr=tied_embedding_lr, anchor=anchor)
     for g in groups:
         g["lr"] = lr * g["lr_scale"]
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)

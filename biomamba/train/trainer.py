@@ -148,7 +148,7 @@ class Trainer:
         mcfg = self.model.config
         self.optimizer = build_optimizer(self.loss_module, mcfg.n_layer, lr=o.lr, betas=tuple(o.betas), eps=o.eps,
                                          weight_decay=o.weight_decay, llrd=o.llrd,
-                                         tied_embedding_lr=o.tied_embedding_lr)
+                                         tied_embedding_lr=o.tied_embedding_lr, anchor=o.lr_anchor)
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
         self.graphs = self._micro_step_graphs()
         self.ema = EMA(list(self.model.named_parameters()), recipe.ema.decay) if recipe.ema.enabled else None
