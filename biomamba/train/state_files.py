@@ -149,9 +149,12 @@ def save_state(state: Mapping[str, Any], directory: str | Path, rank: int) -> No
 
 
 # ---- load ---------------------------------------------------------------------------------
-def _stored_pieces(directory: Path, stack: ExitStack) -> dict[str, list[tuple[Any, list[int], list[int]]]]:
-    """name -> [(open file, offsets, sizes)] over every rank's files."""
-    out: dict[str, list[tuple[Any, list[int], list[int]]]] = {}
+_Piece = tuple[Path, Any, list[int], list[int]]  # (file, open handle, offsets, sizes)
+
+
+def _stored_pieces(directory: Path, stack: ExitStack) -> dict[str, list[_Piece]]:
+    """name -> its pieces over every rank's files."""
+    out: dict[str, list[_Piece]] = {}
     for path in sorted(directory.glob("*-rank*.safetensors")):
         try:
             handle = stack.enter_context(safe_open(str(path), framework="pt"))
@@ -160,13 +163,13 @@ def _stored_pieces(directory: Path, stack: ExitStack) -> dict[str, list[tuple[An
             raise StateFileError(f"{path}: not a readable state file ({type(exc).__name__}: {exc})") from exc
         for name, at in index.items():
             sizes = list(handle.get_slice(name).get_shape())
-            out.setdefault(name, []).append((handle, [int(o) for o in at], sizes))
+            out.setdefault(name, []).append((path, handle, [int(o) for o in at], sizes))
     return out
 
 
-def _fill(name: str, dst: torch.Tensor, dst_at: list[int], pieces: list[tuple[Any, list[int], list[int]]]) -> None:
+def _fill(name: str, dst: torch.Tensor, dst_at: list[int], pieces: list[_Piece]) -> None:
     covered, seen = 0, set()
-    for handle, at, sizes in pieces:
+    for path, handle, at, sizes in pieces:
         if tuple(at) in seen:  # a replica of a piece already read
             continue
         seen.add(tuple(at))
@@ -174,10 +177,13 @@ def _fill(name: str, dst: torch.Tensor, dst_at: list[int], pieces: list[tuple[An
         hi = [min(a + s, b + d) for a, s, b, d in zip(at, sizes, dst_at, dst.shape)]
         if any(l >= h for l, h in zip(lo, hi)):
             continue
-        if dst.dim() == 0:
-            piece = handle.get_tensor(name)
-        else:
-            piece = handle.get_slice(name)[tuple(slice(l - a, h - a) for l, h, a in zip(lo, hi, at))]
+        try:
+            if dst.dim() == 0:
+                piece = handle.get_tensor(name)
+            else:
+                piece = handle.get_slice(name)[tuple(slice(l - a, h - a) for l, h, a in zip(lo, hi, at))]
+        except Exception as exc:  # noqa: BLE001 - safetensors raises its own types; name the file
+            raise StateFileError(f"{path}: cannot read {name} ({type(exc).__name__}: {exc})") from exc
         dst[tuple(slice(l - b, h - b) for l, h, b in zip(lo, hi, dst_at))].copy_(piece)
         covered += math.prod(h - l for l, h in zip(lo, hi))
     if covered != dst.numel():
