@@ -27,6 +27,7 @@ VERBS: dict[str, str] = {
     "convert": "convert checkpoints between state-spaces, Hugging Face and native layouts",
     "report": "write report.md and report.html for a run directory",
     "pipeline": "run the whole method end to end (the embedded demo with no arguments)",
+    "study": "run a pipeline recipe over a grid of settings and compare the runs (tables, figures)",
     "env": "print versions, the device, and which kernel backend each op uses",
 }
 

@@ -48,19 +48,21 @@ def test_report_numbers_equal_the_stage_outputs(demo_run):
     adapted = json.loads((demo_run / "ppl-adapted" / "results.json").read_text())["per_source"]
     assert set(ppl_rows) == {"pubmed", "c4", "wikipedia"}
     for source, row in ppl_rows.items():
-        assert float(row[1]) == pytest.approx(base[source]["perplexity"], rel=1e-3)
-        assert float(row[3]) == pytest.approx(adapted[source]["perplexity"], rel=1e-3)
-        assert int(row[2]) == base[source]["tokens"]
+        assert float(row[1].replace(",", "")) == pytest.approx(base[source]["perplexity"], abs=5e-3)
+        assert float(row[3].replace(",", "")) == pytest.approx(adapted[source]["perplexity"], abs=5e-3)
+        assert int(row[2].replace(",", "")) == base[source]["tokens"]  # ints print with thousands separators
     yesno = json.loads((demo_run / "yesno-adapted" / "results.json").read_text())["metrics"]
     rows = [r for r in _md_table(md, "Yes/no QA") if r[0] == "BioMamba2 + SFT" and r[2] == "all"]
     assert {r[1] for r in rows} == set(yesno)
     for r in rows:
-        assert float(r[4]) == pytest.approx(yesno[r[1]]["accuracy"], rel=1e-3) and int(r[3]) == yesno[r[1]]["n"]
-        assert float(r[6]) == pytest.approx(yesno[r[1]]["macro_f1"], rel=1e-3, abs=1e-9)
+        # fixed 3 decimals a column: equal to the stage's number to within half a unit in the last place
+        assert float(r[4]) == pytest.approx(yesno[r[1]]["accuracy"], abs=5e-4) and int(r[3]) == yesno[r[1]]["n"]
+        assert float(r[6]) == pytest.approx(yesno[r[1]]["macro_f1"], abs=5e-4)
     rouge = json.loads((demo_run / "clinical-adapted" / "results.json").read_text())["metrics"]["rouge"]
     row = next(r for r in _md_table(md, "Clinical generation") if r[0] == "BioMamba2 + SFT")
-    assert float(row[3]) == pytest.approx(rouge["rouge1"], rel=1e-3, abs=1e-9)
-    assert re.search(r"\| data-mix \| pubmed \| \d+ \|", md)
+    assert float(row[3]) == pytest.approx(rouge["rouge1"], abs=5e-4)
+    assert re.search(r"\| data-mix \| pubmed \| [\d,]+ \|", md)
+    assert (demo_run / "plots" / "val_loss.svg").is_file() and (demo_run / "plots" / "val_loss.pdf").is_file()
 
 
 def test_rerun_skips_finished_stages(demo_run, capsys):

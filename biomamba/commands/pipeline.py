@@ -14,7 +14,7 @@ from biomamba.commands import parse_verb_args, verb_parser
 def main(argv: list[str]) -> int:
     from biomamba.cli import main as cli
     from biomamba.pipeline import CONFIGS_DIR, PipelineConfig, run_pipeline
-    from biomamba.report import write_report
+    from biomamba.study.report import write_report
 
     parser = verb_parser("pipeline", __doc__)
     args_probe, _ = parser.parse_known_args(argv)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 def main(argv: list[str]) -> int:
-    from biomamba.report import write_report
+    from biomamba.study.report import write_report
 
     parser = argparse.ArgumentParser(prog="biomamba report", description=__doc__)
     parser.add_argument("run_dir", type=Path)

@@ -1,51 +1,22 @@
-"""``report.md`` and a self-contained ``report.html`` for a pipeline run directory.
+"""``report.md`` and a self-contained ``report.html`` for one pipeline run directory.
 
 The report reads only what the stages wrote (``pipeline.json``, each stage's
 ``results.json``, ``metrics.jsonl``, ``manifest.json``, ``environment.json``) and lays it out
-as the papers' tables, filled with this run's numbers, plus learning curves as PNG plots
-(embedded in the HTML as data URIs, so the file stands alone).
+as the papers' tables, filled with this run's numbers, plus learning curves (PNG embedded in
+the HTML, SVG/PDF beside it). Cross-run tables are ``biomamba.study.aggregate``'s.
 """
 
 from __future__ import annotations
 
-import base64
-import html
 import json
-import math
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from biomamba.utils.io import atomic_write_text, read_json
+from biomamba.study.tables import Figure, Report, Table, new_figure, save_figure, write_report_files
+from biomamba.utils.io import read_json
 
 
-@dataclass
-class Table:
-    title: str
-    columns: list[str]
-    rows: list[list[Any]]
-    note: str = ""
-
-
-@dataclass
-class Report:
-    title: str
-    tables: list[Table] = field(default_factory=list)
-    plots: list[tuple[str, Path]] = field(default_factory=list)  # (caption, png)
-    sections: list[tuple[str, str]] = field(default_factory=list)  # (heading, preformatted text)
-
-
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "nan"
-        return f"{v:.4g}" if abs(v) >= 1e-3 or v == 0 else f"{v:.2e}"
-    return str(v)
-
-
-def _read_jsonl(path: Path) -> list[dict]:
+def read_jsonl(path: Path) -> list[dict]:
     if not path.is_file():
         return []
     rows = []
@@ -94,7 +65,8 @@ def perplexity_table(run: Path, record: dict) -> Table | None:
         rows.append(row)
     columns = ["source"] + [c for label, _ in evals for c in (f"{label} ppl", "tokens")]
     return Table("Perplexity per held-out source (lower is better)", columns, rows,
-                 "exp(token-weighted mean next-token cross-entropy); padding ignored, non-finite losses excluded and counted.")
+                 "exp(token-weighted mean next-token cross-entropy); padding ignored, non-finite losses excluded and counted.",
+                 decimals={c: 2 for c in columns if c.endswith(" ppl")})
 
 
 def yesno_table(run: Path, record: dict) -> Table | None:
@@ -103,8 +75,7 @@ def yesno_table(run: Path, record: dict) -> Table | None:
         for mode, m in res.get("metrics", {}).items():
             groups = [("all", m)] + [(g, sub) for g, sub in (m.get("by_source") or {}).items()]
             for group, g in groups:
-                ci = g.get("accuracy_ci95") or [None, None]
-                rows.append([label, mode, group, g.get("n"), g.get("accuracy"), f"[{_fmt(ci[0])}, {_fmt(ci[1])}]",
+                rows.append([label, mode, group, g.get("n"), g.get("accuracy"), g.get("accuracy_ci95"),
                              g.get("macro_f1"), g.get("f1_yes"), g.get("f1_no"), g.get("unparsed", 0)])
     if not rows:
         return None
@@ -154,29 +125,25 @@ def data_table(run: Path, record: dict) -> Table | None:
     if not rows:
         return None
     return Table("Data (from each manifest.json)",
-                 ["stage", "source", "documents read", "kept", "train sequences", "val sequences", "ratio achieved"], rows)
+                 ["stage", "source", "documents read", "kept", "train sequences", "val sequences", "ratio achieved"], rows,
+                 decimals={"ratio achieved": 3})
 
 
 def timing_table(record: dict) -> Table:
     rows = [[name, info.get("status"), info.get("seconds")] for name, info in record.get("stages", {}).items()]
-    return Table("Stages", ["stage", "status", "seconds (last run)"], rows)
+    return Table("Stages", ["stage", "status", "seconds (last run)"], rows, decimals={"seconds (last run)": 1})
 
 
-def _plot_curves(run: Path, record: dict, plot_dir: Path) -> list[tuple[str, Path]]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    plots = []
+def _plot_curves(run: Path, record: dict, plot_dir: Path) -> list[Figure]:
+    figures: list[Figure] = []
     train_stages = [s for s in record.get("order", []) if record.get("verbs", {}).get(s) in ("pretrain", "sft")]
-    curves = {s: _read_jsonl(run / s / "metrics.jsonl") for s in train_stages}
+    curves = {s: read_jsonl(run / s / "metrics.jsonl") for s in train_stages}
     curves = {s: rows for s, rows in curves.items() if rows}
     if not curves:
-        return plots
-    plot_dir.mkdir(parents=True, exist_ok=True)
-    for key, title, fname in (("loss", "training loss", "train_loss.png"), ("lr", "learning rate", "lr.png")):
-        fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=110)
+        return figures
+    for key, title, stem in (("loss", "training loss", "train_loss"), ("lr", "learning rate", "lr")):
+        fig, axes = new_figure(width_in=5.0, height_in=2.8)
+        ax = axes[0][0]
         for s, rows in curves.items():
             pts = [(r["step"], r[key]) for r in rows if key in r and "step" in r and isinstance(r[key], (int, float))]
             if pts:
@@ -185,11 +152,8 @@ def _plot_curves(run: Path, record: dict, plot_dir: Path) -> list[tuple[str, Pat
         ax.set_ylabel(key)
         ax.set_title(title)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(plot_dir / fname)
-        plt.close(fig)
-        plots.append((title.capitalize() + " per training stage", plot_dir / fname))
+        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)  # beside, never over, the lines
+        figures.append(save_figure(fig, plot_dir, stem, title.capitalize() + " per training stage"))
     # validation: one panel per training stage, one line per held-out source ("all" left out)
     panels = []
     for s, rows in curves.items():
@@ -199,23 +163,21 @@ def _plot_curves(run: Path, record: dict, plot_dir: Path) -> list[tuple[str, Pat
     if panels:
         cols = min(3, len(panels))
         nrows = -(-len(panels) // cols)
-        fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.0 * nrows), dpi=110, squeeze=False)
+        fig, axes = new_figure(width_in=2.6, height_in=2.0, ncols=cols, nrows=nrows)
         for ax, (s, rows, keys) in zip(axes.flat, panels):
             for k in keys:
                 pts = [(r["step"], r[k]) for r in rows if isinstance(r.get(k), (int, float))]
-                ax.plot(*zip(*pts), marker="o", markersize=3, label=k[4:-5])
-            ax.set_title(s, fontsize=10)
-            ax.set_xlabel("optimizer step", fontsize=8)
-            ax.set_ylabel("validation loss", fontsize=8)
+                ax.plot(*zip(*pts), marker="o", markersize=2, label=k[4:-5])
+            ax.set_title(s)
+            ax.set_xlabel("optimizer step")
+            ax.set_ylabel("validation loss")
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
+            ax.legend()
         for ax in list(axes.flat)[len(panels):]:
             ax.set_visible(False)
         fig.tight_layout()
-        fig.savefig(plot_dir / "val_loss.png")
-        plt.close(fig)
-        plots.append(("Validation loss per held-out source, per training stage", plot_dir / "val_loss.png"))
-    return plots
+        figures.append(save_figure(fig, plot_dir, "val_loss", "Validation loss per held-out source, per training stage"))
+    return figures
 
 
 def build_report(run: Path) -> Report:
@@ -239,50 +201,6 @@ def build_report(run: Path) -> Report:
     return report
 
 
-def render_markdown(report: Report, run: Path) -> str:
-    out = [f"# {report.title}", ""]
-    for t in report.tables:
-        out += [f"## {t.title}", "", "| " + " | ".join(t.columns) + " |", "|" + "---|" * len(t.columns)]
-        out += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in t.rows]
-        out += ["", t.note, ""] if t.note else [""]
-    if report.plots:
-        out += ["## Learning curves", ""]
-        out += [f"![{caption}]({png.relative_to(run)})" for caption, png in report.plots] + [""]
-    for heading, text in report.sections:
-        out += [f"## {heading}", "", "```", text.rstrip(), "```", ""]
-    return "\n".join(out)
-
-
-def render_html(report: Report) -> str:
-    style = ("body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;color:#222}"
-             "table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.3em .6em;"
-             "text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}"
-             "pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:.85em}.note{color:#666;font-size:.9em}"
-             "img{max-width:100%;border:1px solid #eee}")
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(report.title)}</title>"
-             f"<style>{style}</style></head><body><h1>{html.escape(report.title)}</h1>"]
-    for t in report.tables:
-        head = "".join(f"<th>{html.escape(c)}</th>" for c in t.columns)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row) + "</tr>" for row in t.rows)
-        parts.append(f"<h2>{html.escape(t.title)}</h2><table><tr>{head}</tr>{body}</table>")
-        if t.note:
-            parts.append(f"<p class='note'>{html.escape(t.note)}</p>")
-    if report.plots:
-        parts.append("<h2>Learning curves</h2>")
-        for caption, png in report.plots:
-            data = base64.b64encode(png.read_bytes()).decode()
-            parts.append(f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{data}'>"
-                         f"<figcaption>{html.escape(caption)}</figcaption></figure>")
-    for heading, text in report.sections:
-        parts.append(f"<h2>{html.escape(heading)}</h2><pre>{html.escape(text)}</pre>")
-    parts.append("</body></html>")
-    return "".join(parts)
-
-
 def write_report(run: str | Path) -> tuple[Path, Path]:
     run = Path(run)
-    report = build_report(run)
-    md, page = run / "report.md", run / "report.html"
-    atomic_write_text(md, render_markdown(report, run))
-    atomic_write_text(page, render_html(report))
-    return md, page
+    return write_report_files(build_report(run), run)

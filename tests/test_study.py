@@ -1,0 +1,144 @@
+"""`biomamba study`: a pipeline recipe over a grid, runs skipped when done, one command per run
+for a scheduler, selection on the validation split with the test stage run for the winner
+alone, and cross-run tables (Markdown / CSV / LaTeX, fixed decimals) and figures (SVG / PDF /
+PNG) whose numbers equal the runs' own files."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from biomamba.cli import main as cli
+from biomamba.config import ConfigError, load_config
+from biomamba.pipeline import CONFIGS_DIR
+from biomamba.study.aggregate import get_path
+from biomamba.study.spec import StudyConfig
+
+# the demo corpus → one data build → a 4-step tiny LM → perplexity on validation and on train
+PIPELINE = {
+    "name": "mini", "demo_corpus": True, "report": False,
+    "stages": [
+        {"name": "data", "verb": "data", "args": ["build"], "config": "{configs}/pipeline/demo/data.yaml",
+         "overrides": {"tokenizer": "{corpus}/tokenizer.json",
+                       "sources.pubmed.paths": ["{corpus}/medline/demo-baseline.xml.gz"],
+                       "sources.c4.paths": ["{corpus}/c4/c4-demo.jsonl"],
+                       "sources.wikipedia.paths": ["{corpus}/wikitext/wiki-demo.raw"]}},
+        {"name": "lm", "verb": "pretrain", "config": "{configs}/pretrain/tiny.yaml",
+         "overrides": {"data": "{run}/data", "train.max_steps": 4, "eval.every": 2, "eval.max_sequences": 8,
+                       "checkpoint.every": 2, "train.log_every": 1,
+                       "model.overrides": {"d_model": 32, "n_layer": 2, "d_state": 8, "headdim": 8}}},
+        {"name": "ppl-val", "verb": "eval", "args": ["ppl"],
+         "overrides": {"model": "{run}/lm/best", "data": "{run}/data", "max_sequences": 8, "label": "lm"}},
+        {"name": "ppl-train", "verb": "eval", "args": ["ppl"],
+         "overrides": {"model": "{run}/lm/best", "data": "{run}/data", "split": "train", "max_sequences": 8}},
+    ],
+}
+
+
+def _study(tmp_path: Path, **extra) -> Path:
+    (tmp_path / "mini.yaml").write_text(yaml.safe_dump(PIPELINE, sort_keys=False))
+    study = {
+        "name": "lr-sweep", "pipeline": str(tmp_path / "mini.yaml"),
+        "axes": {"lr": [{"label": "1e-3", "stage_overrides": {"pretrain": {"optim.lr": 1.0e-3}},
+                         "values": {"lr": 1e-3}},
+                        {"label": "1e-2", "stage_overrides": {"pretrain": {"optim.lr": 1.0e-2}},
+                         "values": {"lr": 1e-2}}]},
+        "tables": [{"title": "Perplexity by learning rate", "row_axis": "lr",
+                    "columns": [{"label": "val ppl", "stage": "ppl-val", "key": "per_source.pubmed.perplexity",
+                                 "decimals": 2},
+                                {"label": "train ppl", "stage": "ppl-train", "key": "per_source.pubmed.perplexity",
+                                 "decimals": 2},
+                                {"label": "gap %", "of": "train ppl", "relative_to": "val ppl", "decimals": 1}]}],
+        "figures": [{"title": "Validation loss", "kind": "curve", "stage": "lm", "key": "val/all/loss"},
+                    {"title": "Validation perplexity by lr", "kind": "axis", "stage": "ppl-val",
+                     "key": "per_source.pubmed.perplexity", "x_axis": "lr", "x_value": "lr", "log_x": True}],
+        **extra,
+    }
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study, sort_keys=False))
+    return path
+
+
+def test_get_path_matches_dotted_names_whole():
+    doc = {"per_source": {"pubmed": {"perplexity": 3.5}}, "runs": {"mamba2-1.3b": {"x": 1}}, "l": [{"a": 2}]}
+    assert get_path(doc, "per_source.pubmed.perplexity") == 3.5
+    assert get_path(doc, "runs.mamba2-1.3b.x") == 1 and get_path(doc, "l.0.a") == 2
+    assert get_path(doc, "per_source.c4.perplexity") is None
+
+
+def test_study_config_errors_name_the_problem(tmp_path):
+    path = _study(tmp_path)
+    with pytest.raises(ConfigError, match="not an earlier column"):
+        load_config(StudyConfig, path, ["--tables=[{title: t, columns: [{label: d, of: a, relative_to: b}]}]"])
+    with pytest.raises(ConfigError, match="point labels must be unique"):
+        load_config(StudyConfig, path, ["--axes={lr: [{label: a}, {label: a}]}"])
+
+
+def test_emit_writes_one_command_per_run(tmp_path, capsys):
+    out = tmp_path / "study"
+    assert cli(["study", "--config", str(_study(tmp_path)), "--out", str(out), "--emit"]) == 0
+    lines = [ln for ln in (out / "commands.sh").read_text().splitlines() if ln.startswith("biomamba")]
+    assert len(lines) == 2 and all("pipeline --config" in ln for ln in lines)
+    recipe = yaml.safe_load((out / "runs" / "lr=1e-2" / "study_pipeline.yaml").read_text())
+    assert recipe["stage_overrides"]["pretrain"]["optim.lr"] == 1.0e-2
+    assert not (out / "runs" / "lr=1e-2" / "pipeline.json").exists()  # nothing ran
+
+
+def test_study_runs_selects_and_aggregates(tmp_path, capsys):
+    select = {"select": {"stage": "ppl-val", "key": "per_source.pubmed.perplexity", "mode": "min",
+                         "final_stages": ["ppl-train"]}}
+    config, out = _study(tmp_path, **select), tmp_path / "study"
+    assert cli(["study", "--config", str(config), "--out", str(out)]) == 0
+    runs = {name: out / "runs" / name for name in ("lr=1e-3", "lr=1e-2")}
+    record = json.loads((out / "study.json").read_text())
+    sel = record["selection"]
+    vals = {name: json.loads((d / "ppl-val" / "results.json").read_text())["per_source"]["pubmed"]["perplexity"]
+            for name, d in runs.items()}
+    assert sel["values"] == vals and sel["winner"] == min(vals, key=vals.get)
+    # the test-side stage ran for the winner only
+    loser = next(n for n in runs if n != sel["winner"])
+    assert (runs[sel["winner"]] / "ppl-train" / "results.json").is_file()
+    assert not (runs[loser] / "ppl-train").exists()
+
+    # the table's numbers are the runs' own, at the column's decimals; the gap is computed from them
+    rows = {r["lr"]: r for r in csv.DictReader((out / "tables" / "perplexity-by-learning-rate.csv").open())}
+    for name, d in runs.items():
+        assert float(rows[name.split("=")[1]]["val ppl"]) == pytest.approx(vals[name])
+    md = (out / "tables" / "perplexity-by-learning-rate.md").read_text()
+    winner_row = next(ln for ln in md.splitlines() if ln.startswith(f"| {sel['winner'].split('=')[1]} |"))
+    cells = [c.strip() for c in winner_row.strip("|").split("|")]
+    train = json.loads((runs[sel["winner"]] / "ppl-train" / "results.json").read_text())["per_source"]["pubmed"]
+    assert cells[1] == f"{vals[sel['winner']]:,.2f}" and cells[2] == f"{train['perplexity']:,.2f}"
+    assert cells[3] == f"{(train['perplexity'] - vals[sel['winner']]) / vals[sel['winner']] * 100:,.1f}"
+    loser_row = next(ln for ln in md.splitlines() if ln.startswith(f"| {loser.split('=')[1]} |"))
+    assert loser_row.count("–") == 2  # not run: a dash, never a zero
+    tex = (out / "tables" / "perplexity-by-learning-rate.tex").read_text()
+    assert "\\toprule" in tex and "gap \\%" in tex
+    for stem in ("validation-loss", "validation-perplexity-by-lr"):
+        for ext in ("svg", "pdf", "png"):
+            assert (out / "figures" / f"{stem}.{ext}").stat().st_size > 1000
+    from PIL import Image
+
+    with Image.open(out / "figures" / "validation-loss.png") as im:
+        assert im.info["dpi"][0] == pytest.approx(200, abs=1)
+    assert "selected" in (out / "report.md").read_text()
+
+    # again: every stage of every run is found finished and skipped
+    capsys.readouterr()
+    assert cli(["study", "--config", str(config), "--out", str(out)]) == 0
+    assert capsys.readouterr().out.count("finished earlier") == 3 + 3 + 4  # 3 + 3 stages, then the winner's 4
+
+
+def test_shipped_study_recipes_expand(tmp_path):
+    from biomamba.study.runner import expand
+
+    recipes = sorted((CONFIGS_DIR / "study").glob("*.yaml"))
+    assert recipes, "configs/study/ holds the papers' studies"
+    for path in recipes:
+        cfg = load_config(StudyConfig, path)
+        plans = expand(cfg, tmp_path / path.stem)
+        assert plans and len({p.name for p in plans}) == len(plans), path.name
