@@ -127,6 +127,21 @@ def test_study_runs_selects_and_aggregates(tmp_path, capsys):
         assert im.info["dpi"][0] == pytest.approx(200, abs=1)
     assert "selected" in (out / "report.md").read_text()
 
+    # `biomamba report` on the study directory writes the same tables again from the runs' files;
+    # on two run directories, a comparison of what they share (a row per run)
+    (out / "tables" / "perplexity-by-learning-rate.md").unlink()
+    assert cli(["report", str(out)]) == 0
+    assert (out / "tables" / "perplexity-by-learning-rate.md").read_text() == md
+    assert cli(["report", *(str(d) for d in runs.values()), "--out", str(tmp_path / "cmp")]) == 0
+    compared = {r["run"]: r for r in csv.DictReader((tmp_path / "cmp" / "tables" /
+                                                     "perplexity-per-held-out-source.csv").open())}
+    assert set(compared) == set(runs)
+    for name in runs:
+        assert float(compared[name]["ppl-val pubmed"]) == pytest.approx(vals[name])
+    lm_best = json.loads((runs[loser] / "lm" / "summary.json").read_text())["best"]
+    training = {r["run"]: r for r in csv.DictReader((tmp_path / "cmp" / "tables" / "training.csv").open())}
+    assert float(training[loser]["lm best val/all/loss"]) == pytest.approx(lm_best["value"])
+
     # again: every stage of every run is found finished and skipped
     capsys.readouterr()
     assert cli(["study", "--config", str(config), "--out", str(out)]) == 0

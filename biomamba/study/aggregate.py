@@ -157,3 +157,59 @@ def study_report(cfg: StudyConfig, plans: list[RunPlan], study_dir: Path) -> Rep
 
 def write_study_report(cfg: StudyConfig, plans: list[RunPlan], study_dir: Path) -> tuple[Path, Path]:
     return write_report_files(study_report(cfg, plans, study_dir), study_dir)
+
+
+def _stages_with_results(run_dir: Path) -> list[str]:
+    order: list[str] = []
+    record = run_dir / "pipeline.json"
+    if record.is_file():
+        order = list(read_json(record).get("order", []))
+    found = sorted(p.name for p in run_dir.iterdir() if p.is_dir() and any((p / f).is_file() for f in _RESULT_FILES))
+    return [s for s in order if s in found] + [s for s in found if s not in order]
+
+
+def default_tables(plans: list[RunPlan]) -> list[TableSpec]:
+    """What every run's stages hold in common, one table per stage kind (for `biomamba report A B …`)."""
+    from biomamba.study.spec import Column
+
+    stages: list[str] = []
+    for plan in plans:
+        stages += [s for s in _stages_with_results(plan.directory) if s not in stages]
+    ppl, tasks, training = [], [], []
+    for stage in stages:
+        doc = next((read_json(p.directory / stage / f) for p in plans for f in _RESULT_FILES
+                    if (p.directory / stage / f).is_file()), {})
+        if doc.get("task") == "ppl":
+            for src in doc.get("per_source", {}):
+                ppl.append(Column(f"{stage} {src}", stage, f"per_source.{src}.perplexity", 2))
+        elif "metrics" in doc and "rouge" in doc["metrics"]:
+            tasks += [Column(f"{stage} R-{k[5:]}", stage, f"metrics.rouge.{k}", 3) for k in ("rouge1", "rouge2", "rougeL")]
+        elif "metrics" in doc and "factoid" in doc["metrics"]:
+            tasks += [Column(f"{stage} {k}", stage, f"metrics.factoid.{k}", 3)
+                      for k in ("strict_accuracy", "lenient_accuracy", "mrr")]
+        elif "metrics" in doc:
+            mode = "generate" if "generate" in doc["metrics"] else next(iter(doc["metrics"]), None)
+            if mode:
+                tasks += [Column(f"{stage} {k}", stage, f"metrics.{mode}.{k}", 3) for k in ("accuracy", "macro_f1")]
+        elif isinstance(doc.get("best"), dict):
+            training += [Column(f"{stage} best {doc['best'].get('metric', 'value')}", stage, "best.value", 4),
+                         Column(f"{stage} at step", stage, "best.step")]
+    return [TableSpec(title, cols) for title, cols in (("Perplexity per held-out source", ppl),
+                                                       ("Downstream tasks", tasks), ("Training", training)) if cols]
+
+
+def compare_runs(run_dirs: list[Path], out: Path) -> tuple[Path, Path]:
+    """A cross-run report of ordinary run directories (one row per run)."""
+    from biomamba.study.spec import Point
+
+    missing = [str(d) for d in run_dirs if not d.is_dir()]
+    if missing:
+        raise FileNotFoundError(f"not a directory: {', '.join(missing)}")
+    labels = [d.name for d in run_dirs]
+    if len(set(labels)) < len(labels):
+        labels = [str(d) for d in run_dirs]
+    plans = [RunPlan(f"run={i}", {"run": label}, {"run": {}}, d) for i, (label, d) in enumerate(zip(labels, run_dirs))]
+    cfg = StudyConfig(name="comparison", pipeline="-", axes={"run": [Point(label=f"r{i}") for i in range(len(plans))]},
+                      tables=default_tables(plans))
+    out.mkdir(parents=True, exist_ok=True)
+    return write_study_report(cfg, plans, out)
