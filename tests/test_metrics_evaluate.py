@@ -137,6 +137,11 @@ def test_clinical_rouge_without_text_in_results():
     dumped = json.dumps(res)
     assert not any(ex["context"][:30] in dumped or ex["response"][:30] in dumped for ex in examples)
     assert "rouge1" in format_table(res)
+    # per-item ROUGE (for paired tests) averages to the reported mean
+    items = [row["rouge"] for row in res["predictions"]]
+    assert sum(i["rougeL"] for i in items) / len(items) == pytest.approx(expected["rougeL"], abs=1e-12)
+    kept = evaluate_task(task, examples, generator=generator, keep_text=True)["predictions"]
+    assert [row["reference"] for row in kept] == refs and kept[0]["text"] == outputs[task.render(examples[0])[0]]
     with pytest.raises(ValueError, match="generator"):
         evaluate_task(task, examples, scorer=FakeScorer(lambda c, k: 0.0))
 

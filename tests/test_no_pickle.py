@@ -6,7 +6,6 @@ EMA's, not the raw weights."""
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import shutil
 from pathlib import Path

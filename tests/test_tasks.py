@@ -16,7 +16,7 @@ from biomamba.tasks.yesno import load_bioasq_yesno, parse_yesno
 
 def test_registry_has_every_task_and_each_parses():
     assert task_names() == ["bioasq_factoid", "bioasq_yesno", "clinical_completion", "clinical_discharge",
-                            "pubmedqa", "yesno_mix"]
+                            "clinical_mix", "pubmedqa", "yesno_mix"]
     for name in task_names():
         task = get_task(name)
         assert task.name == name
@@ -96,12 +96,15 @@ def test_yesno_mix_share_and_per_source_test(shared_data):
     task = get_task("yesno_mix")
     paths = {"train": str(golden / "7B*_golden.json"), "test": str(golden / "9B*_golden.json")}
     stats: dict[str, int] = {}
-    mix = task.load("train", paths=paths, data_root=shared_data, stats=stats, bioasq_share=0.65)
+    # the official PubMedQA split, named, as these counts are the official ones (the task's
+    # default is the paper's split: tests/test_tasks_yesno_split.py)
+    mix = task.load("train", paths=paths, data_root=shared_data, stats=stats, bioasq_share=0.65,
+                    pubmedqa_split="official")
     share = sum(ex["source"] == "bioasq" for ex in mix) / len(mix)
     assert share == pytest.approx(0.65, abs=0.01)
     assert stats["mix_bioasq"] + stats["mix_pubmedqa"] == len(mix)
     assert len({ex["id"] for ex in mix}) == len(mix)  # no repeats unless a larger total is asked
-    test = task.load("test", paths=paths, data_root=shared_data)
+    test = task.load("test", paths=paths, data_root=shared_data, pubmedqa_split="official")
     assert Counter(ex["source"] for ex in test)["pubmedqa"] == 445
 
 
@@ -154,8 +157,9 @@ def test_factoid_squad_test_sets_and_gold(shared_data):
 
 def test_factoid_train_examples_for_sft(shared_data):
     task = get_task("bioasq_factoid")
-    train = task.load("train", data_root=shared_data)
-    val = task.load("validation", data_root=shared_data)
+    # the whole file: no test role, so no test question is removed (tests/test_tasks_factoid.py)
+    train = task.load("train", paths={"test": None}, data_root=shared_data)
+    val = task.load("validation", paths={"test": None}, data_root=shared_data)
     assert len(train) + len(val) == 4231  # every context of the 530 questions has an answer span
     q_train = {question_id(ex["id"]) for ex in train}
     q_val = {question_id(ex["id"]) for ex in val}

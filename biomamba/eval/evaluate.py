@@ -24,7 +24,7 @@ import re
 from typing import Any, Protocol, Sequence, runtime_checkable
 
 from biomamba.eval.metrics import (MAX_FACTOID_CANDIDATES, classification_report, factoid_metrics,
-                                   rouge_scores)
+                                   rouge_per_item, rouge_scores)
 from biomamba.tasks.common import Example
 from biomamba.tasks.factoid import expand_contexts, merge_candidates
 from biomamba.tasks.registry import Task
@@ -173,10 +173,11 @@ def _evaluate_generation(task: Task, examples, generator, max_new, keep, results
     results["metrics"]["rouge"] = _grouped(task, examples, rouge_scores, refs, texts)
     results["counts"]["empty_generations"] = sum(not t.strip() for t in texts)
     rows = []
-    for ex, text in zip(examples, texts):
-        row: dict[str, Any] = {"id": ex.get("id"), "generated_chars": len(text)}
+    for ex, text, ref, item in zip(examples, texts, refs, rouge_per_item(refs, texts)):
+        # per-item ROUGE: what a paired test between two models on the same items needs
+        row: dict[str, Any] = {"id": ex.get("id"), "generated_chars": len(text), "rouge": item}
         if keep:
-            row["text"] = text
+            row.update(text=text, reference=ref)
         rows.append(row)
     results["predictions"] = rows
 

@@ -93,21 +93,27 @@ def classification_report(gold: Sequence[str], pred: Sequence[str | None],
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 
 
-def rouge_scores(references: Sequence[str], predictions: Sequence[str]) -> dict[str, Any]:
-    """ROUGE-1/2/L F-measure averaged over examples, exactly as the papers compute it:
-    ``RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True).score(reference, prediction)``.
-    Empty predictions stay in the average (they score 0) and are counted."""
+def rouge_per_item(references: Sequence[str], predictions: Sequence[str]) -> list[dict[str, float]]:
+    """ROUGE-1/2/L F-measure of each (reference, prediction), exactly as the papers compute it:
+    ``RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True).score(reference, prediction)``
+    (per item, for paired tests between two models on the same items)."""
     from rouge_score import rouge_scorer
 
     _check_lengths(references, predictions)
     scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
-    totals = dict.fromkeys(ROUGE_TYPES, 0.0)
+    out = []
     for ref, pred in zip(references, predictions):
         scores = scorer.score(ref, pred)
-        for key in ROUGE_TYPES:
-            totals[key] += scores[key].fmeasure
-    n = len(references)
-    out: dict[str, Any] = {key: (totals[key] / n if n else float("nan")) for key in ROUGE_TYPES}
+        out.append({key: scores[key].fmeasure for key in ROUGE_TYPES})
+    return out
+
+
+def rouge_scores(references: Sequence[str], predictions: Sequence[str]) -> dict[str, Any]:
+    """``rouge_per_item`` averaged over examples. Empty predictions stay in the average (they
+    score 0) and are counted."""
+    items = rouge_per_item(references, predictions)
+    n = len(items)
+    out: dict[str, Any] = {key: (sum(i[key] for i in items) / n if n else float("nan")) for key in ROUGE_TYPES}
     out["n"] = n
     out["empty_predictions"] = sum(not p.strip() for p in predictions)
     return out
@@ -118,8 +124,16 @@ MAX_FACTOID_CANDIDATES = 5
 
 
 def normalize_answer(text: str) -> str:
-    """BioASQ evaluator convention: lower-cased exact match (surrounding whitespace ignored)."""
-    return " ".join(text.lower().split())
+    """The form in which a factoid answer is compared: lower-cased, nothing else changed, so two
+    answers match when they are equal ignoring case. This is BioASQ's official rule, from its
+    evaluator (github.com/BioASQ/Evaluation-Measures, flat/BioASQEvaluation/src):
+    ``data/Task1bData.java`` ``readExactAnswerArray`` lower-cases every exact answer, gold and
+    submitted alike, as it reads it, and ``data/ExactAnswer.java`` ``containsAnswerSynonym``
+    compares them with ``String.equals``. Whitespace (surrounding or inner) and punctuation are
+    kept: gold "human african  trypanosomiasis" (two spaces, 6b) is not matched by "human
+    african trypanosomiasis". Generated answers are cleaned before scoring instead
+    (``biomamba.eval.evaluate.clean_factoid_answer``, ``biomamba.tasks.factoid.merge_candidates``)."""
+    return text.lower()
 
 
 def flatten_synonyms(exact_answer: Any) -> list[str]:
@@ -135,9 +149,10 @@ def flatten_synonyms(exact_answer: Any) -> list[str]:
 
 def factoid_metrics(gold: Sequence[Sequence[str]], candidates: Sequence[Sequence[str]],
                     k: int = MAX_FACTOID_CANDIDATES) -> dict[str, Any]:
-    """Strict accuracy (first candidate matches a gold synonym), lenient accuracy (any of the
-    first ``k`` does), MRR (1 / rank of the first match, 0 if none). Questions with no
-    candidate stay in every denominator (``no_candidates`` counts them)."""
+    """Strict accuracy (first candidate matches a gold synonym: equal under
+    :func:`normalize_answer`), lenient accuracy (any of the first ``k`` does), MRR (1 / rank of
+    the first match, 0 if none). Questions with no candidate stay in every denominator
+    (``no_candidates`` counts them)."""
     _check_lengths(gold, candidates)
     strict = lenient = 0
     rr = 0.0

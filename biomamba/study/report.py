@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 from biomamba.study.tables import Figure, Report, Table, new_figure, save_figure, write_report_files
 from biomamba.utils.io import read_json

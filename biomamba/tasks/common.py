@@ -1,4 +1,5 @@
-"""Helpers shared by the task loaders: path globs, seeded splits, class balancing, mixing.
+"""Helpers shared by the task loaders: path globs, seeded splits, class balancing, mixing, and
+the removal of training items that are test items (by id or normalised question text).
 
 Every loader returns plain dicts (one per example) and a ``stats`` dict counting what was
 read, dropped and why, so no example disappears silently.
@@ -10,9 +11,10 @@ import glob
 import json
 import os
 import random
+import unicodedata
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 Example = dict[str, Any]
 
@@ -136,3 +138,55 @@ def unique_by(examples: Iterable[Example], key: Callable[[Example], Any], stats:
         seen.add(k)
         out.append(ex)
     return out
+
+# ---- shared by the loaders: file roles, argument checks, train/test overlap ------------------
+PathSpec = Sequence[str | Path] | str | Path  # one path, a glob, or a list of them
+OVERLAP_COUNTS = ("overlap_with_test_dropped", "overlap_same_id", "overlap_same_question")
+
+
+class FileRoles(Protocol):
+    """A task's files by role (``biomamba.tasks.registry._Paths``, or a plain dict in tests)."""
+
+    def __getitem__(self, role: str) -> Any: ...
+
+    def __contains__(self, role: str) -> bool: ...
+
+
+def normalize_question(text: str) -> str:
+    """The text under which two questions are the same question: lower-cased, whitespace runs
+    collapsed, punctuation and spaces stripped at both ends ("Is X ?" is "is x")."""
+    text = " ".join(text.lower().split())
+    start, end = 0, len(text)
+    while start < end and (text[start].isspace() or unicodedata.category(text[start]).startswith("P")):
+        start += 1
+    while end > start and (text[end - 1].isspace() or unicodedata.category(text[end - 1]).startswith("P")):
+        end -= 1
+    return text[start:end]
+
+
+def drop_overlap(train: list[Example], test: Sequence[Example], stats: dict[str, Any]) -> list[Example]:
+    """Training examples whose id or normalised question text is a test example's are removed
+    (BioASQ's later training sets contain earlier test batches; one question can also occur in
+    both sources of the mixture). Counted: ``overlap_with_test_dropped`` = ``overlap_same_id`` +
+    ``overlap_same_question`` (text alone); every key present, 0 included, so a run shows the
+    check was made."""
+    ids = {ex["id"] for ex in test}
+    questions = {normalize_question(ex["question"]) for ex in test} - {""}
+    for key in OVERLAP_COUNTS:
+        count(stats, key, 0)
+    kept = []
+    for ex in train:
+        if ex["id"] in ids:
+            count(stats, "overlap_same_id")
+        elif normalize_question(ex["question"]) in questions:
+            count(stats, "overlap_same_question")
+        else:
+            kept.append(ex)
+    count(stats, "overlap_with_test_dropped", len(train) - len(kept))
+    return kept
+
+
+def check_loader_args(loader: str, args: Mapping[str, Any], known: frozenset[str]) -> None:
+    unknown = sorted(set(args) - known)
+    if unknown:
+        raise ValueError(f"loader {loader}: unknown argument(s) {unknown}; known: {sorted(known)}")

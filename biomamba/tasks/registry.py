@@ -57,7 +57,7 @@ class Task:
 
     # ---- data -------------------------------------------------------------------------------
     def load(self, split: str, paths: dict[str, Any] | None = None, data_root: str | Path | None = None,
-             stats: dict[str, int] | None = None, **loader_args: Any) -> list[Example]:
+             stats: dict[str, Any] | None = None, **loader_args: Any) -> list[Example]:
         """Examples of ``split`` ("train", "validation" — carved from training data — or "test").
         ``paths`` override the task's file roles; relative paths are under ``data_root``.
         ``stats`` (a dict) receives counts of what was read and dropped, and why."""
@@ -93,7 +93,7 @@ class Task:
 
     def sft_examples(self, split: str, tokenizer: TokenizerLike, max_len: int | None = None,
                      paths: dict[str, Any] | None = None, data_root: str | Path | None = None,
-                     stats: dict[str, int] | None = None, **loader_args: Any) -> list[Encoded]:
+                     stats: dict[str, Any] | None = None, **loader_args: Any) -> list[Encoded]:
         """Load ``split`` and encode it. Over-long examples (too long even with the context
         empty) are dropped and counted; examples whose context was cut are counted."""
         stats = {} if stats is None else stats
@@ -128,57 +128,28 @@ class _Paths:
 
 
 # ---- loaders: (split, paths, args, stats) → examples -------------------------------------------
-Loader = Callable[[str, _Paths, dict[str, Any], dict[str, int]], list[Example]]
+# the yes/no and factoid loaders live beside their readers (tasks/yesno.py, tasks/factoid.py)
+Loader = Callable[[str, _Paths, dict[str, Any], dict[str, Any]], list[Example]]
 
 
-def _load_bioasq_yesno(split: str, paths: _Paths, args: dict[str, Any], stats: dict[str, int]) -> list[Example]:
-    if split == "test":
-        return yesno.load_bioasq_yesno(paths["test"], stats)
-    train = yesno.load_bioasq_yesno(paths["train"], stats)
-    if "test" in paths:  # training sets of later years contain earlier test batches
-        train = yesno.drop_overlap(train, yesno.load_bioasq_yesno(paths["test"], {}), stats)
-    return yesno.train_validation(train, split, args.get("val_fraction", 0.1), args.get("seed", 42),
-                                  args.get("balance", "downsample"), stats)
-
-
-def _load_pubmedqa(split: str, paths: _Paths, args: dict[str, Any], stats: dict[str, int]) -> list[Example]:
-    examples = yesno.load_pubmedqa(paths["pqal"], paths["test_ids"], "test" if split == "test" else "train",
-                                   binary=args.get("binary", True), stats=stats)
-    if split == "test":
-        return examples
-    return yesno.train_validation(examples, split, args.get("val_fraction", 0.1), args.get("seed", 42),
-                                  args.get("balance", "none"), stats)
-
-
-def _load_yesno_mix(split: str, paths: _Paths, args: dict[str, Any], stats: dict[str, int]) -> list[Example]:
-    b_stats: dict[str, int] = {}
-    p_stats: dict[str, int] = {}
-    bioasq = _load_bioasq_yesno(split, paths, {**args, "balance": args.get("bioasq_balance", "downsample")}, b_stats)
-    pubmed = _load_pubmedqa(split, paths, {**args, "balance": "none"}, p_stats)
-    stats.update({f"bioasq_{k}": v for k, v in b_stats.items()})
-    stats.update({f"pubmedqa_{k}": v for k, v in p_stats.items()})
-    if split != "train":  # validation and test: both sources whole, reported per source
-        return bioasq + pubmed
-    return yesno.mix_yesno(bioasq, pubmed, args.get("bioasq_share", 0.7), seed=args.get("seed", 42),
-                           total=args.get("total"), stats=stats)
-
-
-def _load_factoid(split: str, paths: _Paths, args: dict[str, Any], stats: dict[str, int]) -> list[Example]:
-    if split == "test":
-        return factoid.load_factoid_test(paths["test"], paths["golden"], stats)
-    return factoid.load_factoid_train(paths["train"], split, args.get("val_fraction", 0.1), args.get("seed", 42), stats)
-
-
-def _load_clinical(split: str, paths: _Paths, args: dict[str, Any], stats: dict[str, int]) -> list[Example]:
+def _load_clinical(split: str, paths: _Paths, args: dict[str, Any], stats: dict[str, Any]) -> list[Example]:
     return clinical.load_clinical(paths["notes"], split=split, stats=stats, **args)
 
 
+def _load_clinical_mix(split: str, paths: _Paths, args: dict[str, Any], stats: dict[str, Any]) -> list[Example]:
+    args = dict(args)
+    tasks = {mode: get_task(name) for mode, name in (args.pop("tasks", None) or clinical.MIX_TASKS).items()}
+    parts = {mode: (t.name, t.template, t.target) for mode, t in tasks.items()}
+    return clinical.load_clinical_mix(paths["notes"], split=split, parts=parts, stats=stats, **args)
+
+
 LOADERS: dict[str, Loader] = {
-    "bioasq_yesno": _load_bioasq_yesno,
-    "pubmedqa": _load_pubmedqa,
-    "yesno_mix": _load_yesno_mix,
-    "bioasq_factoid": _load_factoid,
+    "bioasq_yesno": yesno.task_bioasq_yesno,
+    "pubmedqa": yesno.task_pubmedqa,
+    "yesno_mix": yesno.task_yesno_mix,
+    "bioasq_factoid": factoid.task_bioasq_factoid,
     "clinical": _load_clinical,
+    "clinical_mix": _load_clinical_mix,
 }
 
 
