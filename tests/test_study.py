@@ -157,3 +157,46 @@ def test_shipped_study_recipes_expand(tmp_path):
         cfg = load_config(StudyConfig, path)
         plans = expand(cfg, tmp_path / path.stem)
         assert plans and len({p.name for p in plans}) == len(plans), path.name
+
+
+def test_paired_columns_equal_the_reference_tests(tmp_path):
+    """A paired column of a study table: McNemar (exact) between two arms' yes/no predictions
+    equals statsmodels on the same 2x2 table; ROUGE-L's paired bootstrap difference equals the
+    mean of per-item differences. Items are matched by id, not by position."""
+    from statsmodels.stats.contingency_tables import mcnemar as sm_mcnemar
+
+    from biomamba.study.aggregate import build_table
+    from biomamba.study.runner import RunPlan
+    from biomamba.study.spec import Column, Paired, TableSpec
+    from biomamba.utils.io import write_json
+
+    rng = __import__("random").Random(0)
+    gold = {f"q{i}": rng.choice(["yes", "no"]) for i in range(60)}
+    base_pred = {i: (g if rng.random() < 0.6 else ("no" if g == "yes" else "yes")) for i, g in gold.items()}
+    cand_pred = {i: (g if rng.random() < 0.8 else ("no" if g == "yes" else "yes")) for i, g in gold.items()}
+    run = tmp_path / "run"
+    for stage, pred in (("yesno-base", base_pred), ("yesno-adapted", cand_pred)):
+        rows = [{"id": i, "gold": gold[i], "generate": {"pred": pred[i]}} for i in sorted(gold, reverse=stage == "yesno-base")]
+        write_json(run / stage / "results.json", {"predictions": rows})
+    rouge_b = {f"n{i}": rng.random() * 0.4 for i in range(30)}
+    rouge_c = {i: min(1.0, v + rng.random() * 0.1) for i, v in rouge_b.items()}
+    for stage, scores in (("gen-base", rouge_b), ("gen-adapted", rouge_c)):
+        write_json(run / stage / "results.json",
+                   {"predictions": [{"id": i, "rouge": {"rouge1": v, "rouge2": v, "rougeL": v}} for i, v in scores.items()]})
+    spec = TableSpec("paired", [
+        Column("McNemar p", paired=Paired("yesno-base", "yesno-adapted", "mcnemar", show="p")),
+        Column("McNemar", paired=Paired("yesno-base", "yesno-adapted", "mcnemar")),
+        Column("ROUGE-L Δ", paired=Paired("gen-base", "gen-adapted", "rougeL", show="difference"))])
+    table = build_table(spec, [RunPlan("x", {"arm": "a"}, {}, run)], ["arm"])
+    p, summary, delta = table.rows[0][1:]
+    b = sum(base_pred[i] == gold[i] and cand_pred[i] != gold[i] for i in gold)
+    c = sum(base_pred[i] != gold[i] and cand_pred[i] == gold[i] for i in gold)
+    both = sum(base_pred[i] == gold[i] and cand_pred[i] == gold[i] for i in gold)
+    ref = sm_mcnemar([[both, b], [c, len(gold) - both - b - c]], exact=True)
+    assert p == pytest.approx(ref.pvalue, rel=1e-10)
+    assert f"b={b}, c={c}" in summary and summary.startswith("Δ +")
+    mean_diff = sum(rouge_c[i] - rouge_b[i] for i in rouge_b) / len(rouge_b)
+    assert delta.startswith(f"{mean_diff:+.3f} [")
+    # a stage without predictions: a dash, not a made-up number
+    spec = TableSpec("missing", [Column("p", paired=Paired("yesno-base", "nowhere", "mcnemar", show="p"))])
+    assert build_table(spec, [RunPlan("x", {"arm": "a"}, {}, run)], ["arm"]).rows[0][1] is None

@@ -13,7 +13,7 @@ from typing import Any
 
 from biomamba.study.report import read_jsonl
 from biomamba.study.runner import RunPlan
-from biomamba.study.spec import FigureSpec, StudyConfig, TableSpec
+from biomamba.study.spec import FigureSpec, Paired, StudyConfig, TableSpec
 from biomamba.study.tables import Figure, Report, Table, new_figure, save_figure, write_report_files, \
     write_table_files
 from biomamba.utils.io import read_json
@@ -53,6 +53,46 @@ def stage_value(run_dir: Path, stage: str, key: str) -> Any:
     return None
 
 
+def _predictions(run_dir: Path, stage: str) -> dict[str, dict[str, Any]]:
+    path = run_dir / stage / "results.json"
+    if not path.is_file():
+        return {}
+    return {str(row["id"]): row for row in read_json(path).get("predictions", []) if row.get("id") is not None}
+
+
+def paired_comparison(run_dir: Path, spec: Paired) -> Any:
+    """The ``Comparison`` of two stages' per-item predictions in one run, or None when either
+    stage has not written them."""
+    from biomamba.eval import stats
+
+    base, cand = _predictions(run_dir, spec.baseline), _predictions(run_dir, spec.candidate)
+    if not base or not cand:
+        return None
+    if spec.test.startswith("rouge"):
+        return stats.paired_bootstrap_mean({i: r["rouge"][spec.test] for i, r in base.items()},
+                                           {i: r["rouge"][spec.test] for i, r in cand.items()},
+                                           metric=spec.test, seed=spec.seed)
+    gold = {i: r["gold"] for i, r in base.items()}
+    b_pred = {i: r[spec.mode]["pred"] for i, r in base.items()}
+    c_pred = {i: r[spec.mode]["pred"] for i, r in cand.items()}
+    if spec.test == "mcnemar":
+        return stats.mcnemar(stats.correctness(gold, b_pred), stats.correctness(gold, c_pred), seed=spec.seed)
+    return stats.paired_bootstrap_classification(gold, b_pred, c_pred, spec.test, seed=spec.seed)
+
+
+def _paired_cell(run_dir: Path, spec: Paired) -> Any:
+    from biomamba.eval.stats import format_comparison
+
+    comparison = paired_comparison(run_dir, spec)
+    if comparison is None:
+        return None
+    if spec.show == "p":
+        return comparison.p_value
+    if spec.show == "difference":
+        return f"{comparison.difference:+.3f} [{comparison.low:+.3f}, {comparison.high:+.3f}]"
+    return format_comparison(comparison)
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60] or "table"
 
@@ -65,7 +105,9 @@ def build_table(spec: TableSpec, plans: list[RunPlan], axes: list[str]) -> Table
     for plan in plans:
         values: dict[str, Any] = {}
         for col in spec.columns:
-            if col.stage and col.key:
+            if col.paired is not None:
+                values[col.label] = _paired_cell(plan.directory, col.paired)
+            elif col.stage and col.key:
                 values[col.label] = stage_value(plan.directory, col.stage, col.key)
             else:
                 of, rel = values.get(col.of), values.get(col.relative_to)

@@ -46,6 +46,21 @@ class Point:
 
 
 @dataclass
+class Paired:
+    """A paired test of two stages' predictions on the same items (matched by id): the papers'
+    central comparison, e.g. base+SFT (baseline) against adapted+SFT (candidate)."""
+
+    baseline: str
+    candidate: str
+    # mcnemar (yes/no correctness, exact), accuracy / macro_f1 (paired bootstrap of the metric),
+    # rouge1 / rouge2 / rougeL (paired bootstrap of the per-item mean)
+    test: Literal["mcnemar", "accuracy", "macro_f1", "rouge1", "rouge2", "rougeL"] = "mcnemar"
+    mode: str = "generate"  # which prediction of a choice task: generate | loglikelihood
+    show: Literal["summary", "difference", "p"] = "summary"  # the formatted result, Δ [CI], or p
+    seed: int = 0
+
+
+@dataclass
 class Column:
     label: str
     stage: str | None = None  # a stage of each run whose results.json / summary.json holds the value
@@ -56,13 +71,16 @@ class Column:
     of: str | None = None
     relative_to: str | None = None
     percent: bool = True
+    paired: Paired | None = None  # or a paired test between two stages' per-item predictions
 
     def __post_init__(self) -> None:
         computed = self.of is not None or self.relative_to is not None
         if computed and (self.of is None or self.relative_to is None or self.stage or self.key):
             raise ValueError(f"column {self.label!r}: a computed column names both `of` and `relative_to` and no stage/key")
-        if not computed and not (self.stage and self.key):
-            raise ValueError(f"column {self.label!r}: needs a stage and a key (or of/relative_to)")
+        if self.paired is not None and (computed or self.stage or self.key):
+            raise ValueError(f"column {self.label!r}: a paired column names only `paired`")
+        if not computed and self.paired is None and not (self.stage and self.key):
+            raise ValueError(f"column {self.label!r}: needs a stage and a key (or of/relative_to, or paired)")
 
 
 @dataclass
