@@ -82,3 +82,31 @@ def test_planted_bin_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match="not a zip-format torch file"):
         load_causal_lm(str(directory))
     assert not marker.exists()
+
+
+def test_gpt2_runs_in_eval_ppl_and_generates_within_its_positions(tmp_path, capsys):
+    """A GPT-2-style config (no hidden_size) goes to the transformers loader instead of failing
+    in our config reader; perplexity windows and generation prompts stay within its 64 positions
+    (a longer input would index past its position table)."""
+    import json
+
+    from biomamba.cli import main as cli
+    from biomamba.eval.lm import from_transformers
+
+    torch.manual_seed(0)
+    directory = tmp_path / "gpt2"
+    transformers.AutoModelForCausalLM.from_config(_configs()["gpt2"]).save_pretrained(directory)
+    _tokenizer(directory)
+    text = " ".join(["the patient was given aspirin for chest pain and fever"] * 40)  # 400 words > 64
+    (tmp_path / "docs.jsonl").write_text(json.dumps({"text": text}) + "\n")
+    out = tmp_path / "ppl"
+    code = cli(["eval", "ppl", "--model", str(directory), "--out", str(out), "--device=cpu", "--dtype=float32",
+                f"--sources=[{{name: notes, paths: [{tmp_path / 'docs.jsonl'}], format: jsonl}}]"])
+    assert code == 0, capsys.readouterr().err
+    per = json.loads((out / "results.json").read_text())["per_source"]["notes"]
+    assert per["tokens"] == 400 and per["perplexity"] > 1.0  # every token scored once, window cut to 64
+    model, tok, _ = load_causal_lm(str(directory))
+    lm = from_transformers(model, tok)
+    assert lm.max_length == 64
+    generated = lm.generate([text], 8, [])
+    assert isinstance(generated[0], str)

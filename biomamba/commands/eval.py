@@ -90,8 +90,11 @@ def _ppl(cfg: PplVerbConfig, out: Path) -> dict[str, Any]:
         documents = {s.name: read_documents(s) for s in cfg.sources}
         for name in models:
             lm = _load_lm(name, cfg)
+            # windows within the model's positions (BioGPT: 1,024), the stride shrunk alike
+            window = min(cfg.window, lm.max_length or cfg.window)
+            stride = min(cfg.stride, max(1, window // 2)) if window < cfg.window else cfg.stride
             rows[cfg.label or name if len(models) == 1 else name] = run_perplexity(
-                name, lm, documents, cfg.window, cfg.stride, cfg.prefix_eos)
+                name, lm, documents, window, stride, cfg.prefix_eos)
     table = perplexity_table(rows)
     print(table)
     results = {"task": "ppl", "mode": "shards" if cfg.data else "raw_text",

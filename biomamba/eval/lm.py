@@ -197,9 +197,24 @@ def from_mamba(model, tokenizer, batch_size: int = 8) -> CausalLM:
     return MambaCausalLM(model, tokenizer, batch_size)
 
 
+def max_positions(model) -> int | None:
+    """The longest input a transformers model's position embeddings take (GPT-2's n_positions,
+    BioGPT's max_position_embeddings: 1,024), None when the config names none."""
+    config = getattr(model, "config", None)
+    for key in ("n_positions", "max_position_embeddings", "n_ctx"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
 def from_transformers(model, tokenizer, batch_size: int = 8, max_length: int | None = None) -> CausalLM:
-    """Any ``transformers`` causal LM with its own tokenizer (the contextual comparison)."""
+    """Any ``transformers`` causal LM with its own tokenizer (the contextual comparison). Inputs
+    longer than the model's positions (``max_length``, default :func:`max_positions`) lose their
+    oldest tokens: the start of the prompt, which is its context part in every task template,
+    never the question, the answer cue or the scored continuation."""
     tok = as_tokenizer(tokenizer)
+    limit = max_length if max_length is not None else max_positions(model)
 
     def logits_fn(ids: Tensor, mask: Tensor) -> Tensor:
         return model(input_ids=ids, attention_mask=mask).logits
@@ -208,7 +223,10 @@ def from_transformers(model, tokenizer, batch_size: int = 8, max_length: int | N
     def generate_fn(prompts: list[str], max_new_tokens: int, stop: list[str]) -> list[str]:
         out = []
         for prompt in prompts:  # one at a time: no left-padding subtleties
-            ids = torch.tensor([tok.encode(prompt) or [tok.eos_id]], device=_device_of(model))
+            ids = tok.encode(prompt) or [tok.eos_id]
+            if limit is not None:
+                ids = ids[-max(1, limit - max_new_tokens):]  # room for the new tokens within the positions
+            ids = torch.tensor([ids], device=_device_of(model))
             gen = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                                  do_sample=False, pad_token_id=tok.pad_id)
             text = tok.decode(gen[0, ids.shape[1]:].tolist())
@@ -216,4 +234,4 @@ def from_transformers(model, tokenizer, batch_size: int = 8, max_length: int | N
             out.append(text[:min(cuts)] if cuts else text)
         return out
 
-    return CausalLM(logits_fn, tok, _device_of(model), batch_size, max_length, generate_fn)
+    return CausalLM(logits_fn, tok, _device_of(model), batch_size, limit, generate_fn)
