@@ -94,6 +94,8 @@ def config_from_hf(raw: dict[str, Any], source: str) -> ModelConfig:
     if "biomamba" in raw:  # our own export: the exact config travels along
         return from_dict(ModelConfig, raw["biomamba"])
     model_type = raw.get("model_type")
+    if model_type not in ("mamba", "mamba2"):  # GPT-2, Llama, ...: not ours (eval loads them via model.external)
+        raise CheckpointError(f"{source}: model_type {model_type!r} is not a Mamba model")
     common = {"d_model": raw["hidden_size"], "n_layer": raw["num_hidden_layers"], "vocab_size": raw["vocab_size"],
               "pad_vocab_size_multiple": 1, "d_state": raw.get("state_size", 16), "d_conv": raw.get("conv_kernel", 4),
               "expand": raw.get("expand", 2), "norm_eps": raw.get("layer_norm_epsilon", 1e-5),
