@@ -82,7 +82,7 @@ def seq_idx_from_cu_seqlens(cu_seqlens: Tensor, total_len: int | None = None) ->
 
 
 class MambaLM(nn.Module):
-    def __init__(self, cfg: ModelConfig, backend: str = "torch"):
+    def __init__(self, cfg: ModelConfig, backend: str = "auto"):
         super().__init__()
         self.config = cfg
         self.backbone = Backbone(cfg)
@@ -91,7 +91,10 @@ class MambaLM(nn.Module):
         if cfg.tie_embeddings:
             self.lm_head.weight = self.backbone.embedding.weight
         self.backend_name = "torch"
-        self.set_backend(backend)
+        self.set_backend("torch" if backend == "auto" else backend)
+        # "auto" waits for the first forward (_settle_backend), so that a model built on the CPU
+        # and then moved to a GPU does not keep the slow torch reference there
+        self._backend_auto = backend == "auto"
         # decoding's captured CUDA-graph steps, reused across calls (biomamba.generate.step_runner)
         self.step_runners: dict = {}
         # the dtype decoding keeps each layer's SSM state in: fp32 by default; bf16 halves the
@@ -119,7 +122,23 @@ class MambaLM(nn.Module):
             if isinstance(module, (RMSNorm, Mamba2Mixer, Mamba1Mixer)):
                 module.kernels = kernels
         self.backend_name = resolved
+        self._backend_auto = False
         return self
+
+    def _settle_backend(self) -> None:
+        """Resolve a backend left at "auto" for the device the weights are on now (once: a later
+        ``set_backend`` call or this one settles it)."""
+        if self._backend_auto:
+            self.set_backend("auto")
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, device: str = "auto", dtype: str = "auto", backend: str = "auto",
+                        state_dtype: str = "float32") -> "MambaLM":
+        """A checkpoint (any layout or hub id) ready for inference:
+        ``biomamba.model.checkpoint.load_pretrained``, the loader the verbs use."""
+        from biomamba.model.checkpoint import load_pretrained
+
+        return load_pretrained(name_or_path, device=device, dtype=dtype, backend=backend, state_dtype=state_dtype)
 
     def set_grad_into_params(self, on: bool = True) -> "MambaLM":
         """Accumulate the mixers' projection weight gradients into ``.grad`` inside their GEMMs
@@ -139,6 +158,7 @@ class MambaLM(nn.Module):
         """Final-normed hidden states (b, l, d_model). Documents marked by ``seq_idx`` (b, l) or
         ``cu_seqlens`` (one packed row) do not see each other. With ``cache`` (empty), it is filled
         with the states after the last position, ready for ``step``."""
+        self._settle_backend()
         if cu_seqlens is not None:
             if seq_idx is not None:
                 raise ValueError("pass seq_idx or cu_seqlens, not both")
@@ -173,6 +193,10 @@ class MambaLM(nn.Module):
                        dtype: torch.dtype | None = None, ssm_dtype: torch.dtype | None = None) -> InferenceCache:
         """Zero states for ``batch_size`` rows: conv windows in ``dtype`` (the weights'), SSM states
         in ``ssm_dtype`` (default ``self.ssm_state_dtype``)."""
+        adapted = [name for name, module in self.named_modules() if hasattr(module, "lora_A")]
+        if adapted:  # the step reads projection weights directly: unmerged adapters would be skipped
+            raise RuntimeError(f"decoding needs merged LoRA adapters ({adapted[0]} has one): call "
+                               f"biomamba.train.lora.merge_lora(model) first, or load the exported checkpoint")
         param = self.backbone.embedding.weight
         device = device or param.device
         dtype = dtype or param.dtype
@@ -189,6 +213,7 @@ class MambaLM(nn.Module):
 
         A decode step is launch-bound, so each residual add, the next norm and the projection
         after it are one op (``norm_linear``: the next block's in_proj, or the LM head)."""
+        self._settle_backend()
         layers, K = self.backbone.layers, self.kernels
         norms = [layer.norm for layer in layers] + [self.backbone.norm_f]
         projections = [layer.mixer.in_proj for layer in layers] + [self.lm_head]

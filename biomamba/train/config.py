@@ -121,6 +121,24 @@ class CheckpointConfig:
 
 
 @dataclass
+class LoRAConfig:
+    """Low-rank adapters instead of full-parameter training (``biomamba.train.lora``)."""
+
+    enabled: bool = False
+    rank: int = 16
+    alpha: float = 32.0  # the update is scaled by alpha / rank
+    dropout: float = 0.0
+    targets: list[str] = field(default_factory=lambda: ["in_proj", "out_proj"])  # Linear module names
+
+    def __post_init__(self) -> None:
+        if self.rank < 1 or self.alpha <= 0 or not 0 <= self.dropout < 1:
+            raise ValueError(f"lora: rank >= 1, alpha > 0 and dropout in [0, 1) (got {self.rank}, {self.alpha}, "
+                             f"{self.dropout})")
+        if not self.targets:
+            raise ValueError("lora.targets: name at least one module (in_proj, out_proj)")
+
+
+@dataclass
 class TrainRecipe:
     """The parts of a training run that every training verb shares."""
 
@@ -130,6 +148,7 @@ class TrainRecipe:
     ema: EMAConfig = field(default_factory=EMAConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
     # false: refuse a run directory with checkpoints; auto: continue from the latest if any;
     # true: continue from the latest (must exist); a path: continue from that checkpoint
     resume: bool | str = False

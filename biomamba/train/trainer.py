@@ -125,6 +125,15 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         self.model = model.to(info.device)
+        self.lora = recipe.lora if recipe.lora.enabled else None
+        if self.lora is not None:
+            from biomamba.train.lora import apply_lora, lora_summary
+
+            wrapped = apply_lora(self.model, list(self.lora.targets), self.lora.rank, self.lora.alpha,
+                                 self.lora.dropout)
+            share = lora_summary(self.model)
+            log(f"LoRA rank {self.lora.rank} on {len(wrapped)} modules: {share['trainable_parameters']:,} trainable "
+                f"parameters ({100 * share['trainable_fraction']:.2f} %)")
         if hasattr(self.model, "set_backend"):
             self.model.set_backend(backend)
             if info.device.type == "cuda" and info.is_main:
@@ -151,7 +160,8 @@ class Trainer:
                                          tied_embedding_lr=o.tied_embedding_lr, anchor=o.lr_anchor)
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
         self.graphs = self._micro_step_graphs()
-        self.ema = EMA(list(self.model.named_parameters()), recipe.ema.decay) if recipe.ema.enabled else None
+        trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]  # LoRA: the adapters
+        self.ema = EMA(trainable, recipe.ema.decay) if recipe.ema.enabled else None
         s = recipe.schedule
         floor = s.min_lr if s.min_lr is not None else s.floor * o.lr
         self.schedule = Schedule(s.name, self.total_steps, o.lr, floor, s.warmup, s.stable, s.decay)
@@ -471,6 +481,14 @@ class Trainer:
         # parameters themselves, which the swap-out would turn back into the raw weights
         with self.ema.swapped_in() if weights == "ema" else nullcontext():
             state = self._full_state()
+            if self.info.is_main and self.lora is not None:
+                from biomamba.train.lora import merged_state, save_adapter
+
+                lo, base = self.lora, getattr(self.cfg, "model", None)
+                base = base if isinstance(base, str) or base is None else base.init_from  # sft: a path; pretrain: a section
+                save_adapter(state, self.out / f"{name}_adapter", rank=lo.rank, alpha=lo.alpha, dropout=lo.dropout,
+                             targets=list(lo.targets), base_model=base)
+                state = merged_state(state, lo.alpha / lo.rank)  # the export is a plain checkpoint
             if self.info.is_main:
                 with torch.device("meta"):
                     export = type(self.model)(self.model.config)
@@ -571,6 +589,8 @@ class Trainer:
             "eager_micro_steps": self.graphs.eager_micro_steps if self.graphs is not None else None,
             "val": self.last_val, "best": self.best, "exports": exports,
             "model": exports.get("best") or exports.get("final"),
+            "lora": {"rank": self.lora.rank, "alpha": self.lora.alpha, "targets": list(self.lora.targets),
+                     "adapters": {k: f"{v}_adapter" for k, v in exports.items()}} if self.lora is not None else None,
         }
         if self.info.device.type == "cuda":
             summary["peak_memory_gb"] = torch.cuda.max_memory_allocated(self.info.device) / 1e9
