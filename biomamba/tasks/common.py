@@ -164,21 +164,22 @@ def normalize_question(text: str) -> str:
     return text[start:end]
 
 
-def drop_overlap(train: list[Example], test: Sequence[Example], stats: dict[str, Any]) -> list[Example]:
+def drop_overlap(train: list[Example], test: Sequence[Example], stats: dict[str, Any],
+                 text_key: str = "question") -> list[Example]:
     """Training examples whose id or normalised question text is a test example's are removed
     (BioASQ's later training sets contain earlier test batches; one question can also occur in
     both sources of the mixture). Counted: ``overlap_with_test_dropped`` = ``overlap_same_id`` +
     ``overlap_same_question`` (text alone); every key present, 0 included, so a run shows the
-    check was made."""
+    check was made. ``text_key``: the field compared as text (own-data tasks: their prompt)."""
     ids = {ex["id"] for ex in test}
-    questions = {normalize_question(ex["question"]) for ex in test} - {""}
+    questions = {normalize_question(ex[text_key]) for ex in test} - {""}
     for key in OVERLAP_COUNTS:
         count(stats, key, 0)
     kept = []
     for ex in train:
         if ex["id"] in ids:
             count(stats, "overlap_same_id")
-        elif normalize_question(ex["question"]) in questions:
+        elif normalize_question(ex[text_key]) in questions:
             count(stats, "overlap_same_question")
         else:
             kept.append(ex)

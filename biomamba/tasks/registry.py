@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
-from biomamba.tasks import clinical, factoid, yesno
+from biomamba.tasks import clinical, factoid, records, yesno
 from biomamba.tasks.common import Example, count, resolve_paths
 from biomamba.tasks.prompts import Encoded, Prompt, Template, TokenizerLike, encode_example
 
@@ -150,6 +150,7 @@ LOADERS: dict[str, Loader] = {
     "bioasq_factoid": factoid.task_bioasq_factoid,
     "clinical": _load_clinical,
     "clinical_mix": _load_clinical_mix,
+    "records": records.task_records,  # your own JSONL / CSV / Parquet / datasets files
 }
 
 
