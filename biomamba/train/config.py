@@ -32,7 +32,13 @@ class LoopConfig:
     # stop with an error after this many non-finite steps in a row (each one is skipped)
     max_nonfinite_in_a_row: int = 10
     log_every: int = 10
-    tensorboard: bool = True
+    # TensorBoard under RUN/tensorboard: auto = when the package is installed (said once if not)
+    tensorboard: bool | str = "auto"
+    # also log to experiment trackers: wandb (W&B; offline unless WANDB_API_KEY / `wandb login`),
+    # mlflow (tracking_uri, default a file store under RUN/mlruns). pip install 'biomamba[track]'
+    trackers: list[Literal["wandb", "mlflow"]] = field(default_factory=list)
+    tracking_project: str = "biomamba"  # the W&B project / MLflow experiment
+    tracking_uri: str | None = None  # MLflow tracking server (http://…); W&B: set WANDB_BASE_URL instead
     # dense bf16 peak of one device in TFLOP/s for MFU; null = looked up from the device name
     peak_tflops: float | None = None
     # replay each micro-step (forward + backward) from a CUDA graph: the eager step of a small
@@ -47,6 +53,8 @@ class LoopConfig:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
         if self.max_steps < 0:
             raise ValueError(f"max_steps must be >= 0, got {self.max_steps}")
+        if isinstance(self.tensorboard, str) and self.tensorboard != "auto":
+            raise ValueError(f"tensorboard must be true, false or auto, got {self.tensorboard!r}")
         if isinstance(self.cuda_graph, str) and self.cuda_graph != "auto":
             raise ValueError(f"cuda_graph must be true, false or auto, got {self.cuda_graph!r}")
 

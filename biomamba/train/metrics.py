@@ -1,5 +1,6 @@
-"""Training metrics: ``RUN/metrics.jsonl`` (one JSON object per logged step or validation),
-TensorBoard when the ``tensorboard`` package is installed, and a one-line progress report.
+"""Training metrics: ``RUN/metrics.jsonl`` (one JSON object per logged step or validation,
+always), TensorBoard, W&B and MLflow when asked for (``train.tensorboard``, ``train.trackers``),
+and a one-line progress report.
 
 Training records: ``step``, ``epoch``, ``loss`` (token-weighted mean over the steps since
 the last record), ``lr`` (the peak-layer rate), ``grad_norm``, ``tokens`` (seen so far),
@@ -64,20 +65,127 @@ def progress_line(rec: dict[str, Any], total_steps: int, eta_s: float) -> str:
     return " | ".join(parts)
 
 
-class MetricsLogger:
-    """Writes on the main rank only; other ranks hold a no-op logger."""
+class TrackerError(RuntimeError):
+    pass
 
-    def __init__(self, out: Path, enabled: bool, tensorboard: bool = True):
+
+def _scalars(record: dict[str, Any]) -> dict[str, float]:
+    return {key: float(value) for key, value in record.items()
+            if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)}
+
+
+class _TensorBoard:
+    def __init__(self, out: Path):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(out / "tensorboard"))
+
+    def log(self, record: dict[str, Any], step: int) -> None:
+        for key, value in _scalars(record).items():
+            self.writer.add_scalar(key if "/" in key else f"train/{key}", value, step)
+
+    def close(self) -> None:
+        self.writer.flush()
+        self.writer.close()
+
+
+class _WandB:
+    def __init__(self, out: Path, project: str, config: dict[str, Any]):
+        import os
+
+        import wandb
+
+        # no key, no network: write the run under RUN/wandb (`wandb sync` uploads it later)
+        mode = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
+        self.run = wandb.init(project=project, name=out.name, dir=str(out), config=config, mode=mode,
+                              resume="allow", id=_run_id(out))
+
+    def log(self, record: dict[str, Any], step: int) -> None:
+        self.run.log(_scalars(record), step=step)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+class _MLflow:
+    def __init__(self, out: Path, project: str, uri: str | None, config: dict[str, Any]):
+        import os
+
+        uri = uri or (out / "mlruns").resolve().as_uri()
+        if uri.startswith("file:"):  # MLflow 3 keeps the file store, behind this switch
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        import mlflow
+
+        self.client = mlflow.MlflowClient(uri)
+        experiment = self.client.get_experiment_by_name(project)
+        experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(project)
+        found = self.client.search_runs([experiment_id], f"tags.biomamba_run = '{_run_id(out)}'", max_results=1)
+        self.run_id = found[0].info.run_id if found else self.client.create_run(
+            experiment_id, run_name=out.name, tags={"biomamba_run": _run_id(out)}).info.run_id
+        if not found:
+            for key, value in list(_flat(config).items())[:500]:  # MLflow caps params a run
+                self.client.log_param(self.run_id, key, str(value)[:500])
+
+    def log(self, record: dict[str, Any], step: int) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = [Metric(key.replace("/", "."), value, now, step) for key, value in _scalars(record).items()]
+        if metrics:
+            self.client.log_batch(self.run_id, metrics=metrics)
+
+    def close(self) -> None:
+        self.client.set_terminated(self.run_id)
+
+
+def _run_id(out: Path) -> str:
+    """One tracker run per run directory, so a resumed run continues the same curve."""
+    import hashlib
+
+    return hashlib.sha1(str(out.resolve()).encode()).hexdigest()[:16]
+
+
+def _flat(obj: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(obj, dict):
+        out: dict[str, Any] = {}
+        for k, v in obj.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): obj}
+
+
+class MetricsLogger:
+    """Writes on the main rank only; other ranks hold a no-op logger. A tracker asked for by
+    name that is not installed stops the run at its start, saying what to install; TensorBoard
+    on ``auto`` is used when installed, and its absence is said once."""
+
+    def __init__(self, out: Path, enabled: bool, tensorboard: bool | str = "auto", trackers: list[str] | None = None,
+                 project: str = "biomamba", tracking_uri: str | None = None, config: dict[str, Any] | None = None,
+                 log=print):
         self.path = Path(out) / "metrics.jsonl"
         self.enabled = enabled
-        self.tb = None
-        if enabled and tensorboard:
+        self.trackers: list[Any] = []
+        if not enabled:
+            return
+        out = Path(out)
+        if tensorboard:
             try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(log_dir=str(Path(out) / "tensorboard"))
-            except Exception:  # noqa: BLE001 - tensorboard is optional
-                self.tb = None
+                self.trackers.append(_TensorBoard(out))
+            except ImportError:
+                if tensorboard is True:
+                    raise TrackerError("train.tensorboard is true but the tensorboard package is not installed "
+                                       "(pip install 'biomamba[track]')") from None
+                log("note: tensorboard is not installed: metrics go to metrics.jsonl only "
+                    "(pip install 'biomamba[track]', or train.tensorboard=false to silence this)")
+        for name in trackers or []:
+            try:
+                self.trackers.append(_WandB(out, project, config or {}) if name == "wandb"
+                                     else _MLflow(out, project, tracking_uri, config or {}))
+            except ImportError as exc:
+                raise TrackerError(f"train.trackers names {name} but it is not installed ({exc.name}): "
+                                   f"pip install 'biomamba[track]'") from exc
 
     def truncate_after(self, step: int) -> None:
         """On resume: drop records of steps after the checkpoint (they will be logged again)."""
@@ -97,13 +205,11 @@ class MetricsLogger:
         if not self.enabled:
             return
         append_jsonl(self.path, record)
-        if self.tb is not None:
-            step = int(record.get("step", 0))
-            for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
-                    self.tb.add_scalar(key if "/" in key else f"train/{key}", value, step)
+        step = int(record.get("step", 0))
+        for tracker in self.trackers:
+            tracker.log(record, step)
 
     def close(self) -> None:
-        if self.tb is not None:
-            self.tb.flush()
-            self.tb.close()
+        for tracker in self.trackers:
+            tracker.close()
+        self.trackers = []

@@ -171,7 +171,8 @@ class Trainer:
         self.sampler = DistributedSequenceSampler(len(train_data), seed=loop.seed, rank=info.rank, world_size=world,
                                                   shuffle=True)
         self.ckpt = CheckpointManager(self.out / "checkpoints", info, recipe.checkpoint.keep_last)
-        self.metrics = MetricsLogger(self.out, info.is_main, loop.tensorboard)
+        self.metrics = MetricsLogger(self.out, info.is_main, loop.tensorboard, list(loop.trackers), loop.tracking_project,
+                                     loop.tracking_uri, to_dict(recipe), log)
         self.peak = (loop.peak_tflops * 1e12 if loop.peak_tflops else
                      peak_flops(torch.cuda.get_device_name(info.device) if info.device.type == "cuda" else None))
         if precision != "bf16":
