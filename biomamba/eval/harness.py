@@ -1,8 +1,11 @@
 """lm-evaluation-harness can evaluate our checkpoints: a registered ``biomamba`` model type.
 
-    lm_eval --model biomamba --model_args pretrained=runs/x/best,batch_size=8 --tasks pubmedqa
+    python -m biomamba.eval.harness run --model biomamba --model_args pretrained=runs/x/best,batch_size=8 \
+        --tasks pubmedqa
 
-(after ``import biomamba.eval.harness``, or through its Python API with ``BiomambaLM``).
+runs lm-eval's own command line with the model registered (lm-eval discovers no third-party
+model from its plain ``lm_eval`` command: it registers only what it imports); from Python,
+``import biomamba.eval.harness`` and use ``--model biomamba`` / ``BiomambaLM``.
 The exported Hugging Face layout also works with lm-eval's own ``hf`` model type; this
 adapter adds our kernels and recurrent-state generation with stop strings. Requires the
 optional ``lm_eval`` package.
@@ -18,15 +21,30 @@ from lm_eval.api.registry import register_model
 
 @register_model("biomamba")
 class BiomambaLM(LM):
-    def __init__(self, pretrained: str, batch_size: int | str = 8, device: str = "auto", dtype: str = "auto",
+    def __init__(self, pretrained: str, batch_size: int | str = 8, device: str | None = "auto", dtype: str = "auto",
                  backend: str = "auto", tokenizer: str | None = None, max_length: int = 4096, **_: Any):
         super().__init__()
         from biomamba.model.checkpoint import load_model_and_tokenizer
         from biomamba.eval.lm import from_mamba
 
-        model, tok = load_model_and_tokenizer(pretrained, tokenizer, device, dtype, backend)
-        self.adapter = from_mamba(model, tok, batch_size=int(batch_size))
+        # lm-eval passes its --batch_size ("auto", "auto:4", or a number) and --device here
+        size = int(batch_size) if str(batch_size).isdigit() else 8
+        model, tok = load_model_and_tokenizer(pretrained, tokenizer, device or "auto", dtype, backend)
+        self.adapter = from_mamba(model, tok, batch_size=size)
         self.adapter.max_length = int(max_length)
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> "BiomambaLM":
+        from lm_eval import utils
+
+        return cls.create_from_arg_obj(utils.simple_parse_args_string(arg_string), additional_config)
+
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict: dict[str, Any], additional_config: dict | None = None) -> "BiomambaLM":
+        # lm-eval passes its --batch_size / --device beside --model_args; a key given in both
+        # raised "multiple values": the model argument wins
+        extra = {k: v for k, v in (additional_config or {}).items() if v is not None and k not in arg_dict}
+        return cls(**arg_dict, **extra)
 
     def loglikelihood(self, requests) -> list[tuple[float, bool]]:
         return self.adapter.loglikelihood_greedy([req.args for req in requests])
@@ -51,3 +69,19 @@ class BiomambaLM(LM):
             max_new = int(kwargs.get("max_gen_toks", 256))
             out.append(self.adapter.generate([context], max_new, until)[0])
         return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """lm-eval's command line, with ``--model biomamba`` registered."""
+    import sys
+
+    from lm_eval.__main__ import cli_evaluate
+
+    if argv is not None:
+        sys.argv = ["lm-eval", *argv]
+    cli_evaluate()
+    return 0
+
+
+if __name__ == "__main__":
+    main()
