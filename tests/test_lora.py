@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from biomamba.model import MambaLM, model_preset
 from biomamba.train.lora import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, LoRALinear, apply_lora, load_adapter, merge_lora,
                                  merged_state)
-from test_train_support import demo_data, recipe
+from test_train_support import demo_data, make_trainer, recipe
 
 
 def _model(seed: int = 0) -> MambaLM:
@@ -71,36 +71,20 @@ def test_merge_gives_the_same_function_and_decoding_needs_it():
     generate_ids(model, [[1, 2, 3]], SamplingConfig(max_new_tokens=2), eos_id=None)
 
 
-def _trainer(cfg_dict, out, objective=None):
-    from biomamba.config import from_dict
-    from biomamba.data.shards import PackedDataset, read_manifest
-    from biomamba.train.config import PretrainConfig
-    from biomamba.train.distributed import DistInfo
-    from biomamba.train.objective import CausalLMObjective
-    from biomamba.train.pretrain import build_model
-    from biomamba.train.trainer import Trainer
-
-    cfg = from_dict(PretrainConfig, cfg_dict)
-    model = build_model(cfg.model, read_manifest(cfg.data), seed=cfg.train.seed)
-    out.mkdir(parents=True, exist_ok=True)
-    return Trainer(cfg, model, objective or CausalLMObjective(), PackedDataset(cfg.data, "train"), {}, out,
-                   DistInfo(), backend="torch", log=lambda s: None)
-
-
 def _losses(out):
     return {r["step"]: r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
             if "loss" in r}
 
 
 def test_trainer_with_lora_exports_merged_weights_and_peft_adapters(tmp_path_factory, tmp_path):
-    from biomamba.model.checkpoint import export_hf, load_model
+    from biomamba.model.checkpoint import load_model
 
     data = demo_data(tmp_path_factory)
     lora = {"enabled": True, "rank": 4, "alpha": 8.0}
     cfg = recipe(data, train={"max_steps": 4}, optim={"lr": 1e-2, "llrd": 1.0}, lora=lora,
                  eval={"every": 0, "at_start": False}, checkpoint={"every": 2, "keep_last": 5, "export": ["final"]})
     out = tmp_path / "run"
-    trainer = _trainer(cfg, out)
+    trainer = make_trainer(cfg, out)
     frozen = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if not p.requires_grad}
     summary = trainer.fit()
     for n, p in trainer.model.named_parameters():
@@ -120,7 +104,7 @@ def test_trainer_with_lora_exports_merged_weights_and_peft_adapters(tmp_path_fac
     assert config["peft_type"] == "LORA" and config["r"] == 4 and config["lora_alpha"] == 8.0
     # our loader: base + adapter = the export
     plain_cfg = {**cfg, "lora": {"enabled": False}}
-    base = _trainer(plain_cfg, tmp_path / "base-again").model  # the same seed: the same base weights
+    base = make_trainer(plain_cfg, tmp_path / "base-again").model  # the same seed: the same base weights
     load_adapter(base, adapter)
     with torch.no_grad():
         torch.testing.assert_close(base.eval()(ids), trained, rtol=1e-5, atol=1e-5)
@@ -141,12 +125,12 @@ def test_peft_loads_our_adapter_onto_the_hugging_face_export(tmp_path_factory, t
     cfg = recipe(data, train={"max_steps": 3}, optim={"lr": 1e-2, "llrd": 1.0},
                  lora={"enabled": True, "rank": 4, "alpha": 8.0, "targets": ["in_proj"]},
                  eval={"every": 0, "at_start": False}, checkpoint={"every": 0, "export": ["final"]})
-    trainer = _trainer(cfg, tmp_path / "run")
+    trainer = make_trainer(cfg, tmp_path / "run")
     trainer.fit()
     ids = _ids()
     with torch.no_grad():
         ours = trainer.model.eval()(ids)
-    plain_base = _trainer({**cfg, "lora": {"enabled": False}}, tmp_path / "base").model
+    plain_base = make_trainer({**cfg, "lora": {"enabled": False}}, tmp_path / "base").model
     export_hf(plain_base, tmp_path / "hf")
     hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32)
     adapted = peft.PeftModel.from_pretrained(hf, str(tmp_path / "run" / "final_adapter")).eval()
@@ -167,14 +151,14 @@ def test_lora_run_resumes_exactly(tmp_path_factory, tmp_path):
     cfg = recipe(data, train={"max_steps": 4}, optim={"lr": 1e-2}, lora={"enabled": True, "rank": 4},
                  eval={"every": 0, "at_start": False}, checkpoint={"every": 2, "keep_last": 5, "export": []})
     whole = tmp_path / "whole"
-    _trainer(cfg, whole).fit()
+    make_trainer(cfg, whole).fit()
     half = tmp_path / "half"
-    first = _trainer(cfg, half)
+    first = make_trainer(cfg, half)
     first.ckpt.clear_temporaries()
     seed_everything(42)
     for _ in range(2):
         first.train_step()
     first.save()
-    _trainer({**cfg, "resume": "auto"}, half).fit()
+    make_trainer({**cfg, "resume": "auto"}, half).fit()
     a, b = _losses(whole), _losses(half)
     assert sorted(b) == [3, 4] and all(a[s] == b[s] for s in b), (a, b)

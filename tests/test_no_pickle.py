@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from biomamba.train.state_files import StateFileError, load_state_into, save_state
 from biomamba.utils.torch_zip import UnsafeFileError, read_torch_state_dict
-from test_train_support import demo_data, recipe
+from test_train_support import demo_data, make_trainer, recipe
 
 
 class _Plant:
@@ -146,23 +146,6 @@ def test_torch_zip_refuses_code_and_legacy_files(tmp_path):
 
 
 # ---- a whole run directory with pickles planted everywhere ---------------------------------
-def _trainer(cfg_dict: dict, out: Path, device: str = "cpu"):
-    from biomamba.config import from_dict
-    from biomamba.data.shards import PackedDataset, read_manifest
-    from biomamba.train.config import PretrainConfig
-    from biomamba.train.distributed import DistInfo
-    from biomamba.train.objective import CausalLMObjective
-    from biomamba.train.pretrain import build_model
-    from biomamba.train.trainer import Trainer
-
-    cfg = from_dict(PretrainConfig, cfg_dict)
-    model = build_model(cfg.model, read_manifest(cfg.data), seed=cfg.train.seed)
-    backend = "triton" if device == "cuda" else "torch"
-    out.mkdir(parents=True, exist_ok=True)
-    return Trainer(cfg, model, CausalLMObjective(), PackedDataset(cfg.data, "train"), {}, out,
-                   DistInfo(device=torch.device(device)), backend=backend, log=lambda s: None)
-
-
 def test_planted_pickles_never_run(tmp_path_factory, tmp_path):
     from biomamba.model.checkpoint import CheckpointError as ModelCheckpointError
     from biomamba.model.checkpoint import load_model
@@ -173,7 +156,7 @@ def test_planted_pickles_never_run(tmp_path_factory, tmp_path):
     cfg = recipe(data, train={"max_steps": 4}, eval={"every": 0, "at_start": False},
                  checkpoint={"every": 2, "keep_last": 5, "export": ["final"]})
     out = tmp_path / "run"
-    first = _trainer(cfg, out)
+    first = make_trainer(cfg, out)
     first.fit()
     step = out / "checkpoints" / "step_00000004"
     assert (step / "state" / "tree.json").is_file() and not list(step.rglob("*.pt"))
@@ -184,7 +167,7 @@ def test_planted_pickles_never_run(tmp_path_factory, tmp_path):
     _plant_torch_file(step / "state" / "model.pt", marker)
     _plant_pickle(out / "checkpoints" / "optimizer.pkl", marker)
 
-    again = _trainer({**cfg, "resume": "auto", "train": {**cfg["train"], "max_steps": 6}}, out)
+    again = make_trainer({**cfg, "resume": "auto", "train": {**cfg["train"], "max_steps": 6}}, out)
     summary = again.fit()
     assert summary["steps"] == 6 and summary["steps_this_session"] == 2 and not marker.exists()
     _plant_torch_file(out / "final" / "pytorch_model.bin", marker)
@@ -205,7 +188,7 @@ def test_planted_pickles_never_run(tmp_path_factory, tmp_path):
     shutil.copy(step / "trainer_state.json", old)
     _plant_pickle(old / "dcp" / ".metadata", marker)
     with pytest.raises(CheckpointError, match="metadata is a pickle, which can run code"):
-        _trainer({**cfg, "resume": str(old)}, tmp_path / "old-resumed").fit()
+        make_trainer({**cfg, "resume": str(old)}, tmp_path / "old-resumed").fit()
     assert not marker.exists()
 
 
@@ -214,7 +197,7 @@ def check_exported_ema_equals_ema(data: Path, out: Path, device: str) -> None:
     overrides = {"model": {"overrides": {}}} if device == "cuda" else {}
     cfg = recipe(data, **overrides, train={"max_steps": 3, "cuda_graph": False}, ema={"decay": 0.5},
                  eval={"every": 0, "at_start": False}, checkpoint={"every": 0, "export": []})
-    trainer = _trainer(cfg, out, device)
+    trainer = make_trainer(cfg, out, device)
     trainer.ckpt.clear_temporaries()
     for _ in range(3):
         trainer.train_step()

@@ -131,3 +131,24 @@ def test_recipe_helper_is_valid(tmp_path):
 
     cfg = from_dict(PretrainConfig, recipe(tmp_path))
     assert cfg.train.global_batch_size == 8 and cfg.model.vocab_size == "data"
+
+
+def make_trainer(cfg_dict: dict[str, Any], out: Path, device: str = "cpu", objective=None, val_sources=()):
+    """An in-process Trainer over the demo shards (no validation data unless ``val_sources``)."""
+    import torch
+
+    from biomamba.config import from_dict
+    from biomamba.data.shards import PackedDataset, read_manifest
+    from biomamba.train.config import PretrainConfig
+    from biomamba.train.distributed import DistInfo
+    from biomamba.train.objective import CausalLMObjective
+    from biomamba.train.pretrain import build_model
+    from biomamba.train.trainer import Trainer
+
+    cfg = from_dict(PretrainConfig, cfg_dict)
+    model = build_model(cfg.model, read_manifest(cfg.data), seed=cfg.train.seed)
+    val = {s: PackedDataset(cfg.data, "val", source=s) for s in val_sources}
+    out.mkdir(parents=True, exist_ok=True)
+    return Trainer(cfg, model, objective or CausalLMObjective(), PackedDataset(cfg.data, "train"), val, out,
+                   DistInfo(device=torch.device(device)), backend="triton" if device == "cuda" else "torch",
+                   log=lambda s: None)

@@ -11,23 +11,7 @@ from pathlib import Path
 import pytest
 
 from biomamba.train.metrics import MetricsLogger, TrackerError
-from test_train_support import demo_data, recipe
-
-
-def _trainer(cfg_dict, out: Path):
-    from biomamba.config import from_dict
-    from biomamba.data.shards import PackedDataset, read_manifest
-    from biomamba.train.config import PretrainConfig
-    from biomamba.train.distributed import DistInfo
-    from biomamba.train.objective import CausalLMObjective
-    from biomamba.train.pretrain import build_model
-    from biomamba.train.trainer import Trainer
-
-    cfg = from_dict(PretrainConfig, cfg_dict)
-    model = build_model(cfg.model, read_manifest(cfg.data), seed=cfg.train.seed)
-    out.mkdir(parents=True, exist_ok=True)
-    return Trainer(cfg, model, CausalLMObjective(), PackedDataset(cfg.data, "train"), {}, out, DistInfo(),
-                   backend="torch", log=lambda s: None)
+from test_train_support import demo_data, make_trainer, recipe
 
 
 def _jsonl_losses(out: Path) -> dict[int, float]:
@@ -45,7 +29,7 @@ def test_tensorboard_and_mlflow_receive_the_jsonl_numbers(tmp_path_factory, tmp_
     out = tmp_path / "run"
     cfg = recipe(data, train={"max_steps": 4, "tensorboard": True, "trackers": ["mlflow"]},
                  eval={"every": 0, "at_start": False}, checkpoint={"every": 2, "keep_last": 5, "export": []})
-    _trainer(cfg, out).fit()
+    make_trainer(cfg, out).fit()
     losses = _jsonl_losses(out)
     assert sorted(losses) == [1, 2, 3, 4]
 
@@ -61,7 +45,7 @@ def test_tensorboard_and_mlflow_receive_the_jsonl_numbers(tmp_path_factory, tmp_
     assert run.data.params["optim.lr"] == str(cfg["optim"]["lr"])
 
     # resumed: the same MLflow run goes on (steps 5-6 join 1-4)
-    _trainer({**cfg, "resume": "auto", "train": {**cfg["train"], "max_steps": 6}}, out).fit()
+    make_trainer({**cfg, "resume": "auto", "train": {**cfg["train"], "max_steps": 6}}, out).fit()
     runs = client.search_runs([client.get_experiment_by_name("biomamba").experiment_id])
     assert len(runs) == 1
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "loss")) == [1, 2, 3, 4, 5, 6]
