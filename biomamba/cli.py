@@ -38,14 +38,22 @@ class CommandError(RuntimeError):
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    from biomamba import __version__
+
     parser = argparse.ArgumentParser(
         prog="biomamba",
         description="Adapt Mamba2 language models to biomedical and clinical text, and prove the result.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="verbs:\n" + "\n".join(f"  {v:<10} {h}" for v, h in VERBS.items())
-        + "\n\nEvery verb takes --config FILE, dotted --key=value overrides and --out DIR.",
+        + "\n\nEvery verb takes --config FILE, dotted --key=value overrides and --out DIR; "
+          "`biomamba VERB --help` lists its config fields\n(type, default, meaning) and "
+          "`--print_config` prints the resolved config. Also: python -m biomamba VERB ...",
     )
     parser.add_argument("verb", choices=list(VERBS), metavar="VERB", help="one of: " + ", ".join(VERBS))
+    parser.add_argument("--version", action="version", version=f"biomamba {__version__}")
+    if argv and argv[0] in ("--version", "-V"):
+        print(f"biomamba {__version__}")
+        return 0
     if not argv or argv[0] in ("-h", "--help"):
         parser.print_help()
         return 0 if argv else 2

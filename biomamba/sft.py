@@ -38,7 +38,7 @@ class SFTConfig(TrainRecipe):
     model: str = ""  # starting checkpoint: any layout or hub id
     tokenizer: str | None = None  # default: the checkpoint's own
     task: str = "yesno_mix"
-    data_root: str = "../shared/data"  # the task's relative paths are under it
+    data_root: str = "data"  # the task's relative paths are under it (default: ./data, as the paper recipes lay it out)
     paths: dict[str, Any] = field(default_factory=dict)  # override the task's file roles
     task_args: dict[str, Any] = field(default_factory=dict)  # override the task's loader_args
     max_len: int = 1024  # tokens per example; the context is cut to fit, never the question or answer cue

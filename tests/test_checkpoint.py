@@ -97,3 +97,99 @@ def test_convert_cli_all_formats(tmp_path, capsys):
     _assert_same_weights(model, load_model(tmp_path / "ss2"))
     assert cli(["convert", str(tmp_path / "nowhere"), str(tmp_path / "x"), "--format", "hf"]) == 1
     assert "not a checkpoint directory" in capsys.readouterr().err
+
+
+# ---- the Hugging Face export's details ------------------------------------------------------
+def _strict_json(path) -> dict:
+    def refuse(constant: str):
+        raise ValueError(f"{path.name} holds a bare {constant}: not JSON")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def _wordlevel_tokenizer():
+    """A tokenizer whose special tokens sit at other ids than GPT-NeoX's 0 / 0 / 1."""
+    from tokenizers import Tokenizer as HFTokenizer, models, pre_tokenizers
+
+    from biomamba.data.tokenizer import Tokenizer
+
+    vocab = {"a": 0, "bb": 1, "c": 2, "</s>": 3, "<pad>": 4, "<s>": 5, "<unk>": 6}
+    backend = HFTokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.add_special_tokens(["</s>", "<pad>", "<s>", "<unk>"])
+    return Tokenizer(backend, "wordlevel-test")
+
+
+def test_hf_export_special_tokens_come_from_the_tokenizer_and_padding_works(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from biomamba.data.tokenizer import train_tokenizer
+
+    model = MambaLM(model_preset("tiny", vocab_size=64, d_model=32, n_layer=1))
+    export_hf(model, tmp_path / "word", tokenizer=_wordlevel_tokenizer())
+    config = _strict_json(tmp_path / "word" / "config.json")
+    assert (config["bos_token_id"], config["eos_token_id"], config["pad_token_id"]) == (5, 3, 4)
+    tok_config = _strict_json(tmp_path / "word" / "tokenizer_config.json")
+    assert tok_config["pad_token"] == "<pad>" and tok_config["eos_token"] == "</s>" and tok_config["bos_token"] == "<s>"
+    hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "word")
+    assert (hf_tok.pad_token_id, hf_tok.eos_token_id, hf_tok.bos_token_id) == (4, 3, 5)
+    batch = hf_tok(["a", "a bb c"], padding=True)
+    assert batch["input_ids"][0] == [0, 4, 4] and batch["attention_mask"][0] == [1, 0, 0]
+
+    # a GPT-NeoX-style byte-level BPE: <|endoftext|> is BOS and EOS, <|padding|> pads
+    bpe = train_tokenizer(["a bb c dd " * 20, "ee ff a"], vocab_size=300)
+    export_hf(model, tmp_path / "bpe", tokenizer=bpe)
+    hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "bpe")
+    batch = hf_tok(["a", "bb"], padding=True)
+    assert hf_tok.pad_token == "<|padding|>" and len(set(map(len, batch["input_ids"]))) == 1
+    assert hf_tok.pad_token_id == bpe.pad_id and hf_tok.eos_token_id == bpe.eos_id
+    # no tokenizer: the ids of the GPT-NeoX tokenizer that such a checkpoint is loaded with
+    export_hf(model, tmp_path / "bare")
+    bare = _strict_json(tmp_path / "bare" / "config.json")
+    assert (bare["bos_token_id"], bare["eos_token_id"], bare["pad_token_id"]) == (0, 0, 1)
+
+
+def test_hf_config_is_strict_json_with_dtype_and_loads_in_transformers(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    import math
+
+    model = MambaLM(model_preset("tiny", vocab_size=64, d_model=32, n_layer=1, dt_limit_min=0.001))
+    export_hf(model, tmp_path / "fp32")
+    config = _strict_json(tmp_path / "fp32" / "config.json")  # (0.001, inf): infinity spelled as transformers does
+    assert config["torch_dtype"] == "float32" and config["time_step_limit"][1] == {"__float__": "Infinity"}
+    loaded = transformers.AutoConfig.from_pretrained(tmp_path / "fp32")
+    assert tuple(loaded.time_step_limit) == (0.001, math.inf)
+    assert load_model(tmp_path / "fp32").config.dt_limit == (0.001, math.inf)
+    export_hf(MambaLM(model_preset("tiny", vocab_size=64, d_model=32, n_layer=1)).to(torch.bfloat16),
+              tmp_path / "bf16")
+    config = _strict_json(tmp_path / "bf16" / "config.json")  # the default limit: left to transformers' default
+    assert config["torch_dtype"] == "bfloat16" and "time_step_limit" not in config
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "bf16")
+    assert hf.dtype == torch.bfloat16 and tuple(hf.config.time_step_limit) == (0.0, math.inf)
+
+
+@pytest.mark.parametrize("umask,dir_mode,file_mode", [(0o022, 0o755, 0o644), (0o077, 0o700, 0o600),
+                                                      (0o002, 0o775, 0o664)])
+def test_exports_are_as_readable_as_the_umask_says(tmp_path, umask, dir_mode, file_mode):
+    """mkdtemp / mkstemp create 0700 / 0600: the finished directory and files get the umask's modes."""
+    import os
+    import stat
+
+    from biomamba.data.tokenizer import train_tokenizer
+    from biomamba.utils.io import current_umask
+
+    tok = train_tokenizer(["a bb c dd " * 20], vocab_size=280)
+    model = MambaLM(model_preset("tiny", vocab_size=tok.vocab_size, d_model=32, n_layer=1))
+    old = os.umask(umask)
+    try:
+        assert current_umask() == umask
+        export_hf(model, tmp_path / "hf", tokenizer=tok)
+        save_model(model, tmp_path / "native", tokenizer=tok)
+        export_hf(model, tmp_path / "hf", tokenizer=tok)  # replacing an existing export too
+    finally:
+        os.umask(old)
+    for directory in (tmp_path / "hf", tmp_path / "native"):
+        assert stat.S_IMODE(directory.stat().st_mode) == dir_mode, directory
+        files = list(directory.iterdir())
+        assert {"tokenizer.json"} <= {f.name for f in files}
+        for f in files:
+            assert stat.S_IMODE(f.stat().st_mode) == file_mode, f

@@ -828,8 +828,8 @@ def test_fsdp2_over_the_custom_ops():
     try:
         cfg = model_preset("tiny", vocab_size=128, d_model=32, n_layer=2)
         torch.manual_seed(0)
-        ref = MambaLM(cfg).to(DEV)
-        model = MambaLM(cfg).to(DEV)
+        ref = MambaLM(cfg, backend="torch").to(DEV)  # the reference (a bare MambaLM picks Triton on a GPU)
+        model = MambaLM(cfg, backend="torch").to(DEV)
         model.load_state_dict(ref.state_dict())
         model.set_backend("triton")
 

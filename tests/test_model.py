@@ -132,8 +132,8 @@ def test_grad_into_params_matches_autograd(preset, autocast):
     the second micro-batch adds into the first one's .grad tensor, as a captured CUDA graph needs."""
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
-    ref = randomize_weights(MambaLM(model_preset(preset, vocab_size=300))).to(dev)
-    fused = MambaLM(model_preset(preset, vocab_size=300)).to(dev)
+    ref = randomize_weights(MambaLM(model_preset(preset, vocab_size=300), backend="torch")).to(dev)
+    fused = MambaLM(model_preset(preset, vocab_size=300), backend="torch").to(dev)
     fused.load_state_dict(ref.state_dict())
     fused.set_grad_into_params(True)
     batches = [torch.randint(0, 300, (2, 19), device=dev) for _ in range(2)]
@@ -162,8 +162,8 @@ def test_writing_grads_replaces_what_grad_held(autocast):
 
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
-    ref = randomize_weights(MambaLM(model_preset("tiny", vocab_size=300))).to(dev)
-    fused = MambaLM(model_preset("tiny", vocab_size=300)).to(dev)
+    ref = randomize_weights(MambaLM(model_preset("tiny", vocab_size=300), backend="torch")).to(dev)
+    fused = MambaLM(model_preset("tiny", vocab_size=300), backend="torch").to(dev)
     fused.load_state_dict(ref.state_dict())
     fused.set_grad_into_params(True)
     stale, ids = (torch.randint(0, 300, (2, 19), device=dev) for _ in range(2))

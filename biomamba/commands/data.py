@@ -13,11 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-from biomamba.commands import split_overrides
+from biomamba.commands import Progress, add_print_config, attach_config_help, print_config, split_overrides
 from biomamba.config import ConfigError, _merge, load_config, parse_overrides, read_yaml
 
 SUBVERBS = {
@@ -73,26 +75,94 @@ def _logging(quiet: bool) -> None:
     logger.setLevel(logging.WARNING if quiet else logging.INFO)
 
 
+def _parser(sub: str) -> argparse.ArgumentParser:
+    from biomamba.data.config import DataConfig
+
+    parser = argparse.ArgumentParser(prog=f"biomamba data {sub}", description=SUBVERBS[sub])
+    attach_config_help(parser, DataConfig, note="A source's fields are overridden as --sources.<name>.<key>=value.")
+    return parser
+
+
+def _paths_hint(exc: Exception) -> str:
+    """A source path that matches nothing: the builder names the source and the pattern; add what to pass."""
+    return (f"{exc}. Relative paths are relative to the working directory ({Path.cwd()}); pass the files with "
+            f"--sources.<name>.paths=[FILE_OR_GLOB, ...] or edit the config's sources")
+
+
+class _DownloadWatch:
+    """Progress of downloads we do not drive ourselves (worker threads, the hub client): the bytes
+    under a directory, polled every ``every_s`` seconds from a background thread."""
+
+    def __init__(self, root: Path, label: str, every_s: float = 2.0):
+        import threading
+
+        self.root, self.every_s = root, every_s
+        self.progress = Progress(label, unit="B")
+        self.start_bytes = self._bytes()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _bytes(self) -> int:
+        total = 0
+        for folder, _, files in os.walk(self.root):
+            for name in files:
+                try:
+                    total += os.path.getsize(os.path.join(folder, name))
+                except OSError:  # renamed or removed by the downloader meanwhile
+                    pass
+        return total
+
+    def _run(self) -> None:
+        while not self.stop.wait(self.every_s):
+            self.progress.set(self._bytes() - self.start_bytes)
+
+    def __enter__(self) -> "_DownloadWatch":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.progress.close()
+
+
 def _build(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="biomamba data build", description=SUBVERBS["build"],
-                                     epilog="Any config field can be overridden with --key=value "
-                                            "(sources.<name>.<key> for one source).")
+    parser = _parser("build")
     parser.add_argument("--config", type=Path, help="YAML data config (configs/data/*.yaml)")
-    parser.add_argument("--out", type=Path, required=True, help="output data directory (written atomically)")
+    parser.add_argument("--out", type=Path, help="output data directory (written atomically; required)")
     parser.add_argument("--on-error", dest="on_error", choices=["raise", "skip"],
                         help="broken files/records: stop with the file and record named (raise) or skip, count "
                              "and list them in the manifest (skip)")
     parser.add_argument("--quiet", action="store_true", help="only warnings and errors on stderr")
+    add_print_config(parser)
     args, rest = parser.parse_known_args(argv)
     overrides = split_overrides(parser, rest)
     if args.on_error:
         overrides.insert(0, f"on_error={args.on_error}")
     cfg = load_data_config(args.config, overrides)
+    if args.print_config:
+        print_config(cfg)
+        return 0
+    if args.out is None:
+        parser.error("the following arguments are required: --out")
     _logging(args.quiet)
     from biomamba.utils.rundir import environment_info
     from biomamba.data.build import build
 
-    manifest = build(cfg, args.out, environment=environment_info)
+    from biomamba.data.records import DataError
+
+    root = Path(cfg.download_dir).expanduser()
+    downloads = any(src.download.kind != "none" and not src.paths for src in cfg.sources)
+    if downloads:
+        root.mkdir(parents=True, exist_ok=True)
+    watch = _DownloadWatch(root, "data build: downloaded") if downloads else nullcontext()
+    try:
+        with watch:
+            manifest = build(cfg, args.out, environment=environment_info)
+    except DataError as exc:
+        if exc.reason != "no_files":
+            raise
+        raise DataError(_paths_hint(exc), reason=exc.reason) from None
     train, val = manifest["splits"]["train"], manifest["splits"]["val"]
     ratios = ", ".join(f"{n} {r:.3f}" for n, r in manifest["mixing"]["achieved_ratios"].items())
     print(f"wrote {args.out}: {train['sequences']:,} train + {val['sequences']:,} val sequences of "
@@ -127,11 +197,15 @@ def _inspect(argv: list[str]) -> int:
 
 
 def _download(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="biomamba data download", description=SUBVERBS["download"])
+    parser = _parser("download")
     parser.add_argument("--config", type=Path, help="YAML data config")
-    parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--quiet", action="store_true", help="only warnings and errors on stderr")
+    add_print_config(parser)
     args, rest = parser.parse_known_args(argv)
     cfg = load_data_config(args.config, split_overrides(parser, rest))
+    if args.print_config:
+        print_config(cfg)
+        return 0
     _logging(args.quiet)
     from biomamba.data.download import download_source
 
@@ -140,7 +214,9 @@ def _download(argv: list[str]) -> int:
         if src.download.kind == "none":
             print(f"{src.name}: local paths, nothing to download")
             continue
-        files = download_source(src, root)
+        (root / src.name).mkdir(parents=True, exist_ok=True)
+        with _DownloadWatch(root / src.name, f"data download {src.name}"):
+            files = download_source(src, root)
         print(f"{src.name}: {len(files)} file(s) under {files[0].parent if files else root}")
     return 0
 

@@ -17,8 +17,7 @@ def main(argv: list[str]) -> int:
     from biomamba.study.report import write_report
 
     parser = verb_parser("pipeline", __doc__)
-    args_probe, _ = parser.parse_known_args(argv)
-    if args_probe.config is None:
+    if not any(a == "--config" or a.startswith("--config=") for a in argv):  # not parsed here: --help lists the fields
         argv = ["--config", str(CONFIGS_DIR / "pipeline" / "demo.yaml"), *argv]
     v = parse_verb_args(parser, argv, PipelineConfig)
     cfg: PipelineConfig = v.config

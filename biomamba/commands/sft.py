@@ -9,11 +9,23 @@ checkpoints/, best/, final/, summary.json) plus sft_data.json (what was read and
 
 from __future__ import annotations
 
-from biomamba.commands import parse_verb_args, verb_parser
+from pathlib import Path
+from typing import Any
+
+from biomamba.commands import explain_missing_task_files, parse_verb_args, verb_parser
+
+
+def finetune_config(cfg: Any, out: Path) -> dict[str, Any]:
+    """What ``biomamba sft`` runs once its config is resolved (and ``biomamba.finetune``): ``run_sft``,
+    with a task file that is not there named by its role and what to pass."""
+    from biomamba.sft import run_sft
+
+    with explain_missing_task_files(cfg.task, cfg.paths, cfg.data_root):
+        return run_sft(cfg, out)
 
 
 def main(argv: list[str]) -> int:
-    from biomamba.sft import SFTConfig, run_sft
+    from biomamba.sft import SFTConfig
 
     parser = verb_parser("sft", __doc__)
     parser.add_argument("--model", help="starting checkpoint (directory or hub id)")
@@ -23,5 +35,5 @@ def main(argv: list[str]) -> int:
     v = parse_verb_args(parser, argv, SFTConfig, flag_fields={"model": "model", "task": "task", "resume": "resume"})
     if v.out is None:
         parser.error("--out DIR (the run directory) is required")
-    run_sft(v.config, v.out)
+    finetune_config(v.config, v.out)
     return 0

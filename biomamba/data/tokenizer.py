@@ -16,6 +16,8 @@ from tokenizers import Tokenizer as _HFTokenizer
 DEFAULT_TOKENIZER = "EleutherAI/gpt-neox-20b"
 _EOS_CANDIDATES = ("<|endoftext|>", "</s>", "<eos>", "[EOS]")
 _PAD_CANDIDATES = ("<|padding|>", "<pad>", "[PAD]")
+_BOS_CANDIDATES = ("<s>", "<bos>", "[BOS]")  # none in GPT-NeoX: there EOS serves as BOS
+_UNK_CANDIDATES = ("<unk>", "[UNK]")
 
 
 class TokenizerNotFound(FileNotFoundError):
@@ -38,7 +40,11 @@ class Tokenizer:
         self.eos_token = eos
         self.eos_id = vocab[eos]
         pad = next((t for t in _PAD_CANDIDATES if t in vocab), None)
-        self.pad_id = vocab[pad] if pad is not None else self.eos_id
+        self.pad_token = pad if pad is not None else eos
+        self.pad_id = vocab[self.pad_token]
+        self.bos_token = next((t for t in _BOS_CANDIDATES if t in vocab), eos)
+        self.bos_id = vocab[self.bos_token]
+        self.unk_token = next((t for t in _UNK_CANDIDATES if t in vocab), eos)
 
     @property
     def vocab_size(self) -> int:
@@ -65,6 +71,23 @@ class Tokenizer:
         with atomic_path(path) as tmp:
             self.backend.save(str(tmp))
         return path
+
+    def special_tokens(self) -> dict[str, str]:
+        """The special tokens under the names ``transformers`` gives them."""
+        return {"bos_token": self.bos_token, "eos_token": self.eos_token, "unk_token": self.unk_token,
+                "pad_token": self.pad_token}
+
+    def save_hf_config(self, directory: str | Path) -> None:
+        """``tokenizer_config.json`` + ``special_tokens_map.json`` beside ``tokenizer.json``, so that
+        ``AutoTokenizer.from_pretrained(directory)`` knows its special tokens (padding included)."""
+        import json
+
+        from biomamba.utils.io import atomic_write_text
+
+        special = self.special_tokens()
+        config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 1_000_000, **special}
+        atomic_write_text(Path(directory) / "tokenizer_config.json", json.dumps(config, indent=2) + "\n")
+        atomic_write_text(Path(directory) / "special_tokens_map.json", json.dumps(special, indent=2) + "\n")
 
 
 def _looks_like_hub_id(name: str) -> bool:

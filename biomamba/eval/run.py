@@ -23,6 +23,7 @@ SUBVERB_TASKS = {
     "yesno": ("yesno_mix", "pubmedqa", "bioasq_yesno"),
     "factoid": ("bioasq_factoid",),
     "clinical": ("clinical_completion", "clinical_discharge"),
+    "task": (),  # any task: a built-in name or a task YAML (your own data: loader records)
 }
 
 
@@ -34,7 +35,7 @@ class TaskEvalConfig:
     tokenizer: str | None = None  # default: the checkpoint's own
     task: str = "yesno_mix"  # a built-in task name or a task YAML file
     split: Literal["validation", "test"] = "test"  # choose checkpoints/prompts on validation; test once
-    data_root: str = "../shared/data"  # task paths are relative to it
+    data_root: str = "data"  # the task's relative paths are under it (default: ./data, as the paper recipes lay it out)
     paths: dict[str, Any] = field(default_factory=dict)  # override the task's file roles
     task_args: dict[str, Any] = field(default_factory=dict)  # override the task's loader_args
     modes: list[Literal["loglikelihood", "generate"]] = field(default_factory=lambda: ["loglikelihood", "generate"])

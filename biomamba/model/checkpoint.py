@@ -118,18 +118,37 @@ def config_from_hf(raw: dict[str, Any], source: str) -> ModelConfig:
     raise CheckpointError(f"{source}: model_type {model_type!r} is not a Mamba model (expected mamba2 or mamba)")
 
 
-def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
+# the GPT-NeoX tokenizer's ids (<|endoftext|> = 0 as BOS and EOS, <|padding|> = 1): what a
+# checkpoint without a tokenizer.json is loaded with (load_model_and_tokenizer's default)
+DEFAULT_SPECIAL_IDS = {"bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 1}
+
+
+def _json_float(value: float) -> float | dict[str, str]:
+    """A float as strict JSON: infinities in transformers' own spelling (≥ 5), not a bare ``Infinity``."""
+    if math.isinf(value):
+        return {"__float__": "Infinity" if value > 0 else "-Infinity"}
+    return value
+
+
+def config_to_hf(cfg: ModelConfig, tokenizer: Any = None, dtype: torch.dtype | None = None) -> dict[str, Any]:
+    """transformers' ``config.json`` for ``cfg``; the special token ids are ``tokenizer``'s (the
+    GPT-NeoX ones without it), ``torch_dtype`` the dtype the weights are saved in."""
+    special = (DEFAULT_SPECIAL_IDS if tokenizer is None else
+               {"bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id, "pad_token_id": tokenizer.pad_id})
     common = {"vocab_size": cfg.padded_vocab, "hidden_size": cfg.d_model, "num_hidden_layers": cfg.n_layer,
               "state_size": cfg.d_state, "expand": cfg.expand, "conv_kernel": cfg.d_conv,
               "layer_norm_epsilon": cfg.norm_eps, "residual_in_fp32": cfg.residual_in_fp32,
               "use_bias": cfg.proj_bias, "use_conv_bias": cfg.conv_bias, "tie_word_embeddings": cfg.tie_embeddings,
               "time_step_min": cfg.dt_min, "time_step_max": cfg.dt_max, "time_step_floor": cfg.dt_init_floor,
-              "bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 1, "hidden_act": "silu",
-              "biomamba": to_dict(cfg)}
+              **special, "hidden_act": "silu", "biomamba": to_dict(cfg)}
+    if dtype is not None:  # transformers < 4.56 reads torch_dtype, later ones dtype (and torch_dtype)
+        common["torch_dtype"] = common["dtype"] = str(dtype).removeprefix("torch.")
     if cfg.arch == "mamba2":
-        return {"architectures": ["Mamba2ForCausalLM"], "model_type": "mamba2", **common,
-                "num_heads": cfg.nheads, "head_dim": cfg.headdim, "n_groups": cfg.ngroups,
-                "chunk_size": cfg.chunk_size, "time_step_limit": list(cfg.dt_limit)}
+        out = {"architectures": ["Mamba2ForCausalLM"], "model_type": "mamba2", **common,
+               "num_heads": cfg.nheads, "head_dim": cfg.headdim, "n_groups": cfg.ngroups, "chunk_size": cfg.chunk_size}
+        if cfg.dt_limit != (0.0, math.inf):  # else transformers' own default, which every version reads
+            out["time_step_limit"] = [_json_float(v) for v in cfg.dt_limit]
+        return out
     return {"architectures": ["MambaForCausalLM"], "model_type": "mamba", **common,
             "time_step_rank": cfg.resolved_dt_rank}
 
@@ -301,18 +320,19 @@ def save_model(model: MambaLM, directory: str | Path, tokenizer=None, extra: dic
 
 
 def export_hf(model: MambaLM, directory: str | Path, tokenizer=None, max_shard_bytes: int | None = 5 * 2**30) -> Path:
-    """Hugging Face layout: ``transformers.AutoModelForCausalLM.from_pretrained(directory)`` loads it."""
+    """Hugging Face layout: ``transformers.AutoModelForCausalLM.from_pretrained(directory)`` loads it,
+    and ``AutoTokenizer`` the tokenizer with its special tokens (padding too). ``config.json`` is
+    strict JSON (no bare ``Infinity``)."""
     directory = Path(directory)
     with atomic_dir(directory) as tmp:
         state = {_native_to_hf(k): v for k, v in _state_for_saving(model).items()}
         _write_safetensors(state, tmp, max_shard_bytes)
-        (tmp / "config.json").write_text(json.dumps(config_to_hf(model.config), indent=2))
+        dtype = next((t.dtype for t in state.values() if t.is_floating_point()), None)
+        config = config_to_hf(model.config, tokenizer, dtype)
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, allow_nan=False))
         if tokenizer is not None:
             tokenizer.save(tmp)
-            special = {"eos_token": tokenizer.eos_token, "bos_token": tokenizer.eos_token, "unk_token": tokenizer.eos_token}
-            (tmp / "tokenizer_config.json").write_text(json.dumps(
-                {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 1_000_000, **special}, indent=2))
-            (tmp / "special_tokens_map.json").write_text(json.dumps(special, indent=2))
+            tokenizer.save_hf_config(tmp)
     return directory
 
 
@@ -329,20 +349,30 @@ def export_state_spaces(model: MambaLM, directory: str | Path) -> Path:
 STATE_DTYPES = ("float32", "fp32", "bfloat16", "bf16")  # names resolve_dtype maps to fp32 / bf16
 
 
-def load_model_and_tokenizer(model: str, tokenizer: str | None = None, device: str = "auto", dtype: str = "auto",
-                             backend: str = "auto", state_dtype: str = "float32"):
-    """The model of a checkpoint (any layout or hub id) and its tokenizer: the one named, else the
-    ``tokenizer.json`` stored beside the weights, else the GPT-NeoX default. ``state_dtype`` is
-    the dtype decoding keeps the SSM states in (``MambaLM.ssm_state_dtype``)."""
-    from biomamba.data.tokenizer import DEFAULT_TOKENIZER, load_tokenizer
+def load_pretrained(model: str | Path, device: str = "auto", dtype: str = "auto", backend: str = "auto",
+                    state_dtype: str = "float32") -> MambaLM:
+    """The model of a checkpoint (any layout or hub id) for inference (eval mode): ``device``
+    "auto" is CUDA when available, ``dtype`` "auto" bf16 on a GPU and fp32 on the CPU, ``backend``
+    "auto" the fastest kernels for that device. ``state_dtype`` is the dtype decoding keeps the
+    SSM states in (``MambaLM.ssm_state_dtype``). ``MambaLM.from_pretrained`` is this function."""
     from biomamba.utils.device import resolve_device, resolve_dtype
 
     if state_dtype not in STATE_DTYPES:
         raise ValueError(f"state_dtype must be one of {', '.join(STATE_DTYPES)}, got {state_dtype!r}")
     dev = resolve_device(device)
-    directory = resolve_checkpoint_dir(model)
-    lm = load_model(directory, device=dev, dtype=resolve_dtype(dtype, dev), backend=backend).eval()
+    lm = load_model(resolve_checkpoint_dir(model), device=dev, dtype=resolve_dtype(dtype, dev), backend=backend).eval()
     lm.ssm_state_dtype = resolve_dtype(state_dtype)
+    return lm
+
+
+def load_model_and_tokenizer(model: str, tokenizer: str | None = None, device: str = "auto", dtype: str = "auto",
+                             backend: str = "auto", state_dtype: str = "float32"):
+    """``load_pretrained``'s model and its tokenizer: the one named, else the ``tokenizer.json``
+    stored beside the weights, else the GPT-NeoX default."""
+    from biomamba.data.tokenizer import DEFAULT_TOKENIZER, load_tokenizer
+
+    directory = resolve_checkpoint_dir(model)
+    lm = load_pretrained(directory, device, dtype, backend, state_dtype)
     if tokenizer is None:
         tokenizer = str(directory) if (directory / "tokenizer.json").is_file() else DEFAULT_TOKENIZER
     return lm, load_tokenizer(tokenizer)
