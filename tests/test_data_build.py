@@ -11,6 +11,7 @@ import pytest
 
 from biomamba.config import from_dict
 from biomamba.data import build as build_mod
+from biomamba.data import tokenise as tokenise_mod
 from biomamba.data.build import build
 from biomamba.data.config import DataConfig
 from biomamba.data.medline import read_medline
@@ -215,7 +216,7 @@ def test_small_corpus_resume_and_atomic_output(tmp_path, shared_data, neox_token
     assert len(list((tmp_path / ".data.work" / "units").iterdir())) == 1  # tokenised file kept for resume
     monkeypatch.undo()
     calls = []
-    monkeypatch.setattr(build_mod, "process_unit", lambda task: calls.append(task))
+    monkeypatch.setattr(tokenise_mod, "process_unit", lambda task: calls.append(task))
     manifest = build(cfg, out)  # resumes: the file is not read or tokenised again
     assert calls == []
     assert manifest["splits"]["val"]["sources"]["c4"]["sequences"] == 8 and not manifest["warnings"]

@@ -66,3 +66,32 @@ def test_token_weighted_gradient_over_micro_batches():
         (s_k / n_step).backward()
     for (name, a), (_, b) in zip(full.named_parameters(), split.named_parameters()):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-7, msg=name)
+
+
+def test_next_token_targets_never_score_padding():
+    ids = torch.tensor([[5, 6, 7, 0, 1, 1, 1],    # a document of 4 (EOS included), then padding
+                        [5, 6, 7, 8, 9, 4, 3]])   # a full row (a document cut to the row)
+    seq_idx = torch.tensor([[0, 0, 0, 0, 1, 1, 1], [0] * 7])
+    t = next_token_targets(ids, seq_idx, length=torch.tensor([4, 7]))
+    assert t.tolist() == [[6, 7, 0, -100, -100, -100, -100], [6, 7, 8, 9, 4, 3, -100]]
+    # seq_idx alone masks only the step into the padding; pad → pad would still be scored
+    assert next_token_targets(ids, seq_idx)[0].tolist() == [6, 7, 0, -100, 1, 1, -100]
+
+
+def test_loss_of_a_padded_row_equals_the_document_alone():
+    model = _tiny_model()
+    doc = torch.randint(2, 50, (1, 11), generator=torch.Generator().manual_seed(3))
+    doc[0, -1] = 0  # EOS
+    row = torch.cat([doc, torch.ones(1, 9, dtype=torch.long)], dim=1)  # padded with id 1 to 20
+    seq_idx = (torch.arange(20) >= 11).to(torch.int32)[None]
+    obj = CausalLMObjective()
+    with torch.no_grad():
+        padded_sum, padded_n = LossModule(model, obj)(**obj.prepare({"input_ids": row, "seq_idx": seq_idx,
+                                                                      "length": torch.tensor([11])}))
+        alone_sum, alone_n = LossModule(model, obj)(**obj.prepare({"input_ids": doc,
+                                                                    "seq_idx": torch.zeros_like(doc, dtype=torch.int32)}))
+    assert int(padded_n) == int(alone_n) == 10
+    torch.testing.assert_close(padded_sum, alone_sum, rtol=1e-6, atol=1e-6)
+    with torch.no_grad():  # the same row without its length scores the padding: a different loss
+        unmasked_sum, unmasked_n = LossModule(model, obj)(**obj.prepare({"input_ids": row, "seq_idx": seq_idx}))
+    assert int(unmasked_n) == 10 + 8 and not torch.allclose(unmasked_sum, alone_sum)  # pad → pad at 11..18

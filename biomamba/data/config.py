@@ -96,18 +96,24 @@ class SourceConfig:
 class DataConfig:
     """A data build: sources → cleaned, deduplicated, tokenised, packed, mixed token shards.
 
-    Mixing is by packed sequences (tokens): each source is packed on its own, then training
-    sequences are drawn from each source in proportion to ``ratio`` (``mix: downsample``
-    uses all of the limiting source and part of the others; ``mix: repeat`` repeats the
-    small sources instead) and shuffled together with ``seed``.
+    Rows are ``seq_len`` tokens. ``packing: true`` puts documents back to back (EOS between
+    them, a document may continue into the next row); ``packing: false`` puts one document in
+    each row, cut to ``seq_len`` (counted) and padded (the row's real length is stored, and
+    padding is never scored), as the BioMamba authors' code trained. Mixing is by rows: each
+    source is made into rows on its own, then training rows are drawn from each source in
+    proportion to ``ratio`` (``mix: downsample`` uses all of the limiting source and part of
+    the others; ``mix: repeat`` repeats the small sources instead) and shuffled together with
+    ``seed``. With packing, rows are tokens; without, rows are documents.
     """
 
     sources: list[SourceConfig] = field(default_factory=list)
     tokenizer: str = DEFAULT_TOKENIZER
     seq_len: int = 1024
-    # held-out validation sequences per source, carved (whole documents) before training
+    # true: documents back to back in full rows; false: one document per row, cut to seq_len and padded
+    packing: bool = True
+    # held-out validation rows per source, carved (whole documents) before training
     val_sequences: int = 1000
-    # never hold out more than this share of a source's sequences (small sources get fewer)
+    # never hold out more than this share of a source's rows (small sources get fewer)
     max_val_fraction: float = 0.1
     seed: int = 42
     # tokenising processes; 0 = one per CPU core. The output does not depend on it.

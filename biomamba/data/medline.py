@@ -17,7 +17,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from biomamba.data.readers import DataError, Delete, Doc, Event, Skip, open_binary, squash_spaces
+from biomamba.data.records import DataError, Delete, Doc, Event, Skip, open_binary, squash_spaces
 
 _YEAR = re.compile(r"(1[5-9]|20)\d\d")
 _NOT_AVAILABLE = {"[not available].", "[not available]", "not available"}

@@ -16,6 +16,10 @@ so predicting a document's first token from the previous document's end would tr
 noise; those positions (the EOS of each packed document but the last in a row) are masked,
 as is the last position of each row, whose next token is in the next row. The cost is one
 unscored token per packed document.
+
+Padded rows (data built with ``packing: false``, one document per row) carry ``length``, the
+row's real tokens: a position whose next token is at or after it (padding) is not scored, so
+a padded row's loss is the loss of its document alone.
 """
 
 from __future__ import annotations
@@ -28,13 +32,18 @@ from torch import Tensor, nn
 IGNORE_INDEX = -100
 
 
-def next_token_targets(labels: Tensor, seq_idx: Tensor | None = None, ignore_index: int = IGNORE_INDEX) -> Tensor:
-    """``targets[:, t] = labels[:, t + 1]``; ``ignore_index`` at the last position and wherever
-    position ``t + 1`` starts a different document than ``t`` (``seq_idx`` changes)."""
+def next_token_targets(labels: Tensor, seq_idx: Tensor | None = None, ignore_index: int = IGNORE_INDEX,
+                       length: Tensor | None = None) -> Tensor:
+    """``targets[:, t] = labels[:, t + 1]``; ``ignore_index`` at the last position, wherever
+    position ``t + 1`` starts a different document than ``t`` (``seq_idx`` changes), and, given
+    ``length`` (per row, its real tokens), wherever ``t + 1`` is padding (``t + 1 >= length``)."""
     targets = torch.full_like(labels, ignore_index)
     nxt = labels[:, 1:]
     if seq_idx is not None:
         nxt = nxt.masked_fill(seq_idx[:, 1:] != seq_idx[:, :-1], ignore_index)
+    if length is not None:
+        nxt_pos = torch.arange(1, labels.shape[1], device=labels.device)
+        nxt = nxt.masked_fill(nxt_pos[None, :] >= length.to(labels.device).reshape(-1, 1), ignore_index)
     targets[:, :-1] = nxt
     return targets
 
@@ -49,9 +58,11 @@ class CausalLMObjective:
         return batch["input_ids"]
 
     def prepare(self, batch: dict[str, Tensor]) -> dict[str, Tensor | None]:
-        """Collated batch → ``{"input_ids", "seq_idx", "targets"}`` (the model's inputs and what it must predict)."""
+        """Collated batch → ``{"input_ids", "seq_idx", "targets"}`` (the model's inputs and what it must predict).
+
+        A batch of padded rows carries ``length`` (per row): padding is then never a target."""
         seq_idx = batch.get("seq_idx")
-        targets = next_token_targets(self.labels(batch), seq_idx, self.ignore_index)
+        targets = next_token_targets(self.labels(batch), seq_idx, self.ignore_index, batch.get("length"))
         return {"input_ids": batch["input_ids"], "seq_idx": seq_idx, "targets": targets}
 
     def loss(self, model: nn.Module, input_ids: Tensor, seq_idx: Tensor | None, targets: Tensor) -> tuple[Tensor, Tensor]:
