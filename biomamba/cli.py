@@ -23,7 +23,7 @@ VERBS: dict[str, str] = {
     "sft": "supervised fine-tuning (instruction tokens masked) for yes/no QA or clinical writing",
     "eval": "evaluate: ppl | yesno | factoid | clinical",
     "generate": "generate text from a prompt or a JSONL file of prompts",
-    "serve": "serve an OpenAI-compatible /v1/completions HTTP API",
+    "serve": "serve an OpenAI-compatible API (/v1/completions, /v1/chat/completions) with continuous batching",
     "convert": "convert checkpoints between state-spaces, Hugging Face and native layouts",
     "report": "write report.md and report.html for a run directory",
     "pipeline": "run the whole method end to end (the embedded demo with no arguments)",
