@@ -123,6 +123,9 @@ def test_every_data_config_parses():
     paper = load_data_config(CONFIGS / "paper.yaml", [])
     assert paper.ratios() == {"pubmed": 0.8, "c4": 0.1, "wikipedia": 0.1}
     assert (paper.seq_len, paper.val_sequences, paper.seed, paper.tokenizer) == (1024, 1000, 42, "EleutherAI/gpt-neox-20b")
+    assert paper.packing is True  # the paper's text; the authors' code (one document per row) is the commented line
+    assert "# packing: false" in (CONFIGS / "paper.yaml").read_text()
+    assert load_data_config(CONFIGS / "paper.yaml", ["--packing=false"]).packing is False
     pub = paper.sources[0]
     assert pub.download.kind == "nlm_baseline" and pub.download.url == "https://ftp.ncbi.nlm.nih.gov/pubmed/baseline/"
     assert [s.download.dataset for s in paper.sources[1:]] == ["allenai/c4", "wikimedia/wikipedia"]

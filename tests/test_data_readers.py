@@ -188,3 +188,25 @@ def test_text_units_and_normalisation(tmp_path):
     with pytest.raises(DataError, match="cannot open"):
         list(read_jsonl(tmp_path / "missing.jsonl"))
     assert json.loads('"ok"') == "ok"
+
+
+def test_line_normalizer_equals_normalize_text_on_the_joined_lines():
+    """Text and WikiText documents are normalised line by line (bounded copies of a huge document):
+    the result must be exactly ``normalize_text`` of the joined lines, stray carriage returns included."""
+    import random
+
+    from biomamba.data.records import LineNormalizer
+
+    alphabet = ["a", "b", " ", "\t", "\r", "\x00", "\x0b", "\x0c", "\x1c", "\u00a0", "\u2028", "\x85", "é"]
+    rng = random.Random(7)
+    for _ in range(20000):
+        lines = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 6))) for _ in range(rng.randint(0, 6))]
+        norm = LineNormalizer()
+        for line in lines:
+            norm.add(line)
+        assert norm.text() == normalize_text("\n".join(lines)), lines
+        assert norm.added == len(lines)
+    norm = LineNormalizer()
+    for line in ["  Title \r", "", "", "a\r\r b", "\x00"]:
+        norm.add(line)
+    assert norm.text() == "Title\n\na\n\nb"
