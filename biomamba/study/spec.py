@@ -106,6 +106,18 @@ class FigureSpec:
 
 
 @dataclass
+class ExamplesSpec:
+    """Side-by-side outputs of several stages on the same test items (``study.examples``)."""
+
+    title: str
+    stages: list[str]
+    labels: list[str] = field(default_factory=list)  # default: the stage names
+    n: int = 3
+    max_chars: int = 300
+    seed: int = 0
+
+
+@dataclass
 class Selection:
     """Choose one run by a validation metric, then run the held-back test stages for it only."""
 
@@ -126,6 +138,7 @@ class StudyConfig:
     stage_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # applied to every run
     tables: list[TableSpec] = field(default_factory=list)
     figures: list[FigureSpec] = field(default_factory=list)
+    examples: list[ExamplesSpec] = field(default_factory=list)  # per run, from saved generations
     select: Selection | None = None
 
     def __post_init__(self) -> None:
