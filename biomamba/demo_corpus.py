@@ -11,9 +11,26 @@ fixed seed, so the demo runs offline on a laptop and every format reader is exer
 * ``pubmedqa/demo-pqal.json`` + ``demo-test-ids.json``  PubMedQA PQA-L format (``ori_pqal.json`` shape)
 * ``mimic/discharge.csv.gz``      MIMIC-IV-Note ``discharge.csv`` format, synthetic notes only
 
-The biomedical "facts" are invented and consistent within the corpus (each drug has a fixed
-effect on each condition), so that a tiny model can learn something measurable: abstracts
-state the effects, and yes/no questions ask about them with the abstract as context.
+The biomedical facts are fictional: invented drugs (:func:`invented_drugs`, names such as
+"kvalen"), invented genes (``SYNG1`` …), published in an invented *Journal of Synthetic
+Medicine*. Each drug has one fact (:class:`Fact`), stated in every abstract about it: it
+reduces its outcome ("… kvalen reduced mortality …") or it does not ("… kvalen did not
+reduce mortality …").
+
+The yes/no questions are closed-book, so that the demo measures what continued pretraining
+adds: a question's context is its abstract's background (and, for PubMedQA, methods), which
+never states the result, and the answer is knowledge a model can only have from reading the
+abstracts. The drugs are split: fine-tuning questions ask about the *training* drugs only; the
+test questions ask about the other drugs, one question per drug (the test items are independent
+facts), which appear in no training question. SFT thus teaches the answer format on other
+facts; the base model (general text only) cannot know a test drug's effect, the adapted one
+(continued pretraining on the abstracts) can. Each drug is asked about once, so the validation
+split carved from the training questions also asks about facts fine-tuning never showed. The
+synthetic discharge notes follow the same facts (the home drug, named only in the admission
+sections, is kept when it works and stopped when it does not), and the test patients take test
+drugs. Test items sit where the loaders' seeded splits put the test set
+(:func:`biomamba.tasks.yesno.paper_split`, :func:`biomamba.tasks.clinical.patient_split`).
+
 ``python -m biomamba.demo_corpus DIR`` writes the corpus; the shipped copy in
 ``biomamba/demo_data`` is checked against a fresh generation by the tests.
 """
@@ -26,34 +43,105 @@ import io
 import json
 import random
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import escape
 
 SEED = 42
-DRUGS = ["metformin", "atorvastatin", "lisinopril", "amoxicillin", "warfarin", "insulin glargine", "sertraline",
-         "omeprazole", "levothyroxine", "prednisone", "ibuprofen", "tamoxifen", "remdesivir", "dapagliflozin",
-         "apixaban", "semaglutide"]
+# The loaders' split settings (loader_args of biomamba/tasks/defs/yesno_mix.yaml and
+# clinical_discharge.yaml): the generator puts the test items where those splits look for them.
+PUBMEDQA_SPLIT_SEED, PUBMEDQA_TEST_FRACTION = 42, 0.2
+CLINICAL_SPLIT_SEED, CLINICAL_TEST_FRACTION, CLINICAL_VAL_FRACTION = 42, 0.1, 0.1
+DELETED_PMID = 39000001  # the citation the update file deletes: no question is asked about it
+
+# invented drug names: a consonant cluster that English words and drug names rarely start with, a
+# vowel, a consonant, a vowel and a final consonant ("kvalen", "zrumox"); short, so that the demo's
+# tokenizer learns each name as one token (the effect is then a property of that one token)
+_FIRST = ("kv", "zr", "vr", "tl", "dz", "zv", "xh", "qw")
+_MIDDLE = ("b", "d", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z")
+_VOWELS = ("a", "e", "i", "o", "u")
+_CODAS = ("x", "n", "r", "l", "m", "s")
+GENES = [f"SYNG{i}" for i in range(1, 11)]
 CONDITIONS = ["type 2 diabetes", "hypertension", "heart failure", "chronic kidney disease", "asthma",
               "major depressive disorder", "atrial fibrillation", "breast cancer", "community-acquired pneumonia",
               "rheumatoid arthritis", "hypothyroidism", "obesity"]
 OUTCOMES = ["mortality", "hospital readmission", "HbA1c", "systolic blood pressure", "symptom scores",
             "length of stay", "the risk of stroke", "tumour progression", "inflammatory markers", "body weight"]
-GENES = ["BRCA1", "TP53", "EGFR", "KRAS", "APOE", "CFTR", "HER2", "PCSK9", "IL6", "TNF"]
+PLURAL_OUTCOMES = ("symptom scores", "inflammatory markers")
 DESIGNS = ["a randomized controlled trial", "a prospective cohort study", "a retrospective cohort study",
            "a multicentre randomized trial", "a meta-analysis of randomized trials"]
 CITIES = ["Aldermoor", "Brisford", "Caldervale", "Dunmere", "Eastwick", "Fernholt", "Glenbury", "Harrowgate",
           "Ivybridge", "Kelsworth", "Larkhaven", "Marlowe"]
 TOPICS_WEB = ["recipe", "travel", "review", "sports", "gardening", "tech"]
+# where a drug is asked about: each drug in exactly one question, so the fine-tuning validation
+# split (carved from training questions) also asks about facts that fine-tuning never showed
+ROLES = ("train-bioasq", "train-pubmedqa", "test-bioasq", "test-pubmedqa")
 
 
-def _effects(rng: random.Random) -> dict[tuple[str, str], tuple[str, str]]:
-    """The corpus' ground truth: each (drug, condition) pair either reduces an outcome or does not."""
-    return {(d, c): (rng.choice(OUTCOMES), rng.choice(["reduces", "does not reduce"]))
-            for d in DRUGS for c in CONDITIONS}
+@dataclass(frozen=True)
+class Fact:
+    """One invented drug and its one effect; ``role`` (one of :data:`ROLES`) names the file and
+    split of the one question asked about it."""
+
+    drug: str
+    outcome: str
+    reduces: bool
+    role: str
+
+    @property
+    def answer(self) -> str:
+        return "yes" if self.reduces else "no"
 
 
-def _abstract(rng: random.Random, drug: str, cond: str, outcome: str, effect: str,
-              n: int) -> tuple[str, list[tuple[str, str]]]:
+@dataclass(frozen=True)
+class Study:
+    """One abstract: a fact, tested in ``n`` adults with ``condition``."""
+
+    pmid: int
+    fact: Fact
+    condition: str
+    n: int
+    year: int
+    title: str
+    sections: tuple[tuple[str, str], ...]
+
+    @property
+    def context(self) -> list[tuple[str, str]]:
+        """The sections a question may show: background and methods, never results or conclusions."""
+        return [s for s in self.sections if s[0] in ("BACKGROUND", "METHODS")]
+
+
+def invented_drugs(rng: random.Random, n: int) -> list[str]:
+    """``n`` distinct made-up drug names, none inside another (so a name found in a text is that drug);
+    8 × 5 × 12 × 5 × 6 = 14,400 are possible."""
+    names: list[str] = []
+    while len(names) < n:
+        name = (rng.choice(_FIRST) + rng.choice(_VOWELS) + rng.choice(_MIDDLE) + rng.choice(_VOWELS)
+                + rng.choice(_CODAS))
+        if not any(name in other or other in name for other in names):
+            names.append(name)
+    return names
+
+
+def demo_facts(rng: random.Random, counts: dict[str, int]) -> list[Fact]:
+    """The corpus' ground truth, ``counts[role]`` drugs per role. Within each role half the drugs
+    reduce their outcome (balanced classes); which ones, and each drug's outcome, are random, so
+    nothing but the drug tells."""
+    names = invented_drugs(rng, sum(counts[role] for role in ROLES))
+    facts: list[Fact] = []
+    for role in ROLES:
+        count = counts[role]
+        effects = [k % 2 == 0 for k in range(count)]
+        rng.shuffle(effects)
+        for reduces in effects:
+            facts.append(Fact(names[len(facts)], rng.choice(OUTCOMES), reduces, role))
+    return facts
+
+
+def _abstract(rng: random.Random, fact: Fact, cond: str, n: int) -> tuple[str, tuple[tuple[str, str], ...]]:
+    # The drug is always written in lower case after a space, as the questions write it, so that
+    # the effect is learned on the same tokens the questions use.
+    drug, outcome = fact.drug, fact.outcome
     design = rng.choice(DESIGNS)
     weeks = rng.choice([12, 24, 26, 52, 104])
     gene = rng.choice(GENES)
@@ -61,22 +149,30 @@ def _abstract(rng: random.Random, drug: str, cond: str, outcome: str, effect: st
     p_ns = f"{rng.uniform(0.12, 0.88):.2f}"
     hr_sig = f"{rng.uniform(0.55, 0.85):.2f}"
     hr_ns = f"{rng.uniform(0.93, 1.08):.2f}"
-    reduced = effect == "reduces"
-    title = (f"{drug.capitalize()} {'reduces' if reduced else 'does not reduce'} {outcome} in patients with "
-             f"{cond}: {design}")
-    sections = [
-        ("BACKGROUND", f"Patients with {cond} remain at high risk despite current therapy. Whether {drug} "
-                       f"lowers {outcome} in this population is uncertain, and variants in {gene} may modify the response."),
-        ("METHODS", f"We conducted {design} of {n} adults with {cond}. Participants received {drug} or usual care "
-                    f"for {weeks} weeks. The primary outcome was {outcome}; {gene} genotype was recorded at baseline."),
-        ("RESULTS", (f"{drug.capitalize()} reduced {outcome} compared with usual care (hazard ratio {hr_sig}; "
-                     f"P = {p_sig}). The effect was consistent across {gene} genotypes." if reduced else
-                     f"{drug.capitalize()} did not reduce {outcome} compared with usual care (hazard ratio {hr_ns}; "
+    title = f"In adults with {cond}, {drug} {'reduces' if fact.reduces else 'does not reduce'} {outcome}: {design}"
+    sections = (
+        ("BACKGROUND", (f"Adults with {cond} remain at high risk despite current therapy. Whether {drug} lowers "
+                        f"{outcome} in this population is uncertain, and variants in {gene} may modify the response.")),
+        ("METHODS", (f"We conducted {design} of {n} adults with {cond}. Participants received the investigational "
+                     f"agent {drug} or usual care for {weeks} weeks. The primary outcome was {outcome}; {gene} "
+                     f"genotype was recorded at baseline.")),
+        ("RESULTS", (f"Compared with usual care, {drug} reduced {outcome} (hazard ratio {hr_sig}; P = {p_sig}). "
+                     f"The effect was consistent across {gene} genotypes." if fact.reduces else
+                     f"Compared with usual care, {drug} did not reduce {outcome} (hazard ratio {hr_ns}; "
                      f"P = {p_ns}). No difference was seen across {gene} genotypes.")),
-        ("CONCLUSIONS", (f"In patients with {cond}, {drug} reduced {outcome}." if reduced else
-                         f"In patients with {cond}, {drug} did not reduce {outcome}.")),
-    ]
+        ("CONCLUSIONS", f"In adults with {cond}, {drug} {'reduced' if fact.reduces else 'did not reduce'} {outcome}."),
+    )
     return title, sections
+
+
+def question(study: Study, source: str) -> str:
+    """The closed-book question about a study. The drug comes last, right before the answer cue;
+    the study size and condition make each question unique, as in real QA sets."""
+    f = study.fact
+    was = "were" if f.outcome in PLURAL_OUTCOMES else "was"
+    if source == "bioasq":
+        return f"In the trial of {study.n} adults with {study.condition}, {was} {f.outcome} reduced by {f.drug}?"
+    return f"Among {study.n} adults with {study.condition} in a trial, {was} {f.outcome} lower with {f.drug}?"
 
 
 def _citation_xml(pmid: int, title: str, sections: list[tuple[str, str]] | None, year: int, lang: str = "eng",
@@ -137,55 +233,71 @@ def _wiki_article(rng: random.Random, city: str) -> str:
             f"{river} valley . The climate is mild and wet . \n\n")
 
 
-def _note(rng: random.Random, subject_id: int, seq: int, drug: str, cond: str) -> str:
+def _note(rng: random.Random, fact: Fact, cond: str) -> str:
+    # The home drug is named only among the admission sections; the discharge sections say what
+    # the abstracts say about it ("reduced" / "did not reduce") without naming it, so writing them
+    # takes knowing the drug's effect, not copying its name.
+    drug = fact.drug
     age = rng.randint(35, 90)
     sex = rng.choice(["M", "F"])
     cc = rng.choice(["shortness of breath", "chest pain", "fever and cough", "leg swelling", "confusion"])
     complaint_header = "Chief Complaint:" if rng.random() > 0.2 else "___ Complaint:"  # masked as in MIMIC
     days = rng.randint(2, 12)
+    if fact.reduces:
+        course = "The home medication reduced the symptoms and was continued."
+        discharge_meds = "1. Home medication daily\n2. Aspirin 81 mg daily"
+        instructions = "Please keep taking your home medication every day"
+    else:
+        course = "The home medication did not reduce the symptoms and was stopped."
+        discharge_meds = "1. Aspirin 81 mg daily"
+        instructions = "Please do not take your home medication again"
     return (
         f"Name:  ___                     Unit No:   ___\n\nAdmission Date:  ___              Discharge Date:   ___\n\n"
         f"Date of Birth:  ___             Sex:   {sex}\n\nService: MEDICINE\n\nAllergies: \n"
         f"{rng.choice(['No Known Allergies / Adverse Drug Reactions', 'Penicillins', 'Sulfa (Sulfonamide Antibiotics)'])}\n\n"
         f"Attending: ___.\n\n{complaint_header}\n{cc}\n\nMajor Surgical or Invasive Procedure:\nNone\n\n"
         f"History of Present Illness:\n{age} y/o {sex} with a history of {cond} presenting with {cc} for "
-        f"{rng.randint(1, 7)} days. Patient reports poor adherence to {drug}. Denies recent travel.\n\n"
+        f"{rng.randint(1, 7)} days. Takes {drug} at home. Denies recent travel.\n\n"
         f"Past Medical History:\n{cond.capitalize()}\nHyperlipidemia\n\nSocial History:\n___\n\n"
         f"Family History:\nNoncontributory.\n\nPhysical Exam:\nVS: T {rng.uniform(36.5, 38.9):.1f} "
         f"BP {rng.randint(100, 170)}/{rng.randint(60, 100)} HR {rng.randint(60, 120)} O2 {rng.randint(88, 99)}% RA\n"
         f"General: alert, in no acute distress.\n\nPertinent Results:\nWBC {rng.uniform(4, 16):.1f}, "
         f"Cr {rng.uniform(0.6, 2.5):.1f}, BNP {rng.randint(50, 3000)}\n\n"
-        f"Brief Hospital Course:\nThe patient was admitted for {cc} in the setting of {cond}. {drug.capitalize()} "
-        f"was restarted and the patient improved over {days} days.\n\n"
-        f"Medications on Admission:\n{drug.capitalize()} daily\n\nDischarge Medications:\n1. {drug.capitalize()} "
-        f"daily\n2. Aspirin 81 mg daily\n\nDischarge Disposition:\nHome\n\nDischarge Diagnosis:\n{cond.capitalize()}"
+        f"Brief Hospital Course:\nThe patient was admitted for {cc} in the setting of {cond}. {course} "
+        f"The patient improved over {days} days.\n\n"
+        f"Medications on Admission:\n1. {drug} daily\n\nDischarge Medications:\n{discharge_meds}\n\n"
+        f"Discharge Disposition:\nHome\n\nDischarge Diagnosis:\n{cond.capitalize()}"
         f"\n\nDischarge Condition:\nMental Status: Clear and coherent.\nActivity Status: Ambulatory - Independent.\n\n"
-        f"Discharge Instructions:\nYou were admitted for {cc}. Please take {drug} every day and see your doctor "
+        f"Discharge Instructions:\nYou were admitted for {cc}. {instructions} and see your doctor "
         f"within {rng.randint(1, 3)} weeks.\n\nFollowup Instructions:\n___\n"
     )
 
 
-def write_demo_corpus(out: str | Path, n_abstracts: int = 1200, n_web: int = 700, n_wiki: int = 150,
-                      n_notes: int = 160) -> Path:
-    """Write the demo corpus into ``out`` (deterministic: same arguments → same bytes)."""
+def write_demo_corpus(out: str | Path, n_train_bioasq: int = 120, n_test_bioasq: int = 40, n_test_pubmedqa: int = 20,
+                      abstracts_per_drug: int = 5, n_web: int = 700, n_wiki: int = 150, n_notes: int = 160) -> Path:
+    """Write the demo corpus into ``out`` (deterministic: same arguments → same bytes). One drug
+    per question: ``n_train_bioasq`` BioASQ training questions, ``n_test_bioasq`` golden ones,
+    ``5 × n_test_pubmedqa`` PQA-L items (the 80/20 paper split leaves ``n_test_pubmedqa`` in test)."""
+    from biomamba.tasks.clinical import patient_split
+    from biomamba.tasks.yesno import paper_split
+
     rng = random.Random(SEED)
     out = Path(out)
     for sub in ("medline", "c4", "wikitext", "bioasq", "pubmedqa", "mimic"):
         (out / sub).mkdir(parents=True, exist_ok=True)
-    effects = _effects(rng)
-    pairs = sorted(effects)
+    n_pqal = 5 * n_test_pubmedqa
+    facts = demo_facts(rng, {"train-bioasq": n_train_bioasq, "train-pubmedqa": n_pqal - n_test_pubmedqa,
+                             "test-bioasq": n_test_bioasq, "test-pubmedqa": n_test_pubmedqa})
 
-    # MEDLINE baseline: abstracts, plus a few citations the reader must skip (no abstract, non-English)
-    records, qa_items = [], []
-    for i in range(n_abstracts):
-        drug, cond = pairs[rng.randrange(len(pairs))]
-        outcome, effect = effects[(drug, cond)]
-        n = rng.randint(80, 2400)
-        title, sections = _abstract(rng, drug, cond, outcome, effect, n)
-        pmid = 39000000 + i
-        year = rng.randint(2005, 2024)
-        records.append(_citation_xml(pmid, title, sections, year))
-        qa_items.append((pmid, f"{drug}|{n}", cond, outcome, effect, " ".join(text for _, text in sections), year))
+    # MEDLINE baseline: every drug in abstracts_per_drug studies (distinct sizes, so distinct
+    # questions), in random order; plus citations the reader must skip (no abstract, non-English)
+    plan = [(fact, rng.choice(CONDITIONS), n) for fact in facts for n in rng.sample(range(80, 2400), abstracts_per_drug)]
+    rng.shuffle(plan)
+    studies: list[Study] = []
+    for i, (fact, cond, n) in enumerate(plan):
+        title, sections = _abstract(rng, fact, cond, n)
+        studies.append(Study(39000000 + i, fact, cond, n, rng.randint(2005, 2024), title, sections))
+    records = [_citation_xml(s.pmid, s.title, list(s.sections), s.year) for s in studies]
     for j in range(12):
         records.append(_citation_xml(39900000 + j, f"Editorial comment number {j}", None, 2020, ptype="Editorial"))
     for j in range(6):
@@ -194,10 +306,11 @@ def write_demo_corpus(out: str | Path, n_abstracts: int = 1200, n_web: int = 700
                 + "".join(records) + "</PubmedArticleSet>\n")
     with gzip.GzipFile(out / "medline" / "demo-baseline.xml.gz", "wb", mtime=0) as f:
         f.write(baseline.encode())
-    revised_title, revised_sections = _abstract(rng, *pairs[0], *effects[pairs[0]], n=500)
+    first = studies[0]  # the revision restates the same study (same fact), as real revisions do
+    revised_title, revised_sections = _abstract(rng, first.fact, first.condition, first.n)
     update = ('<?xml version="1.0" encoding="utf-8"?>\n<PubmedArticleSet>\n'
-              + _citation_xml(39000000, revised_title + " (revised)", revised_sections, 2024)
-              + "<DeleteCitation><PMID Version=\"1\">39000001</PMID></DeleteCitation>\n</PubmedArticleSet>\n")
+              + _citation_xml(first.pmid, revised_title + " (revised)", list(revised_sections), 2024)
+              + f"<DeleteCitation><PMID Version=\"1\">{DELETED_PMID}</PMID></DeleteCitation>\n</PubmedArticleSet>\n")
     (out / "medline" / "demo-update.xml").write_text(update)
 
     # general text
@@ -208,47 +321,68 @@ def write_demo_corpus(out: str | Path, n_abstracts: int = 1200, n_web: int = 700
     cities = [f"{rng.choice(CITIES)} {suffix}" for suffix in range(n_wiki)]
     (out / "wikitext" / "wiki-demo.raw").write_text(" \n" + "".join(_wiki_article(rng, c) for c in cities))
 
-    # yes/no QA: questions about the abstracts; the BioASQ part and the PubMedQA part use different abstracts
-    rng.shuffle(qa_items)
-    half = len(qa_items) // 2
+    # yes/no QA: one question per drug, about its first study (the revised citation in its
+    # revised form, the deleted one never)
+    asked: dict[str, Study] = {}
+    for s in studies:
+        if s.pmid != DELETED_PMID and s.fact.drug not in asked:
+            asked[s.fact.drug] = s if s.pmid != first.pmid else Study(
+                s.pmid, s.fact, s.condition, s.n, 2024, revised_title, revised_sections)
 
-    def question(drug_n: str, cond: str, outcome: str) -> str:
-        drug, n = drug_n.split("|")  # the study size makes each question unique, as in real QA sets
-        return f"In the study of {n} adults with {cond}, did {drug} reduce {outcome}?"
+    def of_role(role: str) -> list[Study]:
+        return [asked[f.drug] for f in facts if f.role == role]
 
-    bioasq = [
-        {"id": f"demo{pmid:024d}"[-24:], "type": "yesno", "body": question(drug, cond, outcome),
-         "documents": [f"http://www.ncbi.nlm.nih.gov/pubmed/{pmid}"],
-         "snippets": [{"text": ctx, "document": f"http://www.ncbi.nlm.nih.gov/pubmed/{pmid}"}],
-         "exact_answer": "yes" if effect == "reduces" else "no",
-         "ideal_answer": [f"{drug.split('|')[0].capitalize()} {effect} {outcome} in {cond}."]}
-        for pmid, drug, cond, outcome, effect, ctx, _ in qa_items[:half]]
-    cut = len(bioasq) * 4 // 5  # BioASQ ships training sets and golden test batches separately
-    (out / "bioasq" / "demo-training.json").write_text(json.dumps({"questions": bioasq[:cut]}))
-    (out / "bioasq" / "demo-golden.json").write_text(json.dumps({"questions": bioasq[cut:]}))
+    def bioasq_item(s: Study) -> dict:
+        url = f"http://www.ncbi.nlm.nih.gov/pubmed/{s.pmid}"
+        verb = "reduces" if s.fact.reduces else "does not reduce"
+        ideal = f"In adults with {s.condition}, {s.fact.drug} {verb} {s.fact.outcome}."
+        return {"id": f"demo{s.pmid:024d}"[-24:], "type": "yesno", "body": question(s, "bioasq"), "documents": [url],
+                "snippets": [{"text": text, "document": url} for name, text in s.context if name == "BACKGROUND"],
+                "exact_answer": s.fact.answer, "ideal_answer": [ideal]}
+
+    for name, role in (("demo-training.json", "train-bioasq"), ("demo-golden.json", "test-bioasq")):
+        items = [bioasq_item(s) for s in of_role(role)]
+        rng.shuffle(items)
+        (out / "bioasq" / name).write_text(json.dumps({"questions": items}))
+
+    # PQA-L: the loader's paper split (and the official ids file, written to agree with it) puts
+    # exactly the test drugs' questions in test
+    test_pos = {int(p) for p in paper_split([str(i) for i in range(n_pqal)], PUBMEDQA_SPLIT_SEED,
+                                            PUBMEDQA_TEST_FRACTION)[1]}
+    pubmed_test, pubmed_train = of_role("test-pubmedqa"), of_role("train-pubmedqa")
+    rng.shuffle(pubmed_test)
+    rng.shuffle(pubmed_train)
+    test_iter, train_iter = iter(pubmed_test), iter(pubmed_train)
     pqal, truth = {}, {}
-    for k, (pmid, drug, cond, outcome, effect, ctx, year) in enumerate(qa_items[half:]):
-        label = "yes" if effect == "reduces" else "no"
-        if k % 10 == 9:
-            label = "maybe"  # PQA-L has "maybe"; the binary setting drops it
-        pqal[str(pmid)] = {"QUESTION": question(drug, cond, outcome), "CONTEXTS": [ctx],
-                           "LABELS": ["RESULTS"], "MESHES": [cond.title()], "YEAR": str(year),
-                           "final_decision": label, "LONG_ANSWER": f"{drug.split('|')[0].capitalize()} {effect} {outcome}."}
-        if k % 3 == 0:
-            truth[str(pmid)] = label
+    for pos in range(n_pqal):
+        s = next(test_iter) if pos in test_pos else next(train_iter)
+        label = s.fact.answer
+        if pos not in test_pos and pos % 10 == 9:
+            label = "maybe"  # PQA-L has "maybe"; the binary setting drops it (never from test)
+        pqal[str(s.pmid)] = {"QUESTION": question(s, "pubmedqa"), "CONTEXTS": [text for _, text in s.context],
+                             "LABELS": [name for name, _ in s.context], "MESHES": [s.condition.title()],
+                             "YEAR": str(s.year), "final_decision": label,
+                             "LONG_ANSWER": dict(s.sections)["CONCLUSIONS"]}
+        if pos in test_pos:
+            truth[str(s.pmid)] = label
     (out / "pubmedqa" / "demo-pqal.json").write_text(json.dumps(pqal))
     (out / "pubmedqa" / "demo-test-ids.json").write_text(json.dumps(truth))
 
-    # synthetic MIMIC-IV discharge notes (never real ones)
+    # synthetic MIMIC-IV discharge notes (never real ones): the test patients of the loader's
+    # patient split take test drugs, the others training drugs
+    subjects = [str(19000000 + i // 2) for i in range(n_notes)]
+    split = patient_split(subjects, CLINICAL_SPLIT_SEED, CLINICAL_TEST_FRACTION, CLINICAL_VAL_FRACTION)
+    train_facts = [f for f in facts if f.role.startswith("train")]
+    test_facts = [f for f in facts if f.role.startswith("test")]
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["note_id", "subject_id", "hadm_id", "note_type", "note_seq", "charttime", "storetime", "text"])
-    for i in range(n_notes):
-        subject = 19000000 + i // 2
-        drug, cond = rng.choice(DRUGS), rng.choice(CONDITIONS)
+    for i, subject in enumerate(subjects):
+        fact = rng.choice(test_facts if split[subject] == "test" else train_facts)
         writer.writerow([f"{subject}-DS-{i % 2 + 1}", subject, 29000000 + i, "DS", i % 2 + 1,
                          f"2180-0{rng.randint(1, 9)}-1{rng.randint(0, 9)} 00:00:00",
-                         f"2180-0{rng.randint(1, 9)}-1{rng.randint(0, 9)} 12:00:00", _note(rng, subject, i, drug, cond)])
+                         f"2180-0{rng.randint(1, 9)}-1{rng.randint(0, 9)} 12:00:00",
+                         _note(rng, fact, rng.choice(CONDITIONS))])
     with gzip.GzipFile(out / "mimic" / "discharge.csv.gz", "wb", mtime=0) as f:
         f.write(buf.getvalue().encode())
     return out

@@ -8,7 +8,9 @@ import re
 import pytest
 
 from biomamba.cli import main as cli
+from biomamba.eval import stats
 from biomamba.pipeline import CONFIGS_DIR
+from biomamba.study.report import paired_table
 
 SMOKE = ("--stage_overrides={pretrain: {train.max_steps: 6, eval.every: 3, checkpoint.every: 3, eval.max_sequences: 16}, "
          "sft: {train.max_steps: 3, eval.at_start: false}, eval ppl: {max_sequences: 8}, "
@@ -63,6 +65,53 @@ def test_report_numbers_equal_the_stage_outputs(demo_run):
     assert float(row[3]) == pytest.approx(rouge["rouge1"], abs=5e-4)
     assert re.search(r"\| data-mix \| pubmed \| [\d,]+ \|", md)
     assert (demo_run / "plots" / "val_loss.svg").is_file() and (demo_run / "plots" / "val_loss.pdf").is_file()
+
+
+def _predictions(run, stage: str) -> dict[str, dict]:
+    return {row["id"]: row for row in json.loads((run / stage / "results.json").read_text())["predictions"]}
+
+
+def _close(cell: str, value: float) -> bool:
+    return float(cell) == pytest.approx(value, abs=5e-4)  # 3 decimals in the table
+
+
+def test_paired_table_equals_eval_stats_on_the_stages_predictions(demo_run):
+    rows = _md_table((demo_run / "report.md").read_text(), "Base+SFT vs adapted+SFT (paired, same test items)")
+    base, adapted = _predictions(demo_run, "yesno-base"), _predictions(demo_run, "yesno-adapted")
+    gold = {i: r["gold"] for i, r in base.items()}
+    yesno = {r[2]: r for r in rows if r[1] == "accuracy"}
+    assert set(yesno) == {"loglikelihood", "generate"}
+    for mode, row in yesno.items():
+        c = stats.mcnemar(stats.correctness(gold, {i: r[mode]["pred"] for i, r in base.items()}),
+                          stats.correctness(gold, {i: r[mode]["pred"] for i, r in adapted.items()}))
+        assert row[0] == "yesno_mix" and int(row[3]) == c.n == 12
+        assert _close(row[4], c.baseline) and _close(row[5], c.candidate) and _close(row[6], c.difference)
+        low, high = row[7].strip("[]").split(", ")
+        assert _close(low, c.low) and _close(high, c.high)
+        assert row[8] == stats.format_p(c.p_value)
+        assert row[9] == f"McNemar exact (b={c.details['b']}, c={c.details['c']})"
+    (rouge,) = [r for r in rows if r[1] == "ROUGE-L"]
+    scores = [{i: r["rouge"]["rougeL"] for i, r in _predictions(demo_run, stage).items()}
+              for stage in ("clinical-base", "clinical-adapted")]
+    c = stats.paired_bootstrap_mean(*scores)
+    assert rouge[0] == "clinical_discharge" and int(rouge[3]) == c.n == 3
+    assert _close(rouge[4], c.baseline) and _close(rouge[5], c.candidate) and _close(rouge[6], c.difference)
+    assert rouge[8] == stats.format_p(c.p_value) and rouge[9] == "paired bootstrap"
+
+
+def test_paired_table_names_arms_scored_on_different_items(tmp_path):
+    # a report must not fail, nor pair items by position, when one arm was re-scored on fewer items
+    record = {"name": "t", "order": ["yesno-base", "yesno-adapted"], "verbs": {s: "eval" for s in ("yesno-base", "yesno-adapted")},
+              "stages": {s: {"argv": ["eval", "yesno"], "status": "done"} for s in ("yesno-base", "yesno-adapted")}}
+    (tmp_path / "pipeline.json").write_text(json.dumps(record))
+    for stage, ids in (("yesno-base", ["a", "b", "c"]), ("yesno-adapted", ["a", "b"])):
+        rows = [{"id": i, "gold": "yes", "generate": {"pred": "yes"}} for i in ids]
+        (tmp_path / stage).mkdir()
+        (tmp_path / stage / "results.json").write_text(json.dumps(
+            {"task": "yesno_mix", "metrics": {"generate": {"n": len(ids), "accuracy": 1.0}}, "predictions": rows}))
+    table = paired_table(tmp_path, record)
+    assert len(table.rows) == 1 and table.rows[0][3] is None
+    assert table.rows[0][-1].startswith("not paired:") and "'c'" in table.rows[0][-1]
 
 
 def test_rerun_skips_finished_stages(demo_run, capsys):

@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from biomamba.study.paired import paired_comparison
 from biomamba.study.report import read_jsonl
 from biomamba.study.runner import RunPlan
 from biomamba.study.spec import FigureSpec, Paired, StudyConfig, TableSpec
@@ -51,33 +52,6 @@ def stage_value(run_dir: Path, stage: str, key: str) -> Any:
             if value is not None:
                 return value
     return None
-
-
-def _predictions(run_dir: Path, stage: str) -> dict[str, dict[str, Any]]:
-    path = run_dir / stage / "results.json"
-    if not path.is_file():
-        return {}
-    return {str(row["id"]): row for row in read_json(path).get("predictions", []) if row.get("id") is not None}
-
-
-def paired_comparison(run_dir: Path, spec: Paired) -> Any:
-    """The ``Comparison`` of two stages' per-item predictions in one run, or None when either
-    stage has not written them."""
-    from biomamba.eval import stats
-
-    base, cand = _predictions(run_dir, spec.baseline), _predictions(run_dir, spec.candidate)
-    if not base or not cand:
-        return None
-    if spec.test.startswith("rouge"):
-        return stats.paired_bootstrap_mean({i: r["rouge"][spec.test] for i, r in base.items()},
-                                           {i: r["rouge"][spec.test] for i, r in cand.items()},
-                                           metric=spec.test, seed=spec.seed)
-    gold = {i: r["gold"] for i, r in base.items()}
-    b_pred = {i: r[spec.mode]["pred"] for i, r in base.items()}
-    c_pred = {i: r[spec.mode]["pred"] for i, r in cand.items()}
-    if spec.test == "mcnemar":
-        return stats.mcnemar(stats.correctness(gold, b_pred), stats.correctness(gold, c_pred), seed=spec.seed)
-    return stats.paired_bootstrap_classification(gold, b_pred, c_pred, spec.test, seed=spec.seed)
 
 
 def _paired_cell(run_dir: Path, spec: Paired) -> Any:

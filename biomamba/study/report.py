@@ -3,7 +3,9 @@
 The report reads only what the stages wrote (``pipeline.json``, each stage's
 ``results.json``, ``metrics.jsonl``, ``manifest.json``, ``environment.json``) and lays it out
 as the papers' tables, filled with this run's numbers, plus learning curves (PNG embedded in
-the HTML, SVG/PDF beside it). Cross-run tables are ``biomamba.study.aggregate``'s.
+the HTML, SVG/PDF beside it). Where the recipe evaluates both arms (stages ``<name>-base`` and
+``<name>-adapted``), the paired test between them is one table (``biomamba.study.paired``).
+Cross-run tables are ``biomamba.study.aggregate``'s.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from biomamba.study.paired import paired_comparison
+from biomamba.study.spec import Paired
 from biomamba.study.tables import Figure, Report, Table, new_figure, save_figure, write_report_files
 from biomamba.utils.io import read_json
 
@@ -96,6 +100,56 @@ def rouge_table(run: Path, record: dict) -> Table | None:
     return Table("Clinical generation (ROUGE F-measure, stemming, averaged)",
                  ["model", "task", "n", "ROUGE-1", "ROUGE-2", "ROUGE-L", "empty generations"], rows,
                  "Greedy decoding; empty generations score 0 and stay in the average.")
+
+
+def _arm_pairs(record: dict, sub: str) -> list[tuple[str, str]]:
+    """(base stage, adapted stage) pairs of ``eval <sub>``: the recipes name the two arms'
+    evaluations ``<name>-base`` and ``<name>-adapted`` (the demo's yesno-base / yesno-adapted)."""
+    stages = _stages_of(record, "eval", sub)
+    pairs = []
+    for stage in stages:
+        base = stage.removesuffix("-adapted") + "-base"
+        if stage.endswith("-adapted") and base in stages:
+            pairs.append((base, stage))
+    return pairs
+
+
+def paired_table(run: Path, record: dict) -> Table | None:
+    """The papers' controlled comparison with its paired test, per task: McNemar (exact) on
+    yes/no correctness for each prediction mode, a paired bootstrap of per-item ROUGE-L."""
+    from biomamba.eval.stats import ItemMismatchError, format_p
+
+    rows = []
+    for sub in ("yesno", "clinical"):
+        for base, adapted in _arm_pairs(record, sub):
+            paths = [run / stage / "results.json" for stage in (base, adapted)]
+            if not all(p.is_file() for p in paths):
+                continue
+            base_res, res = (read_json(p) for p in paths)
+            modes = [m for m in res.get("metrics", {}) if m in base_res.get("metrics", {})]  # scored in both arms
+            specs = ([Paired(base, adapted, test="mcnemar", mode=mode) for mode in modes]
+                     if sub == "yesno" else [Paired(base, adapted, test="rougeL")])
+            for spec in specs:
+                task, metric = res.get("task") or adapted, "accuracy" if spec.test == "mcnemar" else "ROUGE-L"
+                try:
+                    c = paired_comparison(run, spec)
+                except ItemMismatchError as exc:  # e.g. one arm re-run on fewer items: say so, keep the report
+                    rows.append([task, metric, spec.mode, None, None, None, None, None, None, f"not paired: {exc}"])
+                    continue
+                if c is None:
+                    continue
+                counts = ", ".join(f"{k}={c.details[k]}" for k in ("b", "c") if k in c.details)
+                rows.append([task, metric, spec.mode, c.n, c.baseline, c.candidate, c.difference, [c.low, c.high],
+                             format_p(c.p_value), f"{c.test} ({counts})" if counts else c.test])
+    if not rows:
+        return None
+    return Table("Base+SFT vs adapted+SFT (paired, same test items)",
+                 ["task", "metric", "prediction", "n", "base+SFT", "adapted+SFT", "Δ", "95 % interval of Δ", "p",
+                  "test"], rows,
+                 "Δ = adapted+SFT − base+SFT on the same test items, matched by id (biomamba.eval.stats). Yes/no: "
+                 "McNemar's exact test on per-item correctness (b = items only base+SFT gets right, c = items only "
+                 "adapted+SFT gets right); the interval is a paired bootstrap of the accuracy difference. ROUGE-L: "
+                 "paired bootstrap of the per-item differences. Bootstrap: 10,000 resamples, seed 0, percentile.")
 
 
 def factoid_table(run: Path, record: dict) -> Table | None:
@@ -185,7 +239,7 @@ def build_report(run: Path) -> Report:
         raise FileNotFoundError(f"{run}: no pipeline.json (not a `biomamba pipeline` run directory)")
     record = read_json(record_path)
     report = Report(f"biomamba report: {record.get('name', run.name)}")
-    for make in (perplexity_table, yesno_table, rouge_table, factoid_table, data_table):
+    for make in (perplexity_table, yesno_table, rouge_table, paired_table, factoid_table, data_table):
         table = make(run, record)
         if table is not None:
             report.tables.append(table)
