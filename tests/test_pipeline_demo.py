@@ -127,3 +127,20 @@ def test_paper_recipe_offline_stops_before_any_work(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "nothing was done" in err and "state-spaces/mamba2-130m" in err and "discharge.csv" in err
     assert not (tmp_path / "p").exists()
+
+
+def test_report_shows_side_by_side_examples_from_saved_generations(demo_run):
+    """The case-study table: the same test notes through base+SFT and adapted+SFT, each cell the
+    stage's own saved text (synthetic demo notes: the demo keeps the text)."""
+    md = (demo_run / "report.md").read_text()
+    rows = _md_table(md, "Side-by-side examples: clinical")
+    assert rows, "no side-by-side table"
+    texts = {}
+    for stage in ("clinical-base", "clinical-adapted"):
+        preds = json.loads((demo_run / stage / "results.json").read_text())["predictions"]
+        texts[stage] = {str(p["id"]): " ".join(p["text"].split()) for p in preds}
+    for row in rows:
+        item = row[0]
+        assert row[2] != row[3] or texts["clinical-base"][item] == texts["clinical-adapted"][item]
+        for cell, stage in zip(row[2:4], ("clinical-base", "clinical-adapted")):
+            assert texts[stage][item].startswith(cell.rstrip("…").replace("\\|", "|")[:40]), (stage, item)

@@ -40,3 +40,21 @@ def test_choice_tasks_and_stages_without_text(tmp_path):
     _stage(run, "long", [{"id": "q1", "text": long, "reference": long}])
     clipped = side_by_side(run, ["long"], max_chars=50).rows[0]
     assert len(clipped[1]) == 50 and clipped[1].endswith("…")
+
+
+def test_study_report_lays_out_each_runs_examples(tmp_path):
+    from biomamba.study.aggregate import study_report
+    from biomamba.study.runner import RunPlan
+    from biomamba.study.spec import ExamplesSpec, Point, StudyConfig
+
+    plans = []
+    for size in ("130M", "370M"):
+        run = tmp_path / size
+        for stage in ("discharge-base", "discharge-adapted"):
+            _stage(run, stage, [{"id": "n1", "text": f"{stage} at {size}", "reference": "ref"}])
+        plans.append(RunPlan(f"size={size}", {"size": size}, {}, run))
+    cfg = StudyConfig(name="s", pipeline="-", axes={"size": [Point("130M"), Point("370M")]},
+                      examples=[ExamplesSpec("Discharge", ["discharge-base", "discharge-adapted"], ["base", "adapted"])])
+    tables = [t for t in study_report(cfg, plans, tmp_path).tables if t.title.startswith("Discharge")]
+    assert [t.title for t in tables] == ["Discharge (130M)", "Discharge (370M)"]
+    assert tables[1].rows == [["n1", "ref", "discharge-base at 370M", "discharge-adapted at 370M"]]

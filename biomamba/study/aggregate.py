@@ -13,6 +13,7 @@ from typing import Any
 
 from biomamba.study.paired import paired_comparison
 from biomamba.study.report import read_jsonl
+from biomamba.study.examples import side_by_side
 from biomamba.study.runner import RunPlan
 from biomamba.study.spec import FigureSpec, Paired, StudyConfig, TableSpec
 from biomamba.study.tables import Figure, Report, Table, new_figure, save_figure, write_report_files, \
@@ -158,6 +159,12 @@ def study_report(cfg: StudyConfig, plans: list[RunPlan], study_dir: Path) -> Rep
         figure = (_plot_curves if spec.kind == "curve" else _plot_axis)(spec, plans, study_dir / "figures")
         if figure is not None:
             report.plots.append(figure)
+    for spec in cfg.examples:
+        for plan in plans:
+            table = side_by_side(plan.directory, spec.stages, spec.labels or None, spec.n, spec.max_chars, spec.seed,
+                                 title=f"{spec.title} ({plan.label})")
+            if table is not None:
+                report.tables.append(table)
     record = read_json(study_dir / "study.json") if (study_dir / "study.json").is_file() else {}
     if record.get("selection"):
         sel = record["selection"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from biomamba.study.examples import side_by_side
 from biomamba.study.paired import paired_comparison
 from biomamba.study.spec import Paired
 from biomamba.study.tables import Figure, Report, Table, new_figure, save_figure, write_report_files
@@ -152,6 +153,22 @@ def paired_table(run: Path, record: dict) -> Table | None:
                  "paired bootstrap of the per-item differences. Bootstrap: 10,000 resamples, seed 0, percentile.")
 
 
+def example_tables(run: Path, record: dict) -> list[Table]:
+    """The papers' case-study tables: the same test notes through the zero-shot model (when the
+    recipe scores one), base+SFT and adapted+SFT, beside the reference, from saved generations."""
+    tables = []
+    stages = _stages_of(record, "eval", "clinical")
+    for base, adapted in _arm_pairs(record, "clinical"):
+        name = base.removesuffix("-base")
+        chosen = [s for s in (f"{name}-zero-shot", base, adapted) if s in stages]
+        labels = [(read_json(run / s / "results.json").get("label") if (run / s / "results.json").is_file()
+                   else None) or s for s in chosen]
+        table = side_by_side(run, chosen, labels, title=f"Side-by-side examples: {name}")
+        if table is not None:
+            tables.append(table)
+    return tables
+
+
 def factoid_table(run: Path, record: dict) -> Table | None:
     rows = []
     for label, res in _eval_results(run, record, "factoid"):
@@ -243,6 +260,7 @@ def build_report(run: Path) -> Report:
         table = make(run, record)
         if table is not None:
             report.tables.append(table)
+    report.tables += example_tables(run, record)
     report.tables.append(timing_table(record))
     report.plots = _plot_curves(run, record, run / "plots")
     env = next((run / s / "environment.json" for s in record.get("order", [])

@@ -79,7 +79,7 @@ def cells(table: Table) -> list[list[str]]:
 
 def to_markdown(table: Table) -> str:
     out = [f"## {table.title}", "", "| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
-    out += ["| " + " | ".join(row) + " |" for row in cells(table)]
+    out += ["| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in row) + " |" for row in cells(table)]
     out += ["", table.note, ""] if table.note else [""]
     return "\n".join(out)
 
