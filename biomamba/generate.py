@@ -56,7 +56,8 @@ def next_tokens(logits: Tensor, cfg: SamplingConfig, generator: torch.Generator 
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-def _stack_caches(caches: list[InferenceCache]) -> InferenceCache:
+def stack_caches(caches: list[InferenceCache]) -> InferenceCache:
+    """One cache holding the rows of several (prefill results joined into a batch; the server's rows)."""
     layers = []
     for per_layer in zip(*(c.layers for c in caches)):
         first = per_layer[0]
@@ -249,7 +250,7 @@ def prefill(model: MambaLM, prompts: list[list[int]]) -> tuple[InferenceCache, T
         logits.append(model.lm_head(hidden[:, -1]))  # the head on the last position only
         caches.append(cache)
         order += rows
-    cache, out = (caches[0], logits[0]) if len(caches) == 1 else (_stack_caches(caches), torch.cat(logits))
+    cache, out = (caches[0], logits[0]) if len(caches) == 1 else (stack_caches(caches), torch.cat(logits))
     if order != sorted(order):  # back to the callers' row order
         inverse = torch.argsort(torch.tensor(order, device=device))
         for state in cache.layers:
@@ -373,7 +374,7 @@ def beam_search(model: MambaLM, prompt: list[int], num_beams: int, max_new_token
     vocab = model.config.vocab_size
     cache = model.allocate_cache(1)
     logits = model(torch.tensor([prompt or [eos_id if eos_id is not None else 0]], device=device), cache=cache)[:, -1]
-    cache = _stack_caches([cache] * num_beams)
+    cache = stack_caches([cache] * num_beams)
     logits = logits.expand(num_beams, -1)
     step = step_runner(model, num_beams, greedy=False, cuda_graph=device.type == "cuda")
     step.load(cache)

@@ -144,7 +144,7 @@ class MambaCausalLM(CausalLM):
 
     @torch.no_grad()
     def loglikelihood_greedy(self, requests: Sequence[tuple[str, str]]) -> list[tuple[float, bool]]:
-        from biomamba.generate import _stack_caches
+        from biomamba.generate import stack_caches
 
         model, vocab = self.model, self.model.config.vocab_size
         by_context: dict[tuple[int, ...], list[tuple[int, list[int]]]] = {}
@@ -158,7 +158,7 @@ class MambaCausalLM(CausalLM):
             for i, cont in items:
                 if not cont:
                     continue
-                state = _stack_caches([cache])  # a copy: each continuation starts from the context's state
+                state = stack_caches([cache])  # a copy: each continuation starts from the context's state
                 logits, total, greedy = first, 0.0, True
                 for t, token in enumerate(cont):
                     if t:

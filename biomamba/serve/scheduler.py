@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from biomamba.generate import SamplingConfig, StepRunner, _stack_caches, next_tokens, prefill, step_runner
+from biomamba.generate import SamplingConfig, StepRunner, stack_caches, next_tokens, prefill, step_runner
 from biomamba.model import InferenceCache, MambaLM
 
 PROMPT_SCORE_CHUNK = 512  # prompt positions scored per LM-head call (bounds the fp32 logits' memory)
@@ -230,7 +230,7 @@ class Scheduler(threading.Thread):
                 row.generator = torch.Generator(device=self.device).manual_seed(row.sampling.seed)
         if not rows:
             return
-        self.states.append(_stack_caches(caches) if len(caches) > 1 else caches[0], len(rows))
+        self.states.append(stack_caches(caches) if len(caches) > 1 else caches[0], len(rows))
         self.logits = torch.cat([self.logits, logits]) if self.rows else logits
         self.rows += rows
         self.counters["max_running"] = max(self.counters["max_running"], len(self.rows))
@@ -409,7 +409,7 @@ class _Packed:
         self.cache: InferenceCache | None = None
 
     def append(self, cache: InferenceCache, rows: int) -> None:
-        self.cache = cache if self.cache is None else _stack_caches([self.cache, cache])
+        self.cache = cache if self.cache is None else stack_caches([self.cache, cache])
 
     def keep(self, rows: list[int]) -> None:
         if not rows:
