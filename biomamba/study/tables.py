@@ -73,6 +73,13 @@ def _as_float(x: Any) -> Any:
     return float(x) if isinstance(x, int) and not isinstance(x, bool) else x
 
 
+def _numeric(v: Any) -> bool:
+    """Numbers (and intervals) align right in HTML; text reads left to right."""
+    if isinstance(v, (list, tuple)):
+        return len(v) == 2 and all(isinstance(x, (int, float)) or x is None for x in v)
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def cells(table: Table) -> list[list[str]]:
     return [[format_value(v, table.decimals.get(c)) for c, v in zip(table.columns, row)] for row in table.rows]
 
@@ -185,15 +192,16 @@ def render_markdown(report: Report, root: Path) -> str:
 def render_html(report: Report) -> str:
     style = ("body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;color:#222}"
              "table{border-collapse:collapse;margin:.5em 0 1.5em;font-variant-numeric:tabular-nums}"
-             "td,th{border:1px solid #ccc;padding:.3em .6em;text-align:right}th{background:#f3f3f3}"
-             "td:first-child,th:first-child{text-align:left}"
+             "td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left;vertical-align:top}"
+             "th{background:#f3f3f3}td.n{text-align:right}"
              "pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:.85em}.note{color:#666;font-size:.9em}"
              "img{max-width:100%;border:1px solid #eee}")
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(report.title)}</title>"
              f"<style>{style}</style></head><body><h1>{html.escape(report.title)}</h1>"]
     for t in report.tables:
         head = "".join(f"<th>{html.escape(c)}</th>" for c in t.columns)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in cells(t))
+        body = "".join("<tr>" + "".join(f"<td{' class=n' if _numeric(v) else ''}>{html.escape(c)}</td>"
+                                        for v, c in zip(raw, row)) + "</tr>" for raw, row in zip(t.rows, cells(t)))
         parts.append(f"<h2>{html.escape(t.title)}</h2><table><tr>{head}</tr>{body}</table>")
         if t.note:
             parts.append(f"<p class='note'>{html.escape(t.note)}</p>")
