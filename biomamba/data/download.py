@@ -15,7 +15,6 @@ them). Offline, both fail with a message naming the files to fetch and the key t
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import json
 import logging
 import os
@@ -28,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from biomamba.data.config import DownloadConfig, SourceConfig
+from biomamba.utils.io import file_digest
 from biomamba.utils.net import hub_endpoint, unreachable_reason
 
 log = logging.getLogger("biomamba.data")
@@ -47,14 +47,6 @@ def _natural(name: str) -> list:
 def _get(url: str, timeout: float, headers: dict[str, str] | None = None):
     req = urllib.request.Request(url, headers={"User-Agent": USER_AGENT, **(headers or {})})
     return urllib.request.urlopen(req, timeout=timeout)  # noqa: S310 - http(s) URLs from the config
-
-
-def md5_file(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def list_nlm(url: str, timeout: float = 60.0) -> list[str]:
@@ -77,7 +69,7 @@ def fetch_md5(url: str, timeout: float = 60.0) -> str:
 def download_file(url: str, dest: Path, md5: str | None = None, retries: int = 3, timeout: float = 60.0) -> Path:
     """Download ``url`` to ``dest``: resumable (``dest.part`` + Range), md5-verified, atomic rename."""
     dest = Path(dest)
-    if dest.is_file() and (md5 is None or md5_file(dest) == md5):
+    if dest.is_file() and (md5 is None or file_digest(dest, "md5") == md5):
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
@@ -106,7 +98,7 @@ def download_file(url: str, dest: Path, md5: str | None = None, retries: int = 3
             last_error = f"{type(exc).__name__}: {reason}"
             continue
         if md5 is not None:
-            got = md5_file(part)
+            got = file_digest(part, "md5")
             if got != md5:
                 part.unlink()
                 last_error = f"md5 mismatch: expected {md5}, got {got}"

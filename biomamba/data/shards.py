@@ -32,6 +32,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from biomamba.utils.io import file_digest
+
 MANIFEST_FORMAT = "biomamba-packed-tokens"
 # 2: adds packing false (lengths.npy) and the sha256 of rows.npy; version 1 (all packed) still reads
 MANIFEST_VERSION = 2
@@ -64,14 +66,6 @@ def read_manifest(root: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def sha256_file(path: Path) -> str:
-    sha = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            sha.update(chunk)
-    return sha.hexdigest()
-
-
 # files whose sha256 matched in this process: (path, size, mtime_ns, sha256)
 _VERIFIED: set[tuple[str, int, int, str]] = set()
 _REBUILD = "rebuild the data with `biomamba data build`"
@@ -87,7 +81,7 @@ def _file_problem(path: Path, size: int | None, sha: str | None, hash_it: bool) 
     if hash_it and sha:
         key = (str(path), st.st_size, st.st_mtime_ns, sha)
         if key not in _VERIFIED:
-            if sha256_file(path) != sha:
+            if file_digest(path) != sha:
                 return f"{path}: sha256 differs from manifest.json (corrupted or modified; {_REBUILD})"
             _VERIFIED.add(key)
     return None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from biomamba.data.records import (DataError, Doc, Event, LineNormalizer, Skip, empty_file_error, iter_lines,
                                    iter_utf8_lines, normalize_text)
@@ -110,15 +110,10 @@ def is_wikitext_title(line: str) -> bool:
     return bool(_WIKI_TITLE.match(line.rstrip("\r\n")))
 
 
-def read_wikitext(path: str | Path) -> Iterator[Event]:
-    """WikiText raw (``wiki.*.raw``): one document per article, split at `` = Title = `` lines.
-
-    The document keeps its title and section lines, as WikiText perplexity evaluations do.
-    The record id is the line number of the title (1 for text before the first title).
-    Lines are normalised as they are read (``LineNormalizer``), so a huge article costs about
-    two copies of its text.
-    """
-    path = Path(path)
+def _line_documents(path: Path, boundary: Callable[[str], str | None]) -> Iterator[Event]:
+    """Documents made of consecutive lines, normalised as they are read (``LineNormalizer``: a
+    huge document costs about two copies of its text). ``boundary(line)``: "start" (the line
+    begins a new document), "drop" (it ends the current one and belongs to none) or None."""
     doc = LineNormalizer()
     start = 1
     any_line = False
@@ -127,9 +122,12 @@ def read_wikitext(path: str | Path) -> Iterator[Event]:
         if isinstance(line, Skip):
             yield line
             continue
-        if is_wikitext_title(line) and doc.added:
+        cut = boundary(line)
+        if cut is not None and doc.added:
             yield Doc(start, doc.text())
             doc = LineNormalizer()
+        if cut == "drop":
+            continue
         if not doc.added:
             start = number
         doc.add(line)
@@ -137,41 +135,39 @@ def read_wikitext(path: str | Path) -> Iterator[Event]:
         raise empty_file_error(path)
     if doc.added:
         yield Doc(start, doc.text())
+
+
+def read_wikitext(path: str | Path) -> Iterator[Event]:
+    """WikiText raw (``wiki.*.raw``): one document per article, split at `` = Title = `` lines.
+
+    The document keeps its title and section lines, as WikiText perplexity evaluations do.
+    The record id is the line number of the title (1 for text before the first title).
+    """
+    return _line_documents(Path(path), lambda line: "start" if is_wikitext_title(line) else None)
 
 
 # --------------------------------------------------------------------------- plain text
 
 
 def read_text(path: str | Path, unit: str = "file") -> Iterator[Event]:
-    """Plain UTF-8 text: one document per file, per blank-line-separated paragraph, or per line.
-
-    Lines are normalised as they are read (``LineNormalizer``), so a file that is one huge
-    document costs about two copies of its text, not the raw lines plus several whole copies.
-    """
+    """Plain UTF-8 text: one document per file, per blank-line-separated paragraph, or per line."""
     path = Path(path)
-    doc = LineNormalizer()
-    start = 1
+    if unit == "line":
+        return _text_lines(path)
+    if unit == "paragraph":
+        return _line_documents(path, lambda line: None if line.strip() else "drop")
+    return _line_documents(path, lambda line: None)
+
+
+def _text_lines(path: Path) -> Iterator[Event]:
     any_line = False
     for number, line in iter_utf8_lines(path):
         any_line = True
         if isinstance(line, Skip):
             yield line
-            continue
-        if unit == "line":
-            if line.strip():
-                yield Doc(number, normalize_text(line))
-            else:
-                yield Skip(number, "blank_line", f"line {number}")
-            continue
-        if unit == "paragraph" and not line.strip():
-            if doc.added:
-                yield Doc(start, doc.text())
-                doc = LineNormalizer()
-            continue
-        if not doc.added:
-            start = number
-        doc.add(line)
+        elif line.strip():
+            yield Doc(number, normalize_text(line))
+        else:
+            yield Skip(number, "blank_line", f"line {number}")
     if not any_line:
         raise empty_file_error(path)
-    if doc.added:
-        yield Doc(start, doc.text())

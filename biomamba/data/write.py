@@ -12,12 +12,13 @@ from typing import Any
 import numpy as np
 
 from biomamba.data.pack import SourceRows
-from biomamba.data.shards import ShardWriter, sha256_file
+from biomamba.data.shards import ShardWriter
+from biomamba.utils.io import file_digest
 
 
 def _save_npy(root: Path, name: str, array: np.ndarray) -> dict[str, str]:
     np.save(root / name, array)
-    return {"file": name, "sha256": sha256_file(root / name)}
+    return {"file": name, "sha256": file_digest(root / name)}
 
 
 def write_split(root: Path, split: str, table: np.ndarray, sources: list[SourceRows], seq_len: int,

@@ -6,6 +6,7 @@ the same directory and renames it into place (atomic on POSIX file systems).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -118,3 +119,13 @@ def append_jsonl(path: str | Path, obj: Any) -> None:
 def read_json(path: str | Path) -> Any:
     with open(path) as f:
         return json.load(f)
+
+
+def file_digest(path: str | Path, algorithm: str = "sha256") -> str:
+    """Hex digest of a file, read in 4 MiB pieces (shard checksums: sha256; NLM's files: md5)."""
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
